@@ -1,0 +1,38 @@
+"""Next-token prediction with a token-level decoder (the baseline every other objective is compared to).
+
+Run:
+  lm train token_ntp:tiny  --workdir runs/ntp_tiny     # bytes, 0.8M params, CPU, well under a minute
+  lm train token_ntp:small --workdir runs/ntp_small    # bytes, 4.8M params, CPU, about 10 minutes
+  lm train token_ntp       --workdir runs/ntp          # BPE 16k, ~126M params, one accelerator
+
+Results: see the table at the end of this docstring (figures from BUILD_NOTES.md).
+"""
+
+from lm.config import base_config
+from lm.errors import ConfigError
+
+
+def get_config(arg: str | None = None):
+  config = base_config()
+  config.objectives = [dict(name="ntp", weight=1.0)]
+  if arg == "tiny":
+    config.model.update(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
+    config.data.update(tokenizer="bytes", seq_len=128, batch_size=16)
+    config.optim.update(lr=3e-3, warmup_steps=30)
+    config.train.update(steps=300, log_every=50, eval_every=150, checkpoint_every=150, eval_batches=4)
+    config.sample.max_new = 120
+  elif arg == "small":
+    config.model.update(d_model=256, num_layers=6, num_heads=8, num_kv_heads=4, d_ff=768)
+    config.data.update(tokenizer="bytes", seq_len=256, batch_size=32)
+    config.optim.update(lr=2e-3, warmup_steps=100)
+    config.train.update(steps=2000, log_every=100, eval_every=500, checkpoint_every=500, eval_batches=8)
+  elif arg in (None, "", "base"):
+    config.model.update(d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, d_ff=3072,
+                        tie_embeddings=True)
+    config.data.update(source="python-prose,python-code", tokenizer="bpe", vocab_size=16384, seq_len=1024,
+                       batch_size=64)
+    config.optim.update(lr=6e-4, warmup_steps=500)
+    config.train.update(steps=20000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=16)
+  else:
+    raise ConfigError(f"token_ntp: unknown variant {arg!r}; choose tiny, small or leave it out")
+  return config

@@ -1,0 +1,287 @@
+"""The base config, experiments looked up by name, dotted overrides and validation.
+
+An experiment is `experiments/NAME.py` with `get_config(arg=None) -> ConfigDict`; `NAME:ARG` picks a variant
+(big_vision style). Every mistake here raises `ConfigError` with one line, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from lm.errors import ConfigError
+
+SECTIONS = ("model", "data", "objectives", "optim", "train", "mesh", "eval", "sample")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field any experiment may set; experiments change values, never add keys."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ""  # filled in by `load_experiment`: NAME[:ARG]
+
+  c.model = dict(
+      family="token",
+      d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=512, head_dim=0,
+      rope_base=10_000.0, tie_embeddings=True, norm_eps=1e-6, init_std=0.02,
+      scan_layers=True,
+      scan_unroll=0,            # 0: per backend (fully unrolled on CPU, rolled on TPU/GPU); else lax.scan unroll
+      remat_policy="none",      # none | full | dots | comma-separated names from models.transformer.REMAT_NAMES
+      attention_impl="auto",    # auto | xla | cudnn
+      dtype="auto",             # activations: auto = bfloat16 on TPU/GPU, float32 on CPU
+      param_dtype="float32",
+  )
+  c.data = dict(
+      source="python-prose",    # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD, comma-joined
+      tokenizer="bytes",        # bytes | bpe | path to tokenizer.json | path to SentencePiece .model
+      vocab_size=4096,          # BPE vocabulary to train; loaded tokenizers and bytes bring their own
+      seq_len=256,
+      batch_size=32,            # global batch, in rows of seq_len units
+      val_fraction=0.02, test_fraction=0.02, split_seed=0,
+      eval_max_bytes=0,         # held-out segment length in bytes; 0: seq_len - 1
+  )
+  c.objectives = [dict(name="ntp", weight=1.0)]
+  c.optim = dict(
+      lr=3e-3, warmup_steps=100, weight_decay=0.1, clip_norm=1.0,
+      b1=0.9, b2=0.95, eps=1e-8, schedule="cosine", min_lr_ratio=0.1,
+  )
+  c.train = dict(
+      steps=1000, log_every=50, eval_every=500, eval_batches=8, checkpoint_every=500,
+      keep_checkpoints=3, seed=0, grad_accum=1, max_nonfinite_steps=10,
+  )
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.eval = dict(batch_size=0, max_batches=0)  # batch_size 0: training microbatch; max_batches 0: all
+  c.sample = dict(prompt="The ", max_new=200, temperature=0.8, top_k=0, top_p=1.0, seed=0)
+  return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiments by name.
+
+def experiments_dir() -> pathlib.Path:
+  import experiments  # the top-level package shipped beside `lm`
+  return pathlib.Path(experiments.__file__).parent
+
+
+def list_experiments() -> dict[str, str]:
+  """name -> first line of the experiment's docstring."""
+  out = {}
+  for path in sorted(experiments_dir().glob("*.py")):
+    if path.name.startswith("_"):
+      continue
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    out[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
+  return out
+
+
+def _resolve_experiment(name: str) -> pathlib.Path:
+  path = pathlib.Path(name)
+  if name.endswith(".py") or path.parent != pathlib.Path("."):
+    if not path.exists():
+      raise ConfigError(f"experiment file {name!r} does not exist; `lm list` shows the named experiments")
+    return path
+  candidate = experiments_dir() / f"{name}.py"
+  if candidate.exists():
+    return candidate
+  names = list(list_experiments())
+  near = difflib.get_close_matches(name, names, n=1, cutoff=0.0)
+  hint = f"did you mean {near[0]!r}? " if near else ""
+  raise ConfigError(f"unknown experiment {name!r}; {hint}`lm list` shows all {len(names)}")
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+  """`NAME[:ARG]` or `path/to/file.py[:ARG]` -> the experiment's config on top of the base config."""
+  name, _, arg = spec.partition(":")
+  path = _resolve_experiment(name)
+  module_spec = importlib.util.spec_from_file_location(f"lm_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"experiment {str(path)!r} has no get_config(arg) function")
+  config = module.get_config(arg or None)
+  config.experiment = f"{path.stem}:{arg}" if arg else path.stem
+  return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dotted overrides.
+
+def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += all_keys(v, key + ".")
+    else:
+      keys.append(key)
+  return keys
+
+
+def _unknown(config, dotted: str) -> ConfigError:
+  near = difflib.get_close_matches(dotted, all_keys(config), n=1, cutoff=0.0)
+  hint = f"; did you mean config.{near[0]}?" if near else ""
+  return ConfigError(f"unknown config key config.{dotted}{hint}")
+
+
+def _parse(text: str, current: Any, dotted: str) -> Any:
+  if isinstance(current, bool):
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"config.{dotted}={text!r}: expected true or false")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    try:
+      value = json.loads(text)
+    except ValueError:
+      raise ConfigError(f"config.{dotted}={text!r}: expected a {type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if current is not None and not isinstance(value, type(current)) and not (
+      isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):
+    raise ConfigError(f"config.{dotted}={text!r}: expected a {type(current).__name__}, got "
+                      f"{type(value).__name__}")
+  return value
+
+
+def set_value(config: ml_collections.ConfigDict, dotted: str, value: Any, parse: bool = True) -> None:
+  """Set `a.b.c` (list items by index: `objectives.0.weight`); parse strings by the current type."""
+  parts = dotted.split(".")
+  node: Any = config
+  for i, part in enumerate(parts[:-1]):
+    if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+      node = node[int(part)]
+    elif isinstance(node, (dict, ml_collections.ConfigDict)) and part in node:
+      node = node[part]
+    else:
+      raise _unknown(config, dotted)
+  last = parts[-1]
+  if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+    node[int(last)] = _parse(value, node[int(last)], dotted) if parse else value
+    return
+  if isinstance(node, dict) and not isinstance(node, ml_collections.ConfigDict):
+    # An objective's options are free-form: its own function validates them.
+    if parse:
+      value = _parse(value, node.get(last, None), dotted) if last in node else _literal(value)
+    node[last] = value
+    return
+  if not isinstance(node, ml_collections.ConfigDict) or last not in node:
+    raise _unknown(config, dotted)
+  current = node[last]
+  if parse and isinstance(value, str):
+    value = _parse(value, current, dotted)
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if dotted == "objectives" or (isinstance(current, list)):
+    node[last] = [dict(v) for v in value] if dotted == "objectives" else list(value)
+    return
+  try:
+    node[last] = value
+  except TypeError as e:
+    raise ConfigError(f"config.{dotted}={value!r}: {e}".splitlines()[0]) from None
+
+
+def _literal(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+  """`["model.d_model=256", "train.steps=10"]` applied in order."""
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ConfigError(f"override {item!r} has no value; write --config.{key}=VALUE")
+    set_value(config, key.removeprefix("config."), value)
+  return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation and per-backend defaults.
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks that need no devices and no data; raise one line per problem."""
+  for key in all_keys(config):
+    if key.split(".")[0] not in SECTIONS and key != "experiment":
+      raise ConfigError(f"config.{key} is not in any section {SECTIONS}")
+  m, d, t, o = config.model, config.data, config.train, config.optim
+  positive = {"model.d_model": m.d_model, "model.num_layers": m.num_layers, "model.num_heads": m.num_heads,
+              "model.num_kv_heads": m.num_kv_heads, "model.d_ff": m.d_ff, "data.seq_len": d.seq_len,
+              "data.batch_size": d.batch_size, "train.steps": t.steps, "train.log_every": t.log_every,
+              "train.grad_accum": t.grad_accum}
+  for key, value in positive.items():
+    if value <= 0:
+      raise ConfigError(f"config.{key}={value} must be positive")
+  if m.num_heads % m.num_kv_heads:
+    raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
+                      f"{m.num_kv_heads}; pick num_kv_heads dividing num_heads")
+  if not m.head_dim and m.d_model % m.num_heads:
+    raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
+                      "change one or set model.head_dim")
+  if (m.head_dim or m.d_model // m.num_heads) % 2:
+    raise ConfigError("the head width must be even for RoPE; change model.d_model/num_heads or head_dim")
+  for key in ("dtype", "param_dtype"):
+    if m[key] not in ("auto", "float32", "bfloat16", "float16") or (key == "param_dtype" and m[key] == "auto"):
+      raise ConfigError(f"model.{key}={m[key]!r}; choose float32, bfloat16 or float16"
+                        + (" (or auto)" if key == "dtype" else ""))
+  if m.attention_impl not in ("auto", "xla", "cudnn"):
+    raise ConfigError(f"model.attention_impl={m.attention_impl!r}; choose auto, xla or cudnn")
+  if d.batch_size % t.grad_accum:
+    raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+  if o.schedule not in ("cosine", "linear", "constant"):
+    raise ConfigError(f"optim.schedule={o.schedule!r}; choose cosine, linear or constant")
+  if not config.objectives:
+    raise ConfigError("config.objectives is empty; list at least one, e.g. [dict(name='ntp', weight=1.0)]")
+  for i, obj in enumerate(config.objectives):
+    if "name" not in obj:
+      raise ConfigError(f"config.objectives[{i}]={dict(obj)} has no 'name'")
+
+
+def resolve_backend_defaults(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
+  """Replace `auto` model settings with concrete ones for `backend` (cpu, gpu, tpu); returns a copy.
+
+  CPU: float32 compute and fully unrolled layers (a rolled scan measured ~35% slower per step there).
+  TPU/GPU: bfloat16 compute and a rolled scan, so compile time stays flat in depth.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  m = config.model
+  accel = backend in ("gpu", "tpu", "cuda", "rocm")
+  if m.dtype == "auto":
+    m.dtype = "bfloat16" if accel else "float32"
+  if m.scan_unroll == 0:
+    m.scan_unroll = 1 if accel else m.num_layers
+  if m.attention_impl == "auto":
+    m.attention_impl = "cudnn" if backend in ("gpu", "cuda") and m.dtype in ("bfloat16", "float16") else "xla"
+  return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A saved run config, merged onto the base config so later-added fields get their defaults."""
+  saved = json.loads(text)
+  config = base_config()
+  for section, value in saved.items():
+    if isinstance(value, dict) and section in config and isinstance(config[section], ml_collections.ConfigDict):
+      for k, v in value.items():
+        if k in config[section]:
+          config[section][k] = float(v) if isinstance(config[section][k], float) and isinstance(v, int) else v
+        else:
+          config[section][k] = v  # a field this version no longer has; keep it rather than guess
+    else:
+      config[section] = value
+  return config

@@ -1,0 +1,65 @@
+"""The jitted train and eval steps: gradient accumulation over microbatches, sums not means."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm.objectives.base import Loss, LossContext
+from lm.train.state import TrainState
+
+
+def _microbatches(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B/n, ...] taking rows i, i+n, i+2n... into microbatch i, so each microbatch draws
+  evenly from every device's contiguous block of rows and no data moves between devices."""
+  def split(x):
+    x = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransformation,
+                    lr_schedule: Callable, unit_bytes: jax.Array, grad_accum: int = 1):
+  """(state, batch) -> (state, metrics). Metrics are sums with counts, plus loss, grad_norm, lr, skipped."""
+
+  def sums_and_grads(params, batch, step):
+    def total(p):
+      outputs = model.apply({"params": p}, batch)
+      terms = loss_fn(outputs, batch, LossContext(step=step, unit_bytes=unit_bytes))
+      return terms.total, terms
+    (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
+    return terms, grads
+
+  def train_step(state: TrainState, batch: dict):
+    if grad_accum == 1:
+      terms, grads = sums_and_grads(state.params, batch, state.step)
+    else:
+      def body(carry, micro):
+        terms, grads = sums_and_grads(state.params, micro, state.step)
+        return jax.tree.map(jnp.add, carry, (terms, grads)), None
+      zero = jax.eval_shape(sums_and_grads, state.params, jax.tree.map(lambda x: x[0], _microbatches(
+          batch, grad_accum)), state.step)
+      zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+      (terms, grads), _ = jax.lax.scan(body, zero, _microbatches(batch, grad_accum))
+    count = jnp.maximum(terms.count, 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    loss = terms.total / count
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step leaves params and optimizer state untouched; the loop stops after too many in a row.
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+        rng=jax.random.fold_in(state.rng, state.step),
+        nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1))
+    metrics = dict(terms.metrics, loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
+                   skipped=1.0 - ok.astype(jnp.float32))
+    return new_state, metrics
+
+  return train_step
