@@ -184,7 +184,8 @@ class SwiGLU(nn.Module):
                           kernel_init=_init(init, "embed", "mlp"), name="wi_0")(x_BxTxD)
     up_BxTxF = nn.Dense(cfg.d_ff, use_bias=False, dtype=dtype, param_dtype=pdtype,
                         kernel_init=_init(init, "embed", "mlp"), name="wi_1")(x_BxTxD)
-    h_BxTxF = checkpoint_name(nn.silu(gate_BxTxF) * up_BxTxF, "mlp_hidden")
+    # silu written out: jax.nn.silu's custom derivative fused with a transpose ran 5x slower on XLA:CPU.
+    h_BxTxF = checkpoint_name(gate_BxTxF * jax.nn.sigmoid(gate_BxTxF) * up_BxTxF, "mlp_hidden")
     h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
     return nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, param_dtype=pdtype,
                     kernel_init=_init(init, "mlp", "embed"), name="wo")(h_BxTxF)
