@@ -49,14 +49,15 @@ class RMSNorm(nn.Module):
                          self.param_dtype)
     x = x_BxTxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (x * scale_D.astype(jnp.float32)).astype(self.dtype)
+    scale = scale_D.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+    return (x * scale).astype(self.dtype)
 
 
 def rope(x_BxTxHxE: Array, positions_BxT: Array, base: float = 10_000.0) -> Array:
   """Rotary position embedding (Su et al. 2021), rotating the two halves of each head."""
   half = x_BxTxHxE.shape[-1] // 2
   inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BxTxE2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  angle_BxTxE2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
   sin = jnp.sin(angle_BxTxE2)[:, :, None, :]
   cos = jnp.cos(angle_BxTxE2)[:, :, None, :]
   x = x_BxTxHxE.astype(jnp.float32)
