@@ -1,0 +1,90 @@
+"""Loss protocol: sums and counts against numpy, composition, schedules."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import objectives
+from lm.errors import ConfigError
+from lm.models.base import ModelOutputs
+from lm.objectives.base import LossContext
+
+
+def _case(seed=0, B=2, T=5, V=7):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(B, T, V)).astype(np.float32)
+  targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+  mask = (rng.random((B, T)) > 0.3).astype(np.int32)
+  unit_bytes = rng.integers(0, 4, size=V).astype(np.float32)
+  batch = dict(targets=jnp.asarray(targets), loss_mask=jnp.asarray(mask))
+  ctx = LossContext(step=jnp.asarray(0), unit_bytes=jnp.asarray(unit_bytes))
+  return ModelOutputs(logits=jnp.asarray(logits)), batch, ctx, (logits, targets, mask, unit_bytes)
+
+
+def _ref_nll(logits, targets):
+  l = logits.astype(np.float64)
+  logz = np.log(np.exp(l - l.max(-1, keepdims=True)).sum(-1)) + l.max(-1)
+  return logz - np.take_along_axis(l, targets[..., None], -1)[..., 0], logz
+
+
+def test_ntp_sums_and_counts_match_numpy():
+  outputs, batch, ctx, (logits, targets, mask, unit_bytes) = _case()
+  terms = objectives.build([dict(name="ntp")])(outputs, batch, ctx)
+  nll, _ = _ref_nll(logits, targets)
+  np.testing.assert_allclose(terms.total, (nll * mask).sum(), rtol=1e-5)
+  assert float(terms.count) == mask.sum()
+  np.testing.assert_allclose(terms.metrics["ntp/n_bytes"], (unit_bytes[targets] * mask).sum())
+  acc = ((logits.argmax(-1) == targets) * mask).sum()
+  assert float(terms.metrics["ntp/accuracy_sum"]) == acc
+  summary = objectives.summarize({k: float(v) for k, v in terms.metrics.items()})
+  np.testing.assert_allclose(summary["ntp/bpb"], (nll * mask).sum() / math.log(2) / (unit_bytes[targets] * mask).sum(),
+                             rtol=1e-5)
+
+
+def test_ntp_z_loss_and_label_smoothing():
+  outputs, batch, ctx, (logits, targets, mask, _) = _case(1)
+  terms = objectives.build([dict(name="ntp", z_loss=1e-2, label_smoothing=0.1)])(outputs, batch, ctx)
+  nll, logz = _ref_nll(logits, targets)
+  smooth = logz - logits.astype(np.float64).mean(-1)
+  want = ((0.9 * nll + 0.1 * smooth + 1e-2 * logz ** 2) * mask).sum()
+  np.testing.assert_allclose(terms.total, want, rtol=1e-5)
+  np.testing.assert_allclose(terms.metrics["ntp/nll_sum"], (nll * mask).sum(), rtol=1e-5)  # nll stays pure
+
+
+def test_sums_combine_exactly_across_splits():
+  """Sum of the protocol over two halves of a batch == the protocol over the whole batch."""
+  outputs, batch, ctx, _ = _case(2, B=4)
+  loss = objectives.build([dict(name="ntp")])
+  whole = loss(outputs, batch, ctx)
+  halves = [loss(ModelOutputs(logits=outputs.logits[s]), {k: v[s] for k, v in batch.items()}, ctx)
+            for s in (slice(0, 2), slice(2, 4))]
+  np.testing.assert_allclose(whole.total, sum(h.total for h in halves), rtol=1e-6)
+  assert float(whole.count) == sum(float(h.count) for h in halves)
+
+
+def test_composition_weights_terms_and_keeps_metrics_per_label():
+  outputs, batch, ctx, _ = _case(3)
+  one = objectives.build([dict(name="ntp")])(outputs, batch, ctx)
+  two = objectives.build([dict(name="ntp"), dict(name="ntp", label="aux", weight=0.5)])(outputs, batch, ctx)
+  np.testing.assert_allclose(two.total, 1.5 * one.total, rtol=1e-6)
+  assert float(two.count) == float(one.count)
+  assert "aux/nll_sum" in two.metrics and "ntp/nll_sum" in two.metrics
+
+
+def test_weight_schedules():
+  lin = objectives.schedule(dict(kind="linear", start=0.0, end=1.0, steps=10))
+  assert float(lin(jnp.asarray(5))) == pytest.approx(0.5) and float(lin(jnp.asarray(50))) == 1.0
+  step = objectives.schedule(dict(kind="step", values=[0.3, 0.1], boundaries=[100]))
+  assert float(step(jnp.asarray(99))) == pytest.approx(0.3) and float(step(jnp.asarray(100))) == pytest.approx(0.1)
+  assert float(objectives.schedule(2)(jnp.asarray(0))) == 2.0
+
+
+def test_unknown_objective_and_option_name_the_nearest():
+  with pytest.raises(ConfigError, match="did you mean 'ntp'"):
+    objectives.build([dict(name="ntpp")])
+  with pytest.raises(ConfigError, match="did you mean 'z_loss'"):
+    objectives.build([dict(name="ntp", zloss=1.0)])
+  with pytest.raises(ConfigError, match="linear"):
+    objectives.schedule(dict(kind="cosine"))
