@@ -66,4 +66,4 @@ def write_json(path, obj) -> None:
   path = epath.Path(path)
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-  tmp.rename(path)
+  tmp.replace(path)
