@@ -22,9 +22,15 @@ def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
 
 
+NO_DECAY = ("scale", "bias")
+
+
 def decay_mask(params):
-  """Weight decay on matrices only: norms' scales and biases (rank < 2) are not decayed."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on weight matrices only, never on norm scales or biases. Decided by the parameter's name,
+  not its rank: under `nn.scan` a norm's scale is stacked to [layers, D]."""
+  def decays(path, _):
+    return getattr(path[-1], "key", None) not in NO_DECAY
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
