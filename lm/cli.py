@@ -100,6 +100,7 @@ def _cmd_eval(args) -> int:
   from etils import epath
 
   from lm.data import corpus
+  from lm.eval import bpb as bpb_lib
   from lm.train import checkpoint, loop
   run, params, config = loop.restore_for_inference(args.workdir)
   data = loop.load_data(config, tokenizer=run.tokenizer)
@@ -107,7 +108,11 @@ def _cmd_eval(args) -> int:
   batches = data.eval_batches(args.split, loop.eval_batch_size(run.config),
                               max_batches=config.eval.max_batches or None, docs=docs)
   result = loop.make_evaluator(run)(params, batches)
-  result.update(split=args.split, data=args.data or config.data.source)
+  flops = bpb_lib.token_flops_per_unit(run.config.model, run.tokenizer.vocab_size, run.config.data.seq_len)
+  units_per_byte = result["n_units"] / max(result["n_bytes"], 1)
+  result.update(split=args.split, data=args.data or config.data.source,
+                flops_per_byte_inference=flops["forward"] * units_per_byte,
+                flops_per_byte_train=flops["train"] * units_per_byte)
   name = f"eval_{args.split}.json" if not args.data else f"eval_{args.split}_data.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")

@@ -41,3 +41,17 @@ def evaluate(eval_step: Callable, params, batches: Iterable, put: Callable = lam
     units += float(count)
   return dict(bpb=nll_sum / (math.log(2) * max(n_bytes, 1)), nll_sum=nll_sum, n_bytes=n_bytes,
               n_units=int(units), nll_per_unit=nll_sum / max(units, 1.0))
+
+
+def token_flops_per_unit(model_cfg, vocab_size: int, seq_len: int) -> dict[str, float]:
+  """Matmul FLOPs per predicted unit of a token decoder (forward = 2 per multiply-add; training = 3x forward).
+
+  Causal attention is counted at half: on average a query sees seq_len / 2 keys.
+  """
+  m = model_cfg
+  E = m.head_dim or m.d_model // m.num_heads
+  per_layer = m.d_model * E * (2 * m.num_heads + 2 * m.num_kv_heads) + 3 * m.d_model * m.d_ff
+  matmul_params = m.num_layers * per_layer + m.d_model * vocab_size  # the embedding lookup is free
+  attention = m.num_layers * 2 * m.num_heads * E * (seq_len / 2)      # QK^T and AV, per query
+  forward = 2 * (matmul_params + attention)
+  return dict(forward=forward, train=3 * forward)
