@@ -154,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
+    from absl import logging as absl_logging  # orbax logs every read-only option it adjusts as a warning
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  except ImportError:
+    pass
+  try:
     rest, overrides, spec = _split_overrides(argv)
     args = parser().parse_args(rest)
     if args.command != "train" and (overrides or spec):

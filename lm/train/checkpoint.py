@@ -19,8 +19,10 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                         enable_async_checkpointing=not read_only)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
   return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options,
                                item_names=("state", "data", "config"))
 
