@@ -16,21 +16,21 @@ CFG = TransformerConfig(vocab_size=23, d_model=32, num_layers=2, num_heads=4, nu
 
 def _init(cfg, T=8):
   ids = jnp.zeros((1, T), jnp.int32)
-  return nn.unbox(TokenLM(cfg).init(jax.random.PRNGKey(0), {"inputs": ids})["params"])
+  return nn.unbox(jax.jit(TokenLM(cfg).init)(jax.random.PRNGKey(0), {"inputs": ids})["params"])
 
 
 def test_packed_documents_do_not_see_each_other():
   """Logits of a packed row equal those of each document run alone."""
   params = _init(CFG)
-  model = TokenLM(CFG)
+  apply = jax.jit(lambda b: TokenLM(CFG).apply({"params": params}, b).logits)
   doc_a = jnp.asarray([[3, 5, 7, 9, 11]], jnp.int32)
   doc_b = jnp.asarray([[4, 6, 8]], jnp.int32)
   packed = jnp.concatenate([doc_a, doc_b], axis=1)
   batch = dict(inputs=packed, segment_ids=jnp.asarray([[1] * 5 + [2] * 3], jnp.int32),
                positions=jnp.asarray([[0, 1, 2, 3, 4, 0, 1, 2]], jnp.int32))
-  got = model.apply({"params": params}, batch).logits
-  alone_a = model.apply({"params": params}, {"inputs": doc_a}).logits
-  alone_b = model.apply({"params": params}, {"inputs": doc_b}).logits
+  got = apply(batch)
+  alone_a = apply({"inputs": doc_a})
+  alone_b = apply({"inputs": doc_b})
   np.testing.assert_allclose(got[:, :5], alone_a, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got[:, 5:], alone_b, rtol=1e-5, atol=1e-5)
 
@@ -39,8 +39,8 @@ def test_logits_are_causal():
   params = _init(CFG)
   ids = jnp.asarray([[1, 2, 3, 4, 5, 6]], jnp.int32)
   changed = ids.at[0, 4].set(9)
-  a = TokenLM(CFG).apply({"params": params}, {"inputs": ids}).logits
-  b = TokenLM(CFG).apply({"params": params}, {"inputs": changed}).logits
+  apply = jax.jit(lambda ids: TokenLM(CFG).apply({"params": params}, {"inputs": ids}).logits)
+  a, b = apply(ids), apply(changed)
   np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-6, atol=1e-6)
   assert not np.allclose(a[:, 4:], b[:, 4:])
 
@@ -56,8 +56,8 @@ def test_scan_unroll_and_remat_do_not_change_values_or_gradients(variant):
   def loss(cfg, p):
     return jnp.sum(TokenLM(cfg).apply({"params": p}, batch).logits ** 2)
 
-  la, ga = jax.value_and_grad(lambda p: loss(base, p))(params)
-  lb, gb = jax.value_and_grad(lambda p: loss(other, p))(params)
+  la, ga = jax.jit(jax.value_and_grad(lambda p: loss(base, p)))(params)
+  lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(other, p)))(params)
   np.testing.assert_allclose(la, lb, rtol=1e-5)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb)
 
@@ -69,8 +69,8 @@ def test_unscanned_layers_match_scanned_with_same_weights():
   unstacked["decoder"] = {f"layers_{i}": jax.tree.map(lambda x: x[i], scanned["decoder"]["layers"])
                           for i in range(CFG.num_layers)}
   batch = {"inputs": jnp.asarray([[5, 4, 3, 2, 1]], jnp.int32)}
-  a = TokenLM(CFG).apply({"params": scanned}, batch).logits
-  b = TokenLM(flat).apply({"params": unstacked}, batch).logits
+  a = jax.jit(TokenLM(CFG).apply)({"params": scanned}, batch).logits
+  b = jax.jit(TokenLM(flat).apply)({"params": unstacked}, batch).logits
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -16,7 +16,7 @@ from lm.train.step import make_train_step
 
 def _setup(*overrides):
   c = config_lib.load_experiment("token_ntp:tiny")
-  config_lib.apply_overrides(c, ["model.num_layers=2", "model.d_model=32", "model.d_ff=64",
+  config_lib.apply_overrides(c, ["model.num_layers=1", "model.d_model=32", "model.d_ff=64",
                                  "data.seq_len=16", "data.batch_size=8", *overrides])
   run = loop.prepare(c, ByteTokenizer())
   rng = np.random.default_rng(0)

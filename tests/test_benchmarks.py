@@ -1,0 +1,26 @@
+"""Smoke test: the training-throughput benchmark runs in --quick mode and writes the JSON it promises."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+EXPECTED_KEYS = {
+    "shape", "backend", "tokens_per_s", "step_ms", "mfu", "matmul_peak_flops", "train_flops_per_step",
+    "hand_step_ms", "overhead_ratio", "rolled_step_ms", "rolled_over_unrolled", "compile_s",
+    "rolled_compile_ratio", "unrolled_compile_ratio",
+}
+
+
+def test_train_throughput_quick(tmp_path):
+  out = tmp_path / "train_throughput.json"
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--quick",
+                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert EXPECTED_KEYS <= set(result), EXPECTED_KEYS - set(result)
+  assert result["tokens_per_s"] > 0 and result["hand_step_ms"] > 0 and 0 < result["mfu"] < 2
+  assert set(result["compile_s"]) == {"rolled_1", "rolled_2", "unrolled_1", "unrolled_2"}
+  assert "tokens/s" in proc.stdout or "tok/s" in proc.stdout
