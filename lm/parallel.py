@@ -1,4 +1,4 @@
-"""The device mesh, the one table of logical-axis rules, and placing arrays on the mesh.
+"""The device mesh, the one table of logical-axis rules, placing arrays on the mesh, multi-host setup.
 
 Model code names logical axes only; this file alone maps them to the mesh axes `data`, `fsdp`, `tensor`.
 """
@@ -6,6 +6,7 @@ Model code names logical axes only; this file alone maps them to the mesh axes `
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -65,6 +66,9 @@ def check_divisibility(config, mesh: Mesh) -> None:
     if m[key] % tensor:
       raise ConfigError(f"model.{key}={m[key]} is not divisible by mesh.tensor={tensor}; "
                         f"use a tensor size dividing it")
+  if m.vocab_multiple % tensor:
+    raise ConfigError(f"model.vocab_multiple={m.vocab_multiple} is not divisible by mesh.tensor={tensor}; "
+                      f"set it to a multiple of {tensor} so the vocabulary splits evenly")
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = config.data.batch_size // config.train.grad_accum
   if micro % shards:
@@ -99,3 +103,94 @@ def activation_context(mesh: Mesh):
   stack.enter_context(jax.set_mesh(mesh))
   stack.enter_context(nn.logical_axis_rules(RULES))
   return stack
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Multi-host: one process per host (TPU), per GPU (SLURM) or per fake host (local CPU processes).
+
+# What jax's own cluster detection (jax/_src/clusters/) keys on, read without its metadata-server query.
+_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")
+_SLURM_ENV = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """`import jax` sets this flag on a Cloud TPU VM (TPU chips on the PCI bus and libtpu installed)."""
+  try:
+    from jax._src import cloud_tpu_init
+  except ImportError:
+    return False
+  return bool(cloud_tpu_init.running_in_cloud_tpu_vm)
+
+
+def detect_cluster(environ=None, tpu_vm: bool | None = None) -> str | None:
+  """"tpu" or "slurm" when jax can find this process's peers by itself, else None (a single process)."""
+  env = os.environ if environ is None else environ
+  if any(env.get(k) for k in _TPU_ENV):
+    return "tpu"
+  # On a GCE TPU VM the worker list is in the metadata server, which jax queries; one worker: one process.
+  if "TPU_SKIP_MDS_QUERY" not in env and (_on_cloud_tpu_vm() if tpu_vm is None else tpu_vm):
+    return "tpu"
+  # srun sets SLURM_PROCID per task; a bare `salloc` shell or a one-task job is a single process.
+  if all(env.get(k) for k in _SLURM_ENV) and int(env["SLURM_NTASKS"]) > 1:
+    return "slurm"
+  return None
+
+
+def check_distributed_args(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> bool:
+  """True when explicit multi-process flags are given; one-line `ConfigError` when they disagree."""
+  given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+  if all(v is None for v in given.values()):
+    return False
+  missing = [k for k, v in given.items() if v is None]
+  if missing:
+    have = " ".join(k for k, v in given.items() if v is not None)
+    raise ConfigError(f"{have} also needs {' and '.join(missing)}: give --coordinator HOST:PORT "
+                      "--num-processes N --process-id I together (or none, to auto-detect TPU/SLURM)")
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ConfigError(f"--coordinator {coordinator!r} is not HOST:PORT; e.g. --coordinator 10.0.0.1:1234 "
+                      "(process 0's address, the same on every process)")
+  if num_processes < 1:
+    raise ConfigError(f"--num-processes {num_processes} must be at least 1")
+  if not 0 <= process_id < num_processes:
+    raise ConfigError(f"--process-id {process_id} is outside [0, {num_processes}); number the processes "
+                      f"0 to {num_processes - 1}")
+  return True
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> str | None:
+  """Join the processes of a multi-process run; call before anything touches devices.
+
+  Explicit flags win; otherwise a TPU pod or a SLURM job step is detected and jax finds its peers itself;
+  otherwise this is a single process and nothing happens. Returns how it was set up ("explicit", "tpu",
+  "slurm") or None.
+  """
+  explicit = check_distributed_args(coordinator, num_processes, process_id)
+  how = "explicit" if explicit else detect_cluster()
+  if how is None or jax.distributed.is_initialized():
+    return how
+  # CPU processes exchange collectives over TCP (gloo); without it a CPU computation spanning processes
+  # fails. It only affects the CPU client, so it is harmless on TPU/GPU. An explicit choice is kept.
+  if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  return how
+
+
+def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous block of a global host batch, rows [i*B/n, (i+1)*B/n) (as in training)."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  rows = len(next(iter(batch.values())))
+  if rows % n:
+    raise ConfigError(f"a batch of {rows} rows cannot be split over {n} processes; make eval.batch_size "
+                      f"(or data.batch_size) a multiple of {n}")
+  per = rows // n
+  return {k: v[i * per : (i + 1) * per] for k, v in batch.items()}

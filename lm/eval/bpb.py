@@ -51,7 +51,8 @@ def token_flops_per_unit(model_cfg, vocab_size: int, seq_len: int) -> dict[str, 
   m = model_cfg
   E = m.head_dim or m.d_model // m.num_heads
   per_layer = m.d_model * E * (2 * m.num_heads + 2 * m.num_kv_heads) + 3 * m.d_model * m.d_ff
-  matmul_params = m.num_layers * per_layer + m.d_model * vocab_size  # the embedding lookup is free
+  vocab = -(-vocab_size // max(m.vocab_multiple, 1)) * max(m.vocab_multiple, 1)  # padded, as the model
+  matmul_params = m.num_layers * per_layer + m.d_model * vocab  # the embedding lookup is free
   attention = m.num_layers * 2 * m.num_heads * E * (seq_len / 2)      # QK^T and AV, per query
   forward = 2 * (matmul_params + attention)
   return dict(forward=forward, train=3 * forward)

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lm.models.base import ModelOutputs, register_family
-from lm.models.layers import Array, Embedding, RMSNorm, TransformerConfig, Unembed, constrain, dtype_of
+from lm.models.layers import (Array, Embedding, RMSNorm, TransformerConfig, Unembed, constrain, dtype_of,
+                              mask_padded_vocab)
 from lm.models.transformer import Transformer
 
 
@@ -31,7 +32,8 @@ class TokenLM(nn.Module):
       logits_BxTxV = embed.attend(h_BxTxD)
     else:
       logits_BxTxV = Unembed(cfg, name="unembed")(h_BxTxD)
-    logits_BxTxV = constrain(logits_BxTxV.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits_BxTxV = mask_padded_vocab(logits_BxTxV.astype(jnp.float32), cfg.vocab_size)
+    logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
     return ModelOutputs(logits=logits_BxTxV, aux={"hidden": h_BxTxD})
 
 

@@ -56,11 +56,11 @@ class Run:
       return jax.jit(fn, out_shardings=self.state_shardings)(jax.random.PRNGKey(seed))
 
 
-def prepare(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Run:
+def prepare(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Run:
   """Resolve per-backend defaults, validate, build mesh, model, optimizer and state shardings."""
   config = config_lib.resolve_backend_defaults(config, jax.default_backend())
   config_lib.validate(config)
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_divisibility(config, mesh)
   model = build_model(config.model, tokenizer.vocab_size)
   tx = make_optimizer(config.optim, config.train.steps)
@@ -87,19 +87,19 @@ def make_evaluator(run: Run):
   step = jax.jit(bpb_lib.make_eval_step(run.model),
                  in_shardings=(run.param_shardings, parallel.batch_sharding(run.mesh)))
 
-  def evaluate(params, batches):
+  def evaluate(params, batches):  # batches are global; each process puts its own block of rows
     with parallel.activation_context(run.mesh):
-      return bpb_lib.evaluate(step, params, batches, run.put_batch)
+      return bpb_lib.evaluate(step, params, batches, lambda b: run.put_batch(parallel.process_rows(b)))
   return evaluate
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, restart: bool = False) -> dict:
-  """Train `config` in `workdir` (resuming from its newest checkpoint); returns the final summary."""
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """Train `config` in `workdir` (resuming from its newest checkpoint) on `devices` (default: all)."""
   workdir = epath.Path(workdir)
   primary = jax.process_index() == 0
   t0 = time.time()
   data = load_data(config)
-  run = prepare(config, data.tokenizer)
+  run = prepare(config, data.tokenizer, devices)
   config, mesh = run.config, run.mesh
   T, B = config.data.seq_len, config.data.batch_size
   if primary:
@@ -133,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, restart: bool = False
   progress = metrics_lib.Progress(config.train.steps, enabled=primary)
   if primary:
     print(f"{config.experiment}: {param_count(state.params) / 1e6:.2f}M params, mesh "
-          f"{dict(mesh.shape)}, {jax.device_count()} {jax.default_backend()} devices, setup "
+          f"{dict(mesh.shape)}, {mesh.size} {jax.default_backend()} devices, setup "
           f"{time.time() - t0:.1f}s", flush=True)
 
   window: dict[str, float] = {}

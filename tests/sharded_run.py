@@ -1,0 +1,51 @@
+"""Run by tests/test_parallel.py in a subprocess with 8 fake CPU devices (the device count is fixed when
+jax starts, so it cannot be changed inside the pytest process). Prints one JSON line of results."""
+
+import json
+import os
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+from lm import config as config_lib
+from lm.train import loop
+
+MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def main(steps: int):
+  out = {}
+  for shape in MESHES:
+    config = config_lib.load_experiment("token_ntp:tiny")
+    config_lib.apply_overrides(config, [
+        f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
+        "eval.max_batches=1", "sample.max_new=0", "model.num_kv_heads=4",
+        f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
+    n = int(np.prod(shape))
+    workdir = tempfile.mkdtemp()
+    summary = loop.train(config, workdir, devices=jax.devices()[:n])
+    params = summary["state"].params
+    layers = params["decoder"]["layers"]
+    specs = {
+        "embed": params["embed"]["embedding"].sharding.spec,
+        "query": layers["attn"]["query"].sharding.spec,
+        "wi_0": layers["mlp"]["wi_0"]["kernel"].sharding.spec,
+        "wo": layers["mlp"]["wo"]["kernel"].sharding.spec,
+        "mu_wi_0": summary["state"].opt_state[1][0].mu["decoder"]["layers"]["mlp"]["wi_0"]["kernel"].sharding.spec,
+    }
+    out["x".join(map(str, shape))] = dict(
+        losses=losses(workdir), specs={k: [list(a) if isinstance(a, tuple) else a for a in v]
+                                       for k, v in specs.items()},
+        shard_shape=list(layers["mlp"]["wi_0"]["kernel"].addressable_shards[0].data.shape))
+  print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
