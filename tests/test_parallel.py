@@ -1,0 +1,79 @@
+"""Mesh sizing, errors before compile, and sharded training equal to one device (8 fake CPU devices)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from lm import config as config_lib
+from lm import parallel
+from lm.errors import ConfigError
+
+
+def test_mesh_shape_fills_the_free_axis():
+  cfg = lambda d, f, t: ml_collections.ConfigDict(dict(data=d, fsdp=f, tensor=t))  # noqa: E731
+  assert parallel.mesh_shape(cfg(-1, 1, 1), 8) == (8, 1, 1)
+  assert parallel.mesh_shape(cfg(2, -1, 2), 8) == (2, 2, 2)
+  assert parallel.mesh_shape(cfg(1, 2, 4), 8) == (1, 2, 4)
+  with pytest.raises(ConfigError, match="has 6 devices but 8 are present"):
+    parallel.mesh_shape(cfg(1, 2, 3), 8)
+  with pytest.raises(ConfigError, match="does not divide the 8 devices"):
+    parallel.mesh_shape(cfg(-1, 3, 1), 8)
+  with pytest.raises(ConfigError, match="at most one -1"):
+    parallel.mesh_shape(cfg(-1, -1, 1), 8)
+
+
+class _FakeMesh:
+  def __init__(self, data, fsdp, tensor):
+    self.shape = dict(data=data, fsdp=fsdp, tensor=tensor)
+
+
+@pytest.mark.parametrize("mesh, overrides, message", [
+    ((1, 1, 3), [], "model.num_heads=4 is not divisible by mesh.tensor=3"),
+    ((1, 1, 8), ["model.num_heads=8"], "model.num_kv_heads=4 is not divisible by mesh.tensor=8"),
+    ((1, 1, 2), ["model.d_ff=390"], "model.d_ff=390 is not divisible by mesh.tensor=2"),
+    ((3, 1, 1), [], "data.batch_size=16 (per microbatch 16) is not divisible by mesh data x fsdp = 3"),
+])
+def test_divisibility_errors_name_the_numbers(mesh, overrides, message):
+  config = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(config, overrides)
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    parallel.check_divisibility(config, _FakeMesh(*mesh))
+
+
+@pytest.fixture(scope="module")
+def sharded_results():
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(root / "tests" / "sharded_run.py"), "10"], capture_output=True,
+                        text=True, env=env, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("mesh", ["8x1x1", "1x8x1", "2x2x2", "1x2x4"])
+def test_sharded_training_matches_one_device(sharded_results, mesh):
+  base = sharded_results["1x1x1"]["losses"]
+  got = sharded_results[mesh]["losses"]
+  assert len(got) == len(base) == 10
+  for a, b in zip(got, base):
+    assert abs(a - b) <= 1e-5 * abs(b), (mesh, got, base)
+
+
+def test_parameters_are_laid_out_by_the_rules(sharded_results):
+  for mesh, result in sharded_results.items():
+    specs = result["specs"]
+    # [layers, embed, mlp] -> (None, fsdp, tensor); optimizer moments follow their parameters.
+    assert specs["wi_0"] == [None, "fsdp", "tensor"] == specs["mu_wi_0"]
+    assert specs["wo"] == [None, "tensor", "fsdp"]
+    assert specs["query"] == [None, "fsdp", "tensor", None]
+    assert specs["embed"] == ["tensor", "fsdp"]
+  # tiny: 4 layers, d_model 128, d_ff 384; a shard holds 128/fsdp x 384/tensor of each layer's wi_0.
+  expect = {"1x1x1": [4, 128, 384], "8x1x1": [4, 128, 384], "1x8x1": [4, 16, 384], "2x2x2": [4, 64, 192],
+            "1x2x4": [4, 64, 96]}
+  assert {m: r["shard_shape"] for m, r in sharded_results.items()} == expect
