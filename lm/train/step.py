@@ -22,6 +22,18 @@ def _microbatches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def _keep_if(ok: jax.Array, new, old):
+  """`new` where `ok` else `old`, leaf by leaf.
+
+  On CPU a `lax.cond` picks the whole tree: an elementwise `jnp.where` over donated buffers made XLA:CPU
+  copy every optimizer-state leaf first (~6% of a small model's step). Elsewhere `jnp.where`, because a
+  conditional on GPU reads its predicate on the host, which would stall dispatch every step.
+  """
+  if jax.default_backend() == "cpu":
+    return jax.lax.cond(ok, lambda: new, lambda: old)
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
 def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransformation,
                     lr_schedule: Callable, unit_bytes: jax.Array, grad_accum: int = 1):
   """(state, batch) -> (state, metrics). Metrics are sums with counts, plus loss, grad_norm, lr, skipped."""
@@ -53,9 +65,9 @@ def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransform
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step leaves params and optimizer state untouched; the loop stops after too many in a row.
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    params, opt_state = _keep_if(ok, (params, opt_state), (state.params, state.opt_state))
     new_state = TrainState(
-        step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+        step=state.step + 1, params=params, opt_state=opt_state,
         rng=jax.random.fold_in(state.rng, state.step),
         nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1))
     metrics = dict(terms.metrics, loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
