@@ -223,6 +223,20 @@ def hand_stepper(name, config, batch, vocab):
   return Stepper(name, step, state, batch)
 
 
+def _has_torch() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("torch") is not None
+
+
+def torch_subprocess(shape, vocab) -> float:
+  """Median seconds per step of the PyTorch reference, in its own process (see torch_reference.main)."""
+  import subprocess
+  args = [sys.executable, str(pathlib.Path(__file__).with_name("torch_reference.py")), f"--vocab={vocab}"]
+  args += [f"--{k}={v}" for k, v in shape.items()]
+  out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+  return json.loads(out)["torch_step_ms"] / 1e3
+
+
 def interleaved(steppers, steps: int, repeats: int) -> dict[str, list[float]]:
   """Compile and warm each, then time `repeats` rounds of `steps` steps, alternating between them."""
   first = {}
@@ -258,6 +272,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=12)
   p.add_argument("--steps", type=int, default=0, help="steps per timed round (0: per mode)")
   p.add_argument("--repeats", type=int, default=0, help="timed rounds (0: per mode)")
+  p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=_has_torch(),
+                 help="also time a PyTorch CPU reference of the same model in the same run (default: if installed)")
   args = p.parse_args(argv)
   args.layers = args.layers or (2 if args.quick else 4)
   steps = args.steps or (2 if args.quick else 10)
@@ -277,7 +293,10 @@ def main(argv=None):
   fw, run = framework_stepper("framework", model_config(**shape), batch)
   hand = hand_stepper("hand", run.config, batch, vocab)
   rolled, _ = framework_stepper("framework_rolled", model_config(**shape, scan_unroll=1), batch)
+  torch_runs = [torch_subprocess(shape, vocab)] if args.torch else []
   times, first = interleaved([fw, hand, rolled], steps, repeats)
+  if args.torch:
+    torch_runs.append(torch_subprocess(shape, vocab))
   med = {k: statistics.median(v) for k, v in times.items()}
   ratios = [f / h for f, h in zip(times["framework"], times["hand"])]
   rolled_ratios = [r / f for r, f in zip(times["framework_rolled"], times["framework"])]
@@ -315,6 +334,12 @@ def main(argv=None):
       unrolled_compile_ratio=compile_s[f"unrolled_{depths[1]}"] / compile_s[f"unrolled_{depths[0]}"],
       step_ms_all={k: [t * 1e3 for t in v] for k, v in times.items()},
   )
+  if torch_runs:
+    import torch
+    med["pytorch"] = statistics.median(torch_runs)  # before and after the jax rounds, in a subprocess
+    result.update(torch=torch.__version__, torch_step_ms=med["pytorch"] * 1e3,
+                  torch_step_ms_runs=[t * 1e3 for t in torch_runs], torch_tokens_per_s=tokens / med["pytorch"],
+                  framework_over_torch=med["framework"] / med["pytorch"])
 
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -325,6 +350,8 @@ def main(argv=None):
         f"{steps} steps x {repeats} rounds, matmul peak {peak / 1e9:.1f} GFLOP/s")
   rows = [("framework (scan_unroll=%d)" % run.config.model.scan_unroll, med["framework"]),
           ("hand-written jax+optax", med["hand"]), ("framework rolled (unroll=1)", med["framework_rolled"])]
+  if "pytorch" in med:
+    rows.append(("pytorch eager (own process)", med["pytorch"]))
   print(f"  {'step':32s} {'ms/step':>8s} {'tok/s':>8s} {'MFU':>6s} {'/hand':>6s}")
   for name, t in rows:
     print(f"  {name:32s} {t * 1e3:8.2f} {tokens / t:8.0f} {flops / t / peak:6.1%} {t / med['hand']:6.3f}")

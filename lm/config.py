@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
       family="token",
       d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=512, head_dim=0,
       rope_base=10_000.0, tie_embeddings=True, norm_eps=1e-6, init_std=0.02,
-      vocab_multiple=128,       # embedding/unembedding padded to a multiple (tensor-parallel split); masked
+      vocab_multiple=8,         # embedding/unembedding padded to a multiple (tensor-parallel split); masked
       scan_layers=True,
       scan_unroll=0,            # 0: per backend (fully unrolled on CPU, rolled on TPU/GPU); else lax.scan unroll
       remat_policy="none",      # none | full | dots | comma-separated names from models.transformer.REMAT_NAMES

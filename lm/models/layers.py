@@ -112,7 +112,7 @@ class TransformerConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: float = 0.02
-  vocab_multiple: int = 128    # so `tensor` can split the vocabulary; padded logits are masked out
+  vocab_multiple: int = 8      # so `tensor` can split the vocabulary; padded logits are masked out
 
   @property
   def padded_vocab(self) -> int:
