@@ -1,17 +1,23 @@
-"""`lm train|eval|sample|list` (also `python -m lm ...`).
+"""`lm train|eval|sample|list|launch` (also `python -m lm ...`).
 
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
+           [--coordinator HOST:PORT --num-processes N --process-id I]
   lm train --config=experiments/token_ntp.py:tiny --workdir DIR
   lm eval DIR [--split val|test] [--data SOURCE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   lm list
+  lm launch local --processes N [--devices-per-process K] EXPERIMENT[:ARG] --workdir DIR [--config...]
+  lm launch tpu --name NAME --zone ZONE [--project P] --repo GIT_URL [--ref REF] EXPERIMENT ... [--dry-run]
+  lm launch slurm --nodes N --gpus-per-node G [--partition P] [--time T] EXPERIMENT ... [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 
 from lm.errors import LMError
 
@@ -48,28 +54,49 @@ def _cmd_list(args) -> int:
   return 0
 
 
-def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
+def _load_config(args, overrides: list[str], spec: str | None, command: str = "lm train"):
   from lm import config as config_lib
   experiment = args.experiment or spec
   if not experiment:
-    raise LMError("lm train needs an experiment: `lm train token_ntp:tiny --workdir DIR` (`lm list` shows all)")
+    raise LMError(f"{command} needs an experiment: `{command} token_ntp:tiny --workdir DIR` (`lm list` shows all)")
   if args.experiment and spec:
     raise LMError(f"give the experiment once: either {args.experiment!r} or --config={spec!r}")
   config = config_lib.load_experiment(experiment)
   config_lib.apply_overrides(config, overrides)
   config_lib.validate(config)
+  return config
+
+
+def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
+  from lm import parallel
+  parallel.check_distributed_args(args.coordinator, args.num_processes, args.process_id)
+  config = _load_config(args, overrides, spec)
   workdir = args.workdir or f"runs/{config.experiment.replace(':', '_')}"
+  # Before anything touches devices: joining other processes is impossible once a backend exists.
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  import jax
+  multi = jax.process_count() > 1
+  if multi:  # one line per process, so a launcher's log shows every host came up
+    print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+          f"{jax.default_backend()} devices, {jax.device_count()} in all", flush=True)
 
   from lm.train import loop  # heavy imports only once the command line is known to be good
   if args.restart:
     loop.move_aside(workdir)
+    if multi:  # nobody may look for a checkpoint to resume from until process 0 has moved them
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("lm-train-restart")
   summary = loop.train(config, workdir)
-  import jax
+  params = summary["state"].params
+  if multi and config.sample.max_new > 0:
+    # Params span every process's devices; gather a host copy (every process must join) to sample on one.
+    from jax.experimental import multihost_utils
+    params = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
     print(f"bpb: {summary['val_bpb']:.4f}  (val split, {summary['val_n_bytes']} bytes; "
           f"{summary['seconds']:.1f}s)", flush=True)
     if config.sample.max_new > 0:
-      text = _sample_text(summary["run"], summary["state"].params, config.sample.prompt, config.sample.max_new,
+      text = _sample_text(summary["run"], params, config.sample.prompt, config.sample.max_new,
                           config.sample.temperature, config.sample.top_k, config.sample.top_p,
                           config.sample.seed)
       print(f"sample: {config.sample.prompt}{text}", flush=True)
@@ -88,7 +115,7 @@ def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top
   tok = run.tokenizer
   ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
   decoder = build_model(run.config.model, tok.vocab_size, decode=True)
-  params = jax.device_put(params, jax.devices()[0]) if len(jax.devices()) > 1 else params
+  params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound
   out, lengths = generate(decoder, params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed), max_new=max_new,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                           eos_id=tok.eos_id)
@@ -128,6 +155,28 @@ def _cmd_sample(args) -> int:
   return 0
 
 
+def _cmd_launch(args, overrides: list[str], spec: str | None) -> int:
+  import launch
+  config = _load_config(args, overrides, spec, command=f"lm launch {args.target}")  # fail here, not on N hosts
+  argv = launch.train_argv(args.experiment, args.workdir, overrides, spec, args.restart)
+  if args.target == "local":
+    from launch import local
+    if args.processes < 1 or (args.devices_per_process is not None and args.devices_per_process < 1):
+      raise LMError("--processes and --devices-per-process must be at least 1")
+    return local.launch(argv, args.processes, args.devices_per_process)
+  if args.target == "tpu":
+    from launch import tpu
+    cmds = tpu.commands(args.name, args.zone, args.project, argv, repo=args.repo, ref=args.ref,
+                        install=not args.skip_install)
+    return tpu.launch(cmds, dry_run=args.dry_run)
+  from launch import slurm
+  output = args.output or slurm.default_output(args.workdir)
+  job_name = args.job_name or f"lm-{launch.run_name(config.experiment)}"
+  text = slurm.script(argv, args.nodes, args.gpus_per_node, job_name, output, partition=args.partition,
+                      time=args.time, account=args.account, python=args.python)
+  return slurm.launch(text, args.workdir, output, dry_run=args.dry_run)
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="lm", description="Train, evaluate and sample language models by name.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -136,6 +185,10 @@ def parser() -> argparse.ArgumentParser:
   t.add_argument("experiment", nargs="?", help="name in experiments/ or a path, with an optional :ARG")
   t.add_argument("--workdir", help="where checkpoints, metrics and the tokenizer go (default runs/NAME)")
   t.add_argument("--restart", action="store_true", help="move old checkpoints aside and start over")
+  t.add_argument("--coordinator", help="HOST:PORT of process 0, for a multi-process run that jax cannot "
+                 "detect by itself (TPU pods and SLURM need no flags)")
+  t.add_argument("--num-processes", type=int, help="processes in the run (with --coordinator)")
+  t.add_argument("--process-id", type=int, help="this process's index, 0 to N-1 (with --coordinator)")
   e = sub.add_parser("eval", help="bits per byte of a trained run")
   e.add_argument("workdir")
   e.add_argument("--split", default="val", choices=("val", "test"))
@@ -148,6 +201,38 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--top-k", type=int, default=0)
   s.add_argument("--top-p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)
+  la = sub.add_parser("launch", help="run `lm train` on several local processes, a TPU pod or SLURM")
+  targets = la.add_subparsers(dest="target", required=True)
+
+  def target(name: str, help: str) -> argparse.ArgumentParser:
+    tp = targets.add_parser(name, help=help)
+    tp.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
+    tp.add_argument("--workdir", required=True, help="the run's workdir (shared by all hosts on a cluster)")
+    tp.add_argument("--restart", action="store_true", help="passed on to `lm train`")
+    return tp
+
+  lo = target("local", "N processes on this host with a loopback coordinator (fake hosts on CPU)")
+  lo.add_argument("--processes", type=int, required=True)
+  lo.add_argument("--devices-per-process", type=int,
+                  help="CPU devices per process (default: what XLA_FLAGS says, else 1)")
+  tpu = target("tpu", "install on every worker of a TPU pod and start the run on all of them (gcloud)")
+  tpu.add_argument("--name", required=True, help="the TPU VM (pod slice) name")
+  tpu.add_argument("--zone", required=True)
+  tpu.add_argument("--project", help="GCP project (default: gcloud's configured project)")
+  tpu.add_argument("--repo", help="git URL of this package that every worker can clone")
+  tpu.add_argument("--ref", default="main", help="branch, tag or commit of --repo (default main)")
+  tpu.add_argument("--skip-install", action="store_true", help="only start the run")
+  tpu.add_argument("--dry-run", action="store_true", help="print the gcloud commands instead of running them")
+  sl = target("slurm", "write an sbatch script (one process per GPU via srun) and submit it")
+  sl.add_argument("--nodes", type=int, required=True)
+  sl.add_argument("--gpus-per-node", type=int, required=True)
+  sl.add_argument("--partition")
+  sl.add_argument("--time", help="wall-clock limit, e.g. 24:00:00")
+  sl.add_argument("--account")
+  sl.add_argument("--job-name", help="default lm-EXPERIMENT")
+  sl.add_argument("--output", help="SLURM log path (default WORKDIR/slurm-%%j.out)")
+  sl.add_argument("--python", default="python", help="the interpreter on the nodes (default python on PATH)")
+  sl.add_argument("--dry-run", action="store_true", help="print the script instead of writing and submitting it")
   return p
 
 
@@ -161,18 +246,39 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides, spec = _split_overrides(argv)
     args = parser().parse_args(rest)
-    if args.command != "train" and (overrides or spec):
-      raise LMError(f"--config options only apply to `lm train`, not `lm {args.command}`")
+    if args.command not in ("train", "launch") and (overrides or spec):
+      raise LMError(f"--config options only apply to `lm train` and `lm launch`, not `lm {args.command}`")
     if args.command == "list":
       return _cmd_list(args)
     if args.command == "train":
       return _cmd_train(args, overrides, spec)
+    if args.command == "launch":
+      return _cmd_launch(args, overrides, spec)
     if args.command == "eval":
       return _cmd_eval(args)
     return _cmd_sample(args)
   except LMError as e:
     print(f"error: {e}", file=sys.stderr)
+    _exit_now_if_distributed(2)
     return 2
+  except BaseException:
+    if _distributed():
+      traceback.print_exc()
+      _exit_now_if_distributed(1)
+    raise
+
+
+def _distributed() -> bool:
+  return "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized()
+
+
+def _exit_now_if_distributed(code: int) -> None:
+  """A failed process of a multi-process run exits at once: a normal exit waits in jax's shutdown barrier
+  for peers that may be stuck waiting for it, so nobody (launcher, srun) would learn of the failure."""
+  if _distributed():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
