@@ -17,15 +17,15 @@ def get_config(arg: str | None = None):
   config.objectives = [dict(name="ntp", weight=1.0)]
   if arg == "tiny":
     config.model.update(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
-    config.data.update(tokenizer="bytes", seq_len=128, batch_size=16)
-    config.optim.update(lr=3e-3, warmup_steps=30)
-    config.train.update(steps=300, log_every=50, eval_every=150, checkpoint_every=150, eval_batches=4)
+    config.data.update(tokenizer="bytes", seq_len=64, batch_size=16)
+    config.optim.update(lr=4e-3, warmup_steps=30)
+    config.train.update(steps=300, log_every=50, eval_every=0, checkpoint_every=150, eval_batches=4)
     config.sample.max_new = 120
   elif arg == "small":
-    config.model.update(d_model=256, num_layers=6, num_heads=8, num_kv_heads=4, d_ff=768)
-    config.data.update(tokenizer="bytes", seq_len=256, batch_size=32)
-    config.optim.update(lr=2e-3, warmup_steps=100)
-    config.train.update(steps=2000, log_every=100, eval_every=500, checkpoint_every=500, eval_batches=8)
+    config.model.update(d_model=192, num_layers=4, num_heads=6, num_kv_heads=3, d_ff=512)
+    config.data.update(tokenizer="bytes", seq_len=128, batch_size=24)
+    config.optim.update(lr=3e-3, warmup_steps=50)
+    config.train.update(steps=800, log_every=50, eval_every=200, checkpoint_every=200, eval_batches=8)
   elif arg in (None, "", "base"):
     config.model.update(d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, d_ff=3072,
                         tie_embeddings=True)
