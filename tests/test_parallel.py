@@ -35,7 +35,7 @@ class _FakeMesh:
 @pytest.mark.parametrize("mesh, overrides, message", [
     ((1, 1, 3), [], "model.num_heads=4 is not divisible by mesh.tensor=3"),
     ((1, 1, 8), ["model.num_heads=8"], "model.num_kv_heads=4 is not divisible by mesh.tensor=8"),
-    ((1, 1, 2), ["model.d_ff=390"], "model.d_ff=390 is not divisible by mesh.tensor=2"),
+    ((1, 1, 4), ["model.d_ff=390"], "model.d_ff=390 is not divisible by mesh.tensor=4"),
     ((3, 1, 1), [], "data.batch_size=16 (per microbatch 16) is not divisible by mesh data x fsdp = 3"),
 ])
 def test_divisibility_errors_name_the_numbers(mesh, overrides, message):
