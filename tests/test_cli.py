@@ -91,6 +91,10 @@ def test_bad_input_fails_with_one_line(capsys, tmp_path):
   assert "empty" in _error(capsys, "train", "token_ntp:tiny", "--workdir", w, f"--config.data.source={empty}")
   assert "wordpiece" in _error(capsys, "train", "token_ntp:tiny", "--workdir", w,
                                "--config.data.tokenizer=wordpiece")
+  blocker = tmp_path / "a-file"
+  blocker.write_text("")
+  assert "not writable" in _error(capsys, "train", "token_ntp:tiny", "--workdir", str(blocker / "w"),
+                                  "--config.train.steps=1")
   assert "holds no checkpoint" in _error(capsys, "eval", str(tmp_path / "nothing"))
   assert "holds no checkpoint" in _error(capsys, "sample", str(tmp_path / "nothing"), "--prompt", "x")
 

@@ -103,7 +103,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   config, mesh = run.config, run.mesh
   T, B = config.data.seq_len, config.data.batch_size
   if primary:
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      probe = workdir / ".write-test"
+      probe.write_text("")
+      probe.unlink()
+    except OSError as e:
+      raise CheckpointError(f"workdir {str(workdir)!r} is not writable ({e.strerror or e}); "
+                            "pass --workdir to a writable directory") from None
     data.tokenizer.save(str(workdir / "tokenizer"))
     checkpoint.write_json(workdir / "config.json", config.to_dict())
 
