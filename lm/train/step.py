@@ -60,7 +60,7 @@ def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransform
     count = jnp.maximum(terms.count, 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     loss = terms.total / count
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
