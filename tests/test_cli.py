@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -15,9 +16,12 @@ SHORT = ["--config.train.steps=6", "--config.train.log_every=2", "--config.train
          "--config.train.eval_batches=2", "--config.eval.max_batches=3", "--config.sample.max_new=8"]
 
 
-def run_lm(*args, check=True):
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_lm(*args, check=True, cwd=None):
   proc = subprocess.run([sys.executable, "-m", "lm", *args], capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cwd)
   if check:
     assert proc.returncode == 0, proc.stdout + proc.stderr
   return proc
@@ -25,9 +29,11 @@ def run_lm(*args, check=True):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run") / "w"
-  proc = run_lm("train", "--config=experiments/token_ntp.py:tiny", "--workdir", str(workdir), *SHORT)
-  return workdir, proc
+  cwd = tmp_path_factory.mktemp("run")
+  # A relative workdir, as README writes it: orbax needs absolute paths, the CLI must not.
+  proc = run_lm("train", f"--config={ROOT / 'experiments' / 'token_ntp.py'}:tiny", "--workdir", "w", *SHORT,
+                cwd=cwd)
+  return cwd / "w", proc
 
 
 def test_train_writes_metrics_checkpoints_and_prints_bpb_and_sample(trained):
@@ -61,7 +67,7 @@ def test_eval_prints_bpb_and_writes_json(trained, tmp_path):
 
 def test_sample_continues_the_prompt(trained):
   workdir, _ = trained
-  proc = run_lm("sample", str(workdir), "--prompt", "The", "--max-new", "10", "--temperature", "0")
+  proc = run_lm("sample", "w", "--prompt", "The", "--max-new", "10", "--temperature", "0", cwd=workdir.parent)
   assert proc.stdout.startswith("The")
   again = run_lm("sample", str(workdir), "--prompt", "The", "--max-new", "10", "--temperature", "0")
   assert again.stdout == proc.stdout

@@ -7,6 +7,7 @@ mid-save never replaces the previous good step). No pickle: the config and itera
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -18,12 +19,18 @@ from lm.errors import CheckpointError
 CHECKPOINT_DIR = "checkpoints"
 
 
+def workdir_path(workdir) -> epath.Path:
+  """Local paths made absolute (orbax's tensorstore writer rejects relative ones); `gs://...` kept."""
+  text = str(workdir)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options,
+  return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR, options=options,
                                item_names=("state", "data", "config"))
 
 
@@ -42,7 +49,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any
 
 
 def latest_step(workdir) -> int | None:
-  path = epath.Path(workdir) / CHECKPOINT_DIR
+  path = workdir_path(workdir) / CHECKPOINT_DIR
   if not path.exists():
     return None
   return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)).latest_step()

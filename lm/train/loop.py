@@ -95,7 +95,7 @@ def make_evaluator(run: Run):
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Train `config` in `workdir` (resuming from its newest checkpoint) on `devices` (default: all)."""
-  workdir = epath.Path(workdir)
+  workdir = checkpoint.workdir_path(workdir)
   primary = jax.process_index() == 0
   t0 = time.time()
   data = load_data(config)
