@@ -206,4 +206,4 @@ def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
   t0 = time.time()
   proc = _launch_local("token_ntp:tiny", "--workdir", str(tmp_path / "file" / "w"))
   assert proc.returncode != 0 and time.time() - t0 < 60, proc.stdout + proc.stderr
-  assert "[0] NotADirectoryError" in proc.stdout and "[launch] process" in proc.stderr
+  assert "[0] error: workdir" in proc.stdout and "[launch] process" in proc.stderr
