@@ -87,6 +87,8 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("lm-train-restart")
   summary = loop.train(config, workdir)
+  if summary["preempted"]:  # saved; the same command resumes
+    return 0
   params = summary["state"].params
   if multi and config.sample.max_new > 0:
     # Params span every process's devices; gather a host copy (every process must join) to sample on one.

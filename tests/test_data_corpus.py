@@ -113,3 +113,45 @@ def test_jsonl_field_must_be_text(tmp_path):
   path = tmp_path / "x.jsonl"
   path.write_text(json.dumps({"text": 3}) + "\n")
   assert "not a string" in _raises_one_line(corpus.load_documents, f"jsonl:{path}:text")
+
+
+def test_missing_and_empty_sources_name_the_source_and_its_size(tmp_path):
+  good = tmp_path / "good.txt"
+  good.write_bytes(b"text")
+  missing = str(tmp_path / "missing.txt")
+  message = _raises_one_line(corpus.load_documents, f"{good},{missing}")
+  assert "does not exist" in message and repr(missing) in message
+  (tmp_path / "none").mkdir()
+  (tmp_path / "hidden").mkdir()
+  (tmp_path / "hidden" / ".secret").write_bytes(b"skipped")
+  for name in ("none", "hidden"):
+    message = _raises_one_line(corpus.load_documents, str(tmp_path / name))
+    assert "no regular files" in message and repr(str(tmp_path / name)) in message
+  # A directory of empty files, an empty file and a jsonl with only blank lines or empty texts are empty corpora.
+  (tmp_path / "empties").mkdir()
+  for i in range(3):
+    (tmp_path / "empties" / f"{i}.txt").write_bytes(b"")
+  (tmp_path / "empty.txt").write_bytes(b"")
+  (tmp_path / "blank.jsonl").write_text("\n  \n")
+  (tmp_path / "hollow.jsonl").write_text('{"text": ""}\n{"text": ""}\n')
+  for source, size in [
+      (str(tmp_path / "empties"), "3 documents, 0 bytes"),
+      (str(tmp_path / "empty.txt"), "1 documents, 0 bytes"),
+      (f"jsonl:{tmp_path / 'blank.jsonl'}:text", "0 documents, 0 bytes"),
+      (f"jsonl:{tmp_path / 'hollow.jsonl'}:text", "2 documents, 0 bytes"),
+  ]:
+    message = _raises_one_line(corpus.load_documents, source)
+    assert "corpus is empty" in message and repr(source) in message and size in message, message
+
+
+def test_whitespace_only_and_invalid_utf8_documents_are_kept_verbatim(tmp_path):
+  # Whitespace is text to predict (bits per byte counts it), so only a zero-byte document is dropped.
+  (tmp_path / "a.txt").write_bytes(b" \n\t\r\n")
+  (tmp_path / "b.txt").write_bytes(b"\xff\xfe\x80 \xe2\x82\x00")
+  (tmp_path / "c.txt").write_bytes(b"")
+  assert corpus.load_documents(str(tmp_path)) == [b" \n\t\r\n", b"\xff\xfe\x80 \xe2\x82\x00"]
+
+
+def test_empty_train_split_names_the_source_and_its_size():
+  message = _raises_one_line(corpus.split_documents, [b"xyz"], 0.5, 0.49, 0, "tiny.txt")
+  assert "train split is empty" in message and "'tiny.txt'" in message and "1 documents, 3 bytes" in message

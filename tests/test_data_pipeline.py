@@ -196,3 +196,113 @@ def test_build_from_files(tmp_path):
   assert batch["inputs"].shape == (2, 16)
   with pytest.raises(DataError, match="'wordpiece'"):
     pipeline.TokenData.build(str(tmp_path), "wordpiece", 0, seq_len=16)
+
+
+def _one_line_error(fn, *args, **kwargs) -> str:
+  with pytest.raises(DataError) as e:
+    fn(*args, **kwargs)
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+def test_build_errors_name_the_source_and_its_size(tmp_path):
+  build = pipeline.TokenData.build
+  missing = str(tmp_path / "missing")
+  assert repr(missing) in _one_line_error(build, missing, "bytes", seq_len=8)
+  (tmp_path / "empties").mkdir()
+  for i in range(2):
+    (tmp_path / "empties" / f"{i}.txt").write_bytes(b"")
+  message = _one_line_error(build, str(tmp_path / "empties"), "bpe", vocab_size=300, seq_len=8)
+  assert repr(str(tmp_path / "empties")) in message and "2 documents, 0 bytes" in message
+  # One document that hashes into a held-out split leaves nothing to train on.
+  (tmp_path / "one.txt").write_bytes(b"a single document")
+  message = _one_line_error(build, str(tmp_path / "one.txt"), "bytes", seq_len=8, val_fraction=0.5,
+                            test_fraction=0.49)
+  assert "train split is empty" in message and repr(str(tmp_path / "one.txt")) in message
+  assert "1 documents, 17 bytes" in message
+
+
+def test_build_too_small_for_one_batch_names_the_source_and_sizes(tmp_path):
+  path = str(tmp_path / "small.txt")
+  (tmp_path / "small.txt").write_bytes(b"hello world\n")  # 12 bytes -> 13 pairs -> 2 rows of 8.
+  data = pipeline.TokenData.build(path, "bytes", seq_len=8, val_fraction=0.0, test_fraction=0.0)
+  message = _one_line_error(data.train_iterator, batch_size=3, seed=0)
+  assert repr(path) in message and "2 rows of 8 (13 tokens)" in message and "batch of 3" in message
+  batch = next(data.train_iterator(batch_size=2, seed=0))
+  assert batch["inputs"].shape == (2, 8) and batch["loss_mask"].sum() == 13
+
+
+# Invalid UTF-8 of every kind: bytes that never occur in UTF-8, lone continuation bytes, truncated sequences,
+# an overlong encoding, a surrogate; mixed with valid multibyte text, NULs and whitespace.
+_INVALID_UTF8_DOCS = [
+    b"\xff\xfe plain start. More text!\n",
+    b"lone \x80 continuation \xbf\xbf bytes.\n",
+    b"truncated \xe2\x82 euro and \xf0\x9f\x99 smile",
+    "valid café 東京 🙂 text. ".encode() + b"\xc3",
+    b"overlong \xc0\xaf slash, surrogate \xed\xa0\x80 here.\n",
+    b"\x00\x00 nul bytes \x00 and \r\n windows lines\r\n",
+    b"\xfe" * 40,
+    b"ordinary ascii words that tell the tokenizer something. " * 3,
+    b"more ordinary words, with an \xff in the middle of them.\n" * 2,
+    b"the end \xe0\xa4",
+]
+
+
+def _write_docs(directory, docs):
+  directory.mkdir()
+  for i, doc in enumerate(docs):
+    (directory / f"{i:02d}.txt").write_bytes(doc)
+  return str(directory)
+
+
+def test_build_bytes_keeps_every_invalid_utf8_byte(tmp_path):
+  source = _write_docs(tmp_path / "corpus", _INVALID_UTF8_DOCS)
+  data = pipeline.TokenData.build(source, "bytes", seq_len=32, val_fraction=0.2, test_fraction=0.2)
+  tok = data.tokenizer
+  assert sorted(sum(data.splits.values(), [])) == sorted(_INVALID_UTF8_DOCS)
+  for doc in _INVALID_UTF8_DOCS:
+    assert tok.decode_bytes(tok.encode(doc)) == doc
+  train = data.splits["train"]
+  rows = data.train_rows
+  mask = rows["loss_mask"] == 1
+  # The unmasked targets are exactly the train documents' bytes, each followed by eos.
+  assert rows["targets"][mask].tolist() == [t for d in train for t in [*d, tok.eos_id]]
+  assert tok.decode_bytes(rows["targets"]) == b"".join(train)
+  assert tok.decode_bytes(rows["inputs"]) == b"".join(train)
+  for split, docs in data.splits.items():
+    batches = data.eval_batches(split, batch_size=4)
+    segments = data.eval_segments(docs)
+    assert b"".join(segments) == b"".join(docs)
+    assert sum(n for _, n in batches) == sum(len(s) + 1 for s in segments)
+    assert b"".join(tok.decode_bytes(b["targets"]) for b, _ in batches) == b"".join(docs)
+
+
+def test_build_bpe_decodes_invalid_utf8_with_replacement_and_counts_original_bytes(tmp_path):
+  source = _write_docs(tmp_path / "corpus", _INVALID_UTF8_DOCS)
+  data = pipeline.TokenData.build(source, "bpe", vocab_size=300, seq_len=32, val_fraction=0.2, test_fraction=0.2)
+  tok = data.tokenizer
+  assert tok.kind == "bpe" and tok.vocab_size <= 300
+  for doc in _INVALID_UTF8_DOCS:
+    ids = tok.encode(doc)
+    assert tok.decode(ids) == doc.decode("utf-8", errors="replace")  # U+FFFD, never an exception.
+    assert tok.decode_bytes(ids) == doc.decode("utf-8", errors="replace").encode()
+  rows = data.train_rows
+  assert ((rows["targets"] >= 0) & (rows["targets"] < tok.vocab_size)).all()
+  assert "\ufffd" in tok.decode(rows["targets"])
+  batch = next(data.train_iterator(batch_size=2, seed=0))
+  assert batch["targets"].shape == (2, 32) and (batch["targets"] < tok.vocab_size).all()
+  # Bits per byte divides by the source's bytes: each segment's own length plus one end-of-segment event.
+  total, n_segments = 0, 0
+  for split, docs in data.splits.items():
+    segments = data.eval_segments(docs)
+    assert b"".join(segments) == b"".join(docs)
+    n_bytes = sum(n for _, n in data.eval_batches(split, batch_size=4))
+    assert n_bytes == sum(len(s) + 1 for s in segments)
+    total, n_segments = total + n_bytes, n_segments + len(segments)
+  assert total == sum(map(len, _INVALID_UTF8_DOCS)) + n_segments
+  replaced = sum(len(d.decode("utf-8", errors="replace").encode()) for d in _INVALID_UTF8_DOCS)
+  assert replaced != sum(map(len, _INVALID_UTF8_DOCS))  # Counting decoded bytes would give another total.
+  # Explicit documents (e.g. a user's eval file) count their original bytes too.
+  outside = [b"\xff\xfe\xfd", b"ok \x80\x80 fine.\n" * 5]
+  segments = data.eval_segments(outside)
+  assert sum(n for _, n in data.eval_batches("test", 2, docs=outside)) == sum(len(s) + 1 for s in segments)

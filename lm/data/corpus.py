@@ -246,9 +246,13 @@ def _split_key(doc: bytes, seed: int) -> int:
 
 
 def split_documents(
-    docs: list[bytes], val_fraction: float = 0.02, test_fraction: float = 0.02, seed: int = 0
+    docs: list[bytes], val_fraction: float = 0.02, test_fraction: float = 0.02, seed: int = 0,
+    source: str | None = None,
 ) -> dict[str, list[bytes]]:
-  """Splits documents into train/val/test by a content hash; val and test get >= 1 document when possible."""
+  """Splits documents into train/val/test by a content hash; val and test get >= 1 document when possible.
+
+  `source` (the data.source the documents came from) is named in the error when the train split is empty.
+  """
   if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
     raise DataError(
         f"data split: val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum to "
@@ -268,8 +272,9 @@ def split_documents(
           which = [name if k == smallest else w for k, w in zip(keys, which)]
   splits = {name: [d for d, w in zip(docs, which) if w == name] for name in ("train", "val", "test")}
   if not splits["train"]:
+    where = f"data.source {source!r}" if source is not None else "data split"
     raise DataError(
-        f"data split: train split is empty ({len(docs)} documents, val_fraction={val_fraction}, "
-        f"test_fraction={test_fraction}); add documents or lower the fractions"
+        f"{where}: train split is empty ({len(docs)} documents, {sum(map(len, docs))} bytes, "
+        f"val_fraction={val_fraction}, test_fraction={test_fraction}); add documents or lower the fractions"
     )
   return splits

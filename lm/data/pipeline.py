@@ -140,7 +140,7 @@ class TokenData:
             split_seed: int = 0, eval_max_bytes: int | None = None) -> "TokenData":
     """Loads `source`, splits it by document, builds the tokenizer on the train split (or uses a given one)."""
     docs = corpus.load_documents(source)
-    splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed)
+    splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=source)
     if isinstance(tokenizer_spec, tokenizers_lib.Tokenizer):  # A trained run's own tokenizer, for eval.
       tokenizer = tokenizer_spec
     else:

@@ -69,9 +69,13 @@ class Tokenizer:
   def _meta(self) -> dict:
     return dict(kind=self.kind, vocab_size=self.vocab_size, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)
 
+  def files(self) -> dict[str, bytes]:
+    """Everything that defines this tokenizer: its own files plus `tokenizer_meta.json`."""
+    return {**self._files(), META_FILE: json.dumps(self._meta(), indent=2).encode()}
+
   def save(self, directory) -> None:
-    """Writes the tokenizer's files and `tokenizer_meta.json` into `directory` (local or e.g. gs://)."""
-    files = {**self._files(), META_FILE: json.dumps(self._meta(), indent=2).encode()}
+    """Writes `files()` into `directory` (local or e.g. gs://)."""
+    files = self.files()
     if "://" in str(directory):  # Object stores write whole objects; there is no partial file to avoid.
       directory = epath.Path(directory)
       directory.mkdir(parents=True, exist_ok=True)
@@ -332,30 +336,41 @@ class SentencePieceTokenizer(Tokenizer):
 def load_tokenizer(directory) -> Tokenizer:
   """Loads a tokenizer written by `Tokenizer.save(directory)`."""
   directory = epath.Path(directory)
-  meta_path = directory / META_FILE
-  if not meta_path.exists():
+  if not (directory / META_FILE).exists():
     raise DataError(
         f"tokenizer directory {str(directory)!r}: no {META_FILE}; pass a directory written by Tokenizer.save"
     )
-  meta = json.loads(meta_path.read_text())
+  files = {p.name: p.read_bytes() for p in directory.iterdir() if p.name in _FILE_NAMES}
+  return tokenizer_from_files(files, f"tokenizer directory {str(directory)!r}")
+
+
+_FILE_NAMES = (META_FILE, "tokenizer.json", "tokenizer.model")
+
+
+def tokenizer_from_files(files: dict[str, bytes], where: str = "tokenizer") -> Tokenizer:
+  """The inverse of `Tokenizer.files()`; `where` names the origin in errors (a directory, a checkpoint)."""
+  if META_FILE not in files:
+    raise DataError(f"{where}: no {META_FILE}; save the tokenizer with Tokenizer.save")
+  meta = json.loads(files[META_FILE])
   kind = meta.get("kind")
-  if kind == "bytes":
-    tok = ByteTokenizer()
-  elif kind == "bpe":
-    tok = BPETokenizer.from_file(directory / "tokenizer.json")
-  elif kind == "sentencepiece":
-    tok = SentencePieceTokenizer.from_file(directory / "tokenizer.model")
-  else:
-    raise DataError(
-        f"tokenizer directory {str(directory)!r}: unknown kind {kind!r} in {META_FILE}; "
-        "expected bytes, bpe or sentencepiece"
-    )
+  try:
+    if kind == "bytes":
+      tok = ByteTokenizer()
+    elif kind == "bpe":
+      tok = BPETokenizer(hf.Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")))
+    elif kind == "sentencepiece":
+      tok = SentencePieceTokenizer(files["tokenizer.model"])
+    else:
+      raise DataError(f"{where}: unknown kind {kind!r} in {META_FILE}; expected bytes, bpe or sentencepiece")
+  except KeyError as e:
+    raise DataError(f"{where}: {kind} tokenizer without its file {e.args[0]!r}; re-save the tokenizer") from None
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # `tokenizers` raises bare Exceptions.
+    raise DataError(f"{where}: cannot load the {kind} tokenizer ({_first_line(e)}); re-save it") from None
   found = tok._meta()  # pylint: disable=protected-access
   if found != meta:
-    raise DataError(
-        f"tokenizer directory {str(directory)!r}: files disagree with {META_FILE} ({found} vs {meta}); "
-        "re-save the tokenizer"
-    )
+    raise DataError(f"{where}: files disagree with {META_FILE} ({found} vs {meta}); re-save the tokenizer")
   return tok
 
 

@@ -1,22 +1,27 @@
-"""Orbax checkpoints: one step directory holds the train state, the data iterator state and the config.
+"""Orbax checkpoints: one step directory holds everything needed to continue a run.
 
-Saves are asynchronous (orbax writes to a temporary directory and renames it when complete, so a crash
-mid-save never replaces the previous good step). No pickle: the config and iterator state are JSON.
+Items: `state` (params, optimizer state, step, PRNG key), `data` (the grain iterator state), `config` (the
+run's config) and `tokenizer` (its files, text or base64) - the last three as JSON; no pickle anywhere.
+Saves are asynchronous: orbax writes `<step>.orbax-checkpoint-tmp` and renames it when complete, so a crash
+mid-save leaves the previous step as it was, and a half-written step is never listed.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from lm.errors import CheckpointError
+from lm.data import tokenizers as tokenizers_lib
 
 CHECKPOINT_DIR = "checkpoints"
+QUARANTINE_DIR = "corrupt-checkpoints"
 
 
 def workdir_path(workdir) -> epath.Path:
@@ -25,27 +30,99 @@ def workdir_path(workdir) -> epath.Path:
   return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
+def _handlers() -> dict:
+  return dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
+              config=ocp.JsonCheckpointHandler(), tokenizer=ocp.JsonCheckpointHandler())
+
+
 def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
   return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR, options=options,
-                               item_names=("state", "data", "config"))
+                               item_handlers=_handlers())
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_state: Any, config_dict: dict) -> None:
+def tokenizer_to_json(tokenizer: tokenizers_lib.Tokenizer) -> dict:
+  out = {}
+  for name, data in tokenizer.files().items():
+    try:
+      out[name] = {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:  # SentencePiece models are binary protos.
+      out[name] = {"base64": base64.b64encode(data).decode("ascii")}
+  return out
+
+
+def tokenizer_from_json(obj: dict, where: str) -> tokenizers_lib.Tokenizer:
+  files = {name: (v["text"].encode("utf-8") if "text" in v else base64.b64decode(v["base64"]))
+           for name, v in obj.items()}
+  return tokenizers_lib.tokenizer_from_files(files, where)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: Any, config_dict: dict,
+         tokenizer: tokenizers_lib.Tokenizer) -> None:
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(config_dict)), force=True)
+      config=ocp.args.JsonSave(config_dict),
+      tokenizer=ocp.args.JsonSave(tokenizer_to_json(tokenizer))), force=True)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any, Any]:
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The JSON items of a step: {'config': dict, 'data': iterator state, 'tokenizer': Tokenizer}."""
+  out = mngr.restore(step, args=ocp.args.Composite(
+      data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
+  where = f"checkpoint step {step} in {mngr.directory}"
+  return dict(config=out["config"], data=out["data"], tokenizer=tokenizer_from_json(out["tokenizer"], where))
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
   """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), whatever mesh saved it."""
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return restored["state"], restored["data"]
+  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def param_differences(mngr: ocp.CheckpointManager, step: int, abstract_params) -> list[str]:
+  """`path: saved -> expected` for every parameter whose shape (or presence) differs from the checkpoint."""
+  saved_tree = mngr.item_metadata(step)["state"]
+  saved = _shapes(getattr(saved_tree, "tree", saved_tree)["params"])
+  expected = _shapes(abstract_params)
+  out = []
+  for path in sorted(set(saved) | set(expected)):
+    a, b = saved.get(path, "absent"), expected.get(path, "absent")
+    if a != b:
+      out.append(f"params{path}: {a} -> {b}")
+  return out
+
+
+def config_differences(saved: dict, current: dict, sections=("model", "data", "optim")) -> list[str]:
+  """`a.b: saved -> current` for every leaf of `sections` that differs between two config dicts."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+  a = {k: v for k, v in flat(saved).items() if k.split(".")[0] in sections}
+  b = {k: v for k, v in flat(current).items() if k.split(".")[0] in sections}
+  return [f"{k}: {a.get(k, 'absent')!r} -> {b.get(k, 'absent')!r}" for k in sorted(set(a) | set(b))
+          if a.get(k, "absent") != b.get(k, "absent")]
+
+
+def quarantine(workdir, step: int) -> epath.Path:
+  """Move a step that cannot be restored out of the checkpoint directory (never deleted)."""
+  workdir = workdir_path(workdir)
+  target = workdir / QUARANTINE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+  target.parent.mkdir(parents=True, exist_ok=True)
+  (workdir / CHECKPOINT_DIR / str(step)).rename(target)
+  return target
 
 
 def latest_step(workdir) -> int | None:
@@ -53,16 +130,6 @@ def latest_step(workdir) -> int | None:
   if not path.exists():
     return None
   return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)).latest_step()
-
-
-def load_run_config(workdir):
-  """The config a run was trained with; error naming the workdir when it holds no run."""
-  from lm import config as config_lib
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists() or latest_step(workdir) is None:
-    raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint; train first with "
-                          f"`lm train EXPERIMENT --workdir {workdir}`")
-  return config_lib.from_json(path.read_text())
 
 
 def abstract_with_shardings(abstract_tree, shardings):

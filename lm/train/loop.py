@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -17,8 +22,8 @@ from etils import epath
 from lm import config as config_lib
 from lm import objectives, parallel
 from lm.data.pipeline import TokenData
-from lm.data.tokenizers import Tokenizer, load_tokenizer
-from lm.errors import CheckpointError
+from lm.data.tokenizers import Tokenizer
+from lm.errors import CheckpointError, LMError
 from lm.eval import bpb as bpb_lib
 from lm.models.base import build_model
 from lm.train import checkpoint, metrics as metrics_lib
@@ -93,38 +98,237 @@ def make_evaluator(run: Run):
   return evaluate
 
 
+@dataclasses.dataclass
+class Restored:
+  """The newest checkpoint that restores: its step, state, iterator state and the run built for it."""
+  step: int
+  state: Any
+  data_state: Any
+  saved_config: dict
+  run: Run
+  data: TokenData | None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def _state_paths(tree) -> dict[tuple, tuple]:
+  """Leaf shapes keyed by path names, so a TrainState and orbax's dict-of-metadata compare equal."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {tuple(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_compatible(mngr, step: int, run: Run, saved_config: dict, workdir) -> None:
+  """One line naming the config fields that make the saved state a different shape from this run's."""
+  saved_tree = mngr.item_metadata(step)["state"]
+  saved = _state_paths(getattr(saved_tree, "tree", saved_tree))
+  expected = _state_paths(run.abstract_state)
+  if saved == expected:
+    return
+  where = f"checkpoint step {step} in {workdir}"
+  params = checkpoint.param_differences(mngr, step, run.abstract_state.params)
+  current = run.config.to_dict()
+  if params:
+    fields = [d for d in checkpoint.config_differences(saved_config, current, ("model", "data"))
+              if d.startswith(("model.", "data.tokenizer", "data.vocab_size"))]
+    what = "the model's shape"
+  else:
+    fields = checkpoint.config_differences(saved_config, current, ("optim",))
+    params = [f"{'/'.join(p)}: {saved.get(p, 'absent')} -> {expected.get(p, 'absent')}"
+              for p in sorted(set(saved) | set(expected), key=str) if saved.get(p) != expected.get(p)]
+    what = "the optimizer state's structure"
+  detail = "; ".join(fields) if fields else "; ".join(params[:4]) + (" ..." if len(params) > 4 else "")
+  raise CheckpointError(f"this config changes {what} against {where} ({detail}); restore with the "
+                        "checkpoint's values or pass --restart to start over (old checkpoints are kept)")
+
+
+def restore_newest(workdir, build, quarantine: bool) -> Restored | None:
+  """Restore the newest step that restores, or None when the workdir has no checkpoint.
+
+  `build(saved_config, tokenizer, step) -> (run, data)` makes the run to restore into; it raises for a
+  config or tokenizer that cannot continue this checkpoint. A step that cannot be read (truncated or
+  corrupt files) is skipped with a warning naming it; with `quarantine` it is also moved out of the
+  checkpoint directory (to `corrupt-checkpoints/`, never deleted) so the run can save that step again.
+  """
+  workdir = checkpoint.workdir_path(workdir)
+  if not (workdir / checkpoint.CHECKPOINT_DIR).exists():
+    return None
+  mngr = checkpoint.manager(workdir, read_only=True)
+  primary = jax.process_index() == 0
+  found = None
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = checkpoint.restore_meta(mngr, step)
+      run, data = build(meta["config"], meta["tokenizer"], step)
+      _check_compatible(mngr, step, run, meta["config"], workdir)
+      state = checkpoint.restore_state(mngr, step, run.abstract_state)
+    except LMError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # unreadable files: fall back to an older step
+      where = ""
+      if quarantine and primary:
+        where = f"; moved it to {checkpoint.quarantine(workdir, step)}"
+      if primary:
+        print(f"warning: checkpoint step {step} in {workdir} cannot be restored ({_first_line(e)}){where}; "
+              "trying the previous one", file=sys.stderr, flush=True)
+      continue
+    found = Restored(step, state, meta["data"], meta["config"], run, data)
+    break
+  if quarantine and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("lm-restore-newest")  # nobody saves until corrupt steps moved
+  return found
+
+
+def _resume_data(config, saved_config: dict, saved_tokenizer: Tokenizer, step: int, workdir) -> TokenData:
+  """The run's data with the checkpoint's tokenizer, or an error if the config asks for another one."""
+  d, s = config.data, saved_config.get("data", {})
+  recipe = ("tokenizer", "vocab_size", "source", "val_fraction", "test_fraction", "split_seed")
+  if all(s.get(k) == d[k] for k in recipe):  # same recipe: take what trained it, never retrain
+    return load_data(config, saved_tokenizer)
+  data = load_data(config)
+  tok = data.tokenizer
+  if tok.files() != saved_tokenizer.files():
+    how = (f"{tok.vocab_size} ids but the checkpoint's has {saved_tokenizer.vocab_size}"
+           if tok.vocab_size != saved_tokenizer.vocab_size else
+           f"the same size ({tok.vocab_size} ids) as the checkpoint's but a different vocabulary")
+    raise CheckpointError(
+        f"tokenizer {d.tokenizer!r} has {how} (checkpoint step {step} in {workdir}, trained with "
+        f"data.tokenizer={s.get('tokenizer')!r}); set data.tokenizer back or pass --restart to start over")
+  return data
+
+
+class Preemption:
+  """SIGTERM or SIGINT: save at the end of the current step and exit 0; a second signal exits at once.
+
+  Multi-process runs must agree on the step: jax's preemption service (started by
+  `jax.distributed.initialize`) catches SIGTERM and `reached_preemption_sync_point` says when every process
+  is at the same step; SIGINT is turned into SIGTERM for it.
+  """
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self.multi = jax.process_count() > 1
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in ((signal.SIGINT,) if self.multi else (signal.SIGTERM, signal.SIGINT)):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    name = signal.Signals(signum).name
+    if self.signal_name is not None:
+      sys.stderr.write(f"{name} again: exiting now without saving\n")
+      sys.stderr.flush()
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.signal_name = name
+    sys.stderr.write(f"{name}: saving a checkpoint after this step, then exiting (send it again to exit "
+                     "at once)\n")
+    sys.stderr.flush()
+    if self.multi:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def should_stop(self, step: int) -> bool:
+    if self.multi:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signal_name is not None
+
+
+def _check_writable(workdir) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write-test"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointError(f"workdir {str(workdir)!r} is not writable ({e.strerror or e}); "
+                          "pass --workdir to a writable directory") from None
+
+
+class Saver:
+  """Asynchronous saves with errors (disk full, permissions) turned into one line that names the last good
+  step; orbax only renames a step into place once it is complete, so that step stays restorable."""
+
+  def __init__(self, workdir, keep: int, config, tokenizer: Tokenizer):
+    self.workdir, self.config, self.tokenizer = workdir, config, tokenizer
+    self.mngr = checkpoint.manager(workdir, keep=keep)
+    self.requested: int | None = None
+
+  def _fail(self, e: Exception):
+    good = checkpoint.latest_step(self.workdir)
+    full = any(t in str(e) for t in ("No space left", "File too large", "quota", "os_error_code='28'",
+                                     "os_error_code='27'"))
+    why = "the disk is full" if full else _first_line(e)
+    return CheckpointError(
+        f"saving checkpoint step {self.requested} in {self.workdir} failed ({why}); the last good checkpoint "
+        f"(step {good}) is intact: free space or fix the directory, then rerun the same command to resume")
+
+  def save(self, step: int, state, data_state) -> None:
+    try:
+      self.mngr.wait_until_finished()  # surfaces a failure of the previous asynchronous save
+      self.requested = step
+      checkpoint.save(self.mngr, step, state, data_state, self.config.to_dict(), self.tokenizer)
+    except LMError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._fail(e) from None
+
+  def wait(self) -> None:
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._fail(e) from None
+
+  def latest_step(self) -> int | None:
+    return self.mngr.latest_step()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
-  """Train `config` in `workdir` (resuming from its newest checkpoint) on `devices` (default: all)."""
+  """Train `config` in `workdir` (resuming from its newest good checkpoint) on `devices` (default: all)."""
   workdir = checkpoint.workdir_path(workdir)
   primary = jax.process_index() == 0
   t0 = time.time()
-  data = load_data(config)
-  run = prepare(config, data.tokenizer, devices)
+  if primary:
+    _check_writable(workdir)
+
+  def build(saved_config, saved_tokenizer, step):
+    data = _resume_data(config, saved_config, saved_tokenizer, step, workdir)
+    return prepare(config, data.tokenizer, devices), data
+
+  restored = restore_newest(workdir, build, quarantine=True)
+  if restored is not None:
+    run, data, state, start = restored.run, restored.data, restored.state, restored.step
+  else:
+    data = load_data(config)
+    run = prepare(config, data.tokenizer, devices)
+    state, start = run.init(config.train.seed), 0
   config, mesh = run.config, run.mesh
   T, B = config.data.seq_len, config.data.batch_size
-  if primary:
-    try:
-      workdir.mkdir(parents=True, exist_ok=True)
-      probe = workdir / ".write-test"
-      probe.write_text("")
-      probe.unlink()
-    except OSError as e:
-      raise CheckpointError(f"workdir {str(workdir)!r} is not writable ({e.strerror or e}); "
-                            "pass --workdir to a writable directory") from None
+  if primary:  # human-readable copies; the checkpoint holds its own
     data.tokenizer.save(str(workdir / "tokenizer"))
     checkpoint.write_json(workdir / "config.json", config.to_dict())
 
-  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  saver = Saver(workdir, config.train.keep_checkpoints, config, data.tokenizer)
   train_iter = data.train_iterator(B, seed=config.train.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  start = mngr.latest_step()
-  if start is not None:
-    state, data_state = checkpoint.restore(mngr, start, run.abstract_state)
-    train_iter.set_state(data_state)
+  if restored is not None:
+    train_iter.set_state(restored.data_state)
     if primary:
       print(f"resumed from step {start} in {workdir}", flush=True)
-  else:
-    state, start = run.init(config.train.seed), 0
 
   unit_bytes = jnp.asarray(data.tokenizer.unit_bytes(), jnp.float32)
   lr = learning_rate(config.optim, config.train.steps)
@@ -166,53 +370,67 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
       progress.update(step, out)
       window, window_start, window_steps = {}, time.time(), 0
 
-  with parallel.activation_context(mesh):
+  preempted = None
+  with parallel.activation_context(mesh), Preemption() as preemption:
     for step in range(start, config.train.steps):
       batch = run.put_batch(next(train_iter))
       state, step_metrics = step_fn(state, batch)
       if pending is not None:
         finish_step(*pending)
       pending = (step + 1, step_metrics)
+      done = step + 1
       streak = int(state.nonfinite_streak) if config.train.max_nonfinite_steps else 0
       if config.train.max_nonfinite_steps and streak >= config.train.max_nonfinite_steps:
-        mngr.wait_until_finished()
+        saver.wait()
         raise CheckpointError(
-            f"{streak} non-finite steps in a row at step {step + 1}; stopped with the last good checkpoint "
-            f"(step {mngr.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
-      done = step + 1
+            f"{streak} non-finite steps in a row at step {done}; stopped with the last good checkpoint "
+            f"(step {saver.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
+      if preemption.should_stop(done):
+        preempted = done
+        break
       if config.train.eval_every and done % config.train.eval_every == 0 and done < config.train.steps:
         val = evaluator(state.params, val_batches)
         writer.write(done, {"val_bpb": val["bpb"]})
         if primary:
           print(f"step {done}: val_bpb {val['bpb']:.4f}", flush=True)
       if config.train.checkpoint_every and done % config.train.checkpoint_every == 0:
-        checkpoint.save(mngr, done, state, train_iter.get_state(), config.to_dict())
+        saver.save(done, state, train_iter.get_state())
     if pending is not None:
       finish_step(*pending)
 
-    if mngr.latest_step() != config.train.steps:
-      checkpoint.save(mngr, config.train.steps, state, train_iter.get_state(), config.to_dict())
-    mngr.wait_until_finished()
+    last = preempted or config.train.steps
+    if start < last and saver.latest_step() != last:
+      saver.save(last, state, train_iter.get_state())
+    saver.wait()
+    if preempted is not None:
+      writer.close()
+      if primary:
+        print(f"{preemption.signal_name or 'preempted'}: saved step {preempted} in {workdir}; rerun the same "
+              "command to resume", flush=True)
+      return dict(step=preempted, preempted=True, seconds=time.time() - t0, state=state, run=run)
     all_val = data.eval_batches("val", eval_batch_size(config), max_batches=config.eval.max_batches or None)
     val = evaluator(state.params, all_val)
   writer.write(config.train.steps, {"final_val_bpb": val["bpb"]})
   writer.close()
   summary = dict(step=config.train.steps, val_bpb=val["bpb"], val_n_bytes=val["n_bytes"],
-                 seconds=time.time() - t0)
+                 seconds=time.time() - t0, preempted=False)
   if primary:
     checkpoint.write_json(workdir / "eval_val.json", val)
   return dict(summary, state=state, run=run)
 
 
 def restore_for_inference(workdir) -> tuple[Run, Any, ml_collections.ConfigDict]:
-  """Load a run's config, tokenizer and newest params (onto the current devices) from its workdir."""
-  config = checkpoint.load_run_config(workdir)
-  tokenizer = load_tokenizer(str(epath.Path(workdir) / "tokenizer"))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  run = prepare(config, tokenizer)
-  mngr = checkpoint.manager(workdir, read_only=True)
-  state, _ = checkpoint.restore(mngr, mngr.latest_step(), run.abstract_state)
-  return run, state.params, config
+  """The newest good checkpoint's config, tokenizer and params, on the current devices."""
+  def build(saved_config, saved_tokenizer, step):  # pylint: disable=unused-argument
+    config = config_lib.from_json(json.dumps(saved_config))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return prepare(config, saved_tokenizer), None
+
+  restored = restore_newest(workdir, build, quarantine=False)
+  if restored is None:
+    raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
+                          f"`lm train EXPERIMENT --workdir {workdir}`")
+  return restored.run, restored.state.params, restored.run.config
 
 
 def unigram_bpb(data: TokenData) -> float:
