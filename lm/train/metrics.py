@@ -29,17 +29,26 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    if self._tb is not None:
-      for k, v in metrics.items():
-        self._tb.add_scalar(k, float(v), int(step))
+    try:
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
+      if self._tb is not None:
+        for k, v in metrics.items():
+          self._tb.add_scalar(k, float(v), int(step))
+    except OSError as e:  # a full disk must cost the metrics, not the run (checkpoints report their own)
+      sys.stderr.write(f"warning: cannot write metrics in {self.workdir} ({e.strerror or e}); "
+                       "training goes on without them\n")
+      self.close()
+      self.enabled = False
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
-      if self._tb is not None:
-        self._tb.close()
+      try:
+        self._jsonl.close()
+        if self._tb is not None:
+          self._tb.close()
+      except OSError:
+        pass
 
 
 class Progress:
