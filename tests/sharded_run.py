@@ -3,6 +3,7 @@ jax starts, so it cannot be changed inside the pytest process). Prints one JSON 
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -44,6 +45,23 @@ def main(steps: int):
         losses=losses(workdir), specs={k: [list(a) if isinstance(a, tuple) else a for a in v]
                                        for k, v in specs.items()},
         shard_shape=list(layers["mlp"]["wi_0"]["kernel"].addressable_shards[0].data.shape))
+  # A checkpoint saved on mesh (1,8,1) restores on 1 device and continues: save at steps/2 and steps, drop
+  # the last one, resume on a one-device mesh.
+  half = steps // 2
+  config = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(config, [
+      f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", f"train.checkpoint_every={half}",
+      "eval.max_batches=1", "sample.max_new=0", "model.num_kv_heads=4", "mesh.data=1", "mesh.fsdp=8",
+      "mesh.tensor=1"])
+  workdir = tempfile.mkdtemp()
+  loop.train(config, workdir, devices=jax.devices())
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(steps)))
+  config_lib.apply_overrides(config, ["mesh.fsdp=1"])
+  summary = loop.train(config, workdir, devices=jax.devices()[:1])
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    by_step = {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+  out["resumed_on_1"] = dict(losses=[by_step[s] for s in range(half + 1, steps + 1)],
+                             devices=len(summary["state"].params["embed"]["embedding"].sharding.device_set))
   print("RESULT " + json.dumps(out))
 
 

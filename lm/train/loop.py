@@ -125,6 +125,11 @@ def _state_paths(tree) -> dict[tuple, tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+# Model fields that never change a parameter's shape, so never the reason a checkpoint does not fit.
+_SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attention_impl", "dtype", "param_dtype",
+                                         "rope_base", "norm_eps", "init_std")}
+
+
 def _check_compatible(mngr, step: int, run: Run, saved_config: dict, workdir) -> None:
   """One line naming the config fields that make the saved state a different shape from this run's."""
   saved_tree = mngr.item_metadata(step)["state"]
@@ -137,7 +142,8 @@ def _check_compatible(mngr, step: int, run: Run, saved_config: dict, workdir) ->
   current = run.config.to_dict()
   if params:
     fields = [d for d in checkpoint.config_differences(saved_config, current, ("model", "data"))
-              if d.startswith(("model.", "data.tokenizer", "data.vocab_size"))]
+              if d.startswith(("model.", "data.tokenizer", "data.vocab_size"))
+              and d.split(":")[0] not in _SHAPE_NEUTRAL]
     what = "the model's shape"
   else:
     fields = checkpoint.config_differences(saved_config, current, ("optim",))

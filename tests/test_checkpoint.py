@@ -1,0 +1,147 @@
+"""Resume semantics in-process: corrupt steps fall back, shape and tokenizer changes fail in one line, a
+checkpoint is self-contained, and the numerics guard stops with the last good checkpoint intact."""
+
+import json
+import pathlib
+import random
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import config as config_lib
+from lm.data import tokenizers
+from lm.errors import CheckpointError
+from lm.objectives.base import register
+from lm.objectives.token import ntp
+from lm.train import checkpoint, loop
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  d = tmp_path_factory.mktemp("corpus")
+  rng = random.Random(1)
+  words = ["otter", "maple", "sleet", "cobalt", "ferry", "lantern", "of", "and", "the", "in"]
+  for i in range(30):
+    (d / f"{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(60, 160))) + ".\n")
+  return d
+
+
+def make_config(corpus, *overrides):
+  c = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(c, [
+      f"data.source={corpus}", "train.steps=30", "train.checkpoint_every=10", "train.log_every=1",
+      "train.eval_every=0", "eval.max_batches=1", "data.val_fraction=0.2", "data.test_fraction=0.0",
+      "data.seq_len=32", "data.batch_size=8", "model.d_model=32", "model.num_layers=1", "model.num_heads=2",
+      "model.num_kv_heads=2", "model.d_ff=64", *overrides])
+  return c
+
+
+def losses(workdir):
+  out = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    if "loss" in r:
+      out[r["step"]] = r["loss"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trained")
+  loop.train(make_config(corpus), str(workdir))
+  return workdir
+
+
+def copy_run(trained, tmp_path):
+  shutil.copytree(trained, tmp_path / "w")
+  return tmp_path / "w"
+
+
+@pytest.mark.parametrize("part", ["state", "data"])
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(corpus, trained, tmp_path, capsys, part):
+  workdir = copy_run(trained, tmp_path)
+  files = [p for p in (workdir / "checkpoints" / "30" / part).rglob("*") if p.is_file()
+           and (part == "data" or p.parent.name == "d")]
+  assert files
+  for p in files:  # truncated, as a crash of the storage layer would leave them
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  loop.train(make_config(corpus), str(workdir))
+  err = capsys.readouterr().err
+  assert f"warning: checkpoint step 30 in {workdir} cannot be restored (" in err
+  assert f"moved it to {workdir / 'corrupt-checkpoints'}/30-" in err
+  assert len(list((workdir / "corrupt-checkpoints").iterdir())) == 1  # kept, not deleted
+  resumed, first = losses(workdir), losses(trained)
+  assert {s: resumed[s] for s in range(21, 31)} == {s: first[s] for s in range(21, 31)}
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [10, 20, 30]
+
+
+def test_model_shape_change_names_the_fields(corpus, trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  config = make_config(corpus, "model.d_model=48", "model.num_layers=2")
+  with pytest.raises(CheckpointError, match=r"changes the model's shape against checkpoint step 30 in .*"
+                     r"\(model.d_model: 32 -> 48; model.num_layers: 1 -> 2\); .* --restart"):
+    loop.train(config, str(workdir))
+  assert not (workdir / "corrupt-checkpoints").exists()  # a mismatch is not corruption
+
+
+def test_mesh_or_schedule_changes_still_resume(corpus, trained, tmp_path, capsys):
+  workdir = copy_run(trained, tmp_path)
+  summary = loop.train(make_config(corpus, "train.steps=32", "model.remat_policy=full", "mesh.data=1"), str(workdir))
+  assert summary["step"] == 32 and "resumed from step 30" in capsys.readouterr().out
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint_names_both_sizes(corpus, tmp_path):
+  docs = [p.read_bytes() for p in sorted(corpus.iterdir())]
+  paths = {}
+  for size in (280, 300):
+    tok = tokenizers.train_bpe(docs, size)
+    paths[size] = tmp_path / f"bpe{size}.json"
+    paths[size].write_bytes(tok.files()["tokenizer.json"])
+  sizes = {s: tokenizers.build_tokenizer(str(p), [], 0).vocab_size for s, p in paths.items()}
+  assert sizes[280] != sizes[300]
+  loop.train(make_config(corpus, "train.steps=10", f"data.tokenizer={paths[280]}"), str(tmp_path / "w"))
+  with pytest.raises(CheckpointError, match=rf"tokenizer '.*bpe300.json' has {sizes[300]} ids but the "
+                     rf"checkpoint's has {sizes[280]} .*set data.tokenizer back or pass --restart"):
+    loop.train(make_config(corpus, "train.steps=20", f"data.tokenizer={paths[300]}"), str(tmp_path / "w"))
+
+
+def test_a_checkpoint_is_self_contained(corpus, trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  saved_tok = tokenizers.load_tokenizer(workdir / "tokenizer")
+  shutil.rmtree(workdir / "tokenizer")
+  (workdir / "config.json").unlink()
+  run, params, config = loop.restore_for_inference(workdir)
+  assert run.tokenizer.files() == saved_tok.files() and config.data.source == str(corpus)
+  mngr = checkpoint.manager(workdir, read_only=True)
+  meta = checkpoint.restore_meta(mngr, 30)
+  assert meta["data"] == {"next_index": 30} and meta["config"]["model"]["d_model"] == 32
+  assert not list(workdir.rglob("*.pkl")) and not list(workdir.rglob("*.pickle"))
+
+
+def test_no_checkpoint_for_inference_names_the_workdir(tmp_path):
+  with pytest.raises(CheckpointError, match=f"workdir '{tmp_path}' holds no checkpoint"):
+    loop.restore_for_inference(tmp_path)
+
+
+@register("test_nan_from_step_12")
+def _nan_late():
+  base = ntp()
+  def loss(outputs, batch, ctx):
+    terms = base(outputs, batch, ctx)
+    return terms.replace(total=terms.total * jnp.where(ctx.step >= 12, jnp.nan, 1.0))
+  return loss
+
+
+def test_non_finite_streak_stops_with_the_last_good_checkpoint_intact(corpus, tmp_path):
+  config = make_config(corpus, "train.max_nonfinite_steps=3")
+  config.objectives = [dict(name="test_nan_from_step_12")]
+  with pytest.raises(CheckpointError, match=r"3 non-finite steps in a row at step 15; stopped with the last "
+                     r"good checkpoint \(step 10\) intact"):
+    loop.train(config, str(tmp_path / "w"))
+  logged = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  assert sum(r.get("skipped_steps", 0) for r in logged) >= 2  # counted in the metrics
+  _, params, _ = loop.restore_for_inference(tmp_path / "w")
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
