@@ -74,15 +74,33 @@ def run(cmds: list[list[str]], env: Mapping[str, str] | None = None, out: TextIO
   of the first to fail (128 + signal when killed), after stopping the rest."""
   out = sys.stdout if out is None else out
   lock = threading.Lock()
+  # Own session: a terminal's Ctrl-C reaches only the launcher, which forwards exactly one SIGTERM.
   procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                            errors="replace", bufsize=1) for cmd in cmds]
+                            errors="replace", bufsize=1, start_new_session=True) for cmd in cmds]
   pumps = [threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True)
            for i, p in enumerate(procs)]
   for t in pumps:
     t.start()
   rc = 0
+  signals: list[int] = []
+  old_handlers = {}
+  if threading.current_thread() is threading.main_thread():
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      old_handlers[sig] = signal.signal(sig, lambda signum, frame: signals.append(signum))
+  forwarded = False
   try:
     while True:
+      if signals and not forwarded:  # preemption: every process saves at the same step and exits 0
+        forwarded = True
+        with lock:
+          print(f"[launch] {signal.Signals(signals[0]).name}: asking every process to save and exit (send it "
+                "again to stop them at once)", file=sys.stderr, flush=True)
+        for p in procs:
+          if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+      if len(signals) > 1:
+        rc = 128 + signals[-1]
+        break
       codes = [p.poll() for p in procs]
       failed = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
       if failed is not None:
@@ -97,6 +115,8 @@ def run(cmds: list[list[str]], env: Mapping[str, str] | None = None, out: TextIO
   except KeyboardInterrupt:
     rc = 128 + signal.SIGINT
   finally:
+    for sig, handler in old_handlers.items():
+      signal.signal(sig, handler)
     _stop(procs, grace)
     for t in pumps:
       t.join(timeout=5.0)

@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -207,3 +208,28 @@ def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
   proc = _launch_local("token_ntp:tiny", "--workdir", str(tmp_path / "file" / "w"))
   assert proc.returncode != 0 and time.time() - t0 < 60, proc.stdout + proc.stderr
   assert "[0] error: workdir" in proc.stdout and "[launch] process" in proc.stderr
+
+
+def test_preempting_the_launcher_saves_every_process_at_one_step_and_resumes(tmp_path):
+  """SIGTERM to the launcher (a scheduler's preemption): it forwards one SIGTERM, jax's preemption service
+  makes both processes save at the same step, everyone exits 0, and the same command resumes."""
+  args = ["token_ntp:tiny", "--workdir", str(tmp_path / "w"), *TINY, "--config.train.steps=100000"]
+  proc = subprocess.Popen([sys.executable, "-m", "lm", "launch", "local", "--processes", "2", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("[0] step 5/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  lines.extend(proc.stdout)
+  out = "".join(lines)
+  assert proc.wait(timeout=120) == 0, out
+  assert "[launch] SIGTERM: asking every process to save and exit" in out
+  saved = re.search(r"\[0\] preempted: saved step (\d+) in ", out)
+  assert saved, out
+  step = int(saved.group(1))
+  assert [p.name for p in (tmp_path / "w" / "checkpoints").iterdir()] == [str(step)]
+  resumed = _launch_local(*args[:-1], f"--config.train.steps={step + 2}")
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert f"[0] resumed from step {step} in " in resumed.stdout
