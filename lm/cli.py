@@ -1,10 +1,11 @@
-"""`lm train|eval|sample|list|launch` (also `python -m lm ...`).
+"""`lm train|eval|sample|probe|list|launch` (also `python -m lm ...`).
 
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
            [--coordinator HOST:PORT --num-processes N --process-id I]
   lm train --config=experiments/token_ntp.py:tiny --workdir DIR
   lm eval DIR [--split val|test] [--data SOURCE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+  lm probe star|induction DIR [--n N] [--seed S]
   lm list
   lm launch local --processes N [--devices-per-process K] EXPERIMENT[:ARG] --workdir DIR [--config...]
   lm launch tpu --name NAME --zone ZONE [--project P] --repo GIT_URL [--ref REF] EXPERIMENT ... [--dry-run]
@@ -116,7 +117,7 @@ def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top
 
   tok = run.tokenizer
   ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
-  decoder = build_model(run.config.model, tok.vocab_size, decode=True)
+  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
   params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound
   out, lengths = generate(decoder, params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed), max_new=max_new,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -154,6 +155,20 @@ def _cmd_sample(args) -> int:
   run, params, _ = loop.restore_for_inference(args.workdir)
   print(args.prompt + _sample_text(run, params, args.prompt, args.max_new, args.temperature, args.top_k,
                                    args.top_p, args.seed))
+  return 0
+
+
+def _cmd_probe(args) -> int:
+  from etils import epath
+
+  from lm.eval import probes
+  from lm.train import checkpoint, loop
+  probes.get(args.name)  # an unknown name fails before the checkpoint is read
+  run, params, _ = loop.restore_for_inference(args.workdir)
+  result = probes.run_probe(args.name, run, params, n=args.n, seed=args.seed)
+  checkpoint.write_json(epath.Path(args.workdir) / f"probe_{args.name}.json", result)
+  print(f"accuracy: {result['accuracy']:.4f}")
+  print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
   return 0
 
 
@@ -203,6 +218,11 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--top-k", type=int, default=0)
   s.add_argument("--top-p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)
+  pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
+  pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
+  pr.add_argument("workdir")
+  pr.add_argument("--n", type=int, help="held-out documents (default 200)")
+  pr.add_argument("--seed", type=int, help="seed of the held-out documents (default: the training seed + 1)")
   la = sub.add_parser("launch", help="run `lm train` on several local processes, a TPU pod or SLURM")
   targets = la.add_subparsers(dest="target", required=True)
 
@@ -258,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_launch(args, overrides, spec)
     if args.command == "eval":
       return _cmd_eval(args)
+    if args.command == "probe":
+      return _cmd_probe(args)
     return _cmd_sample(args)
   except LMError as e:
     print(f"error: {e}", file=sys.stderr)

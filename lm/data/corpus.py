@@ -7,6 +7,7 @@ A source string names one or more sources joined by commas:
   python-code        the standard library's `.py` files, one document per file (~11 MB)
   PATH               a file, a directory (every regular file below it) or a glob; one document per file
   jsonl:PATH:FIELD   one document per JSON line, taken from FIELD (PATH may be a glob)
+  synthetic:NAME[:KEY=VALUE]...  generated in memory: star graphs or name-induction stories (lm/data/synthetic.py)
 """
 
 import ast
@@ -23,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from lm.data import synthetic
 from lm.errors import DataError
 
 BUILTIN_SOURCES = ("python-prose", "python-code")
@@ -210,6 +212,8 @@ def _load_one(part: str) -> list[bytes]:
     return stdlib_documents(part)
   if part.startswith("jsonl:"):
     return _jsonl_documents(part)
+  if part.startswith("synthetic:"):
+    return synthetic.documents(part)
   docs = []
   for file in _resolve_paths(part, part):
     with open(file, "rb") as f:

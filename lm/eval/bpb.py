@@ -21,7 +21,7 @@ def make_eval_step(model: nn.Module) -> Callable:
   """(params, batch) -> (nll_sum, count) of the main next-unit head."""
 
   def eval_step(params, batch):
-    outputs = model.apply({"params": params}, batch)
+    outputs = model.apply({"params": params}, batch, with_heads=False)
     nll_BxT, _ = token_nll(outputs.logits, batch["targets"])
     mask_BxT = batch["loss_mask"].astype(jnp.float32)
     return jnp.sum(nll_BxT * mask_BxT), jnp.sum(mask_BxT)

@@ -35,7 +35,7 @@ def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top
 def init_cache(model: nn.Module, batch: int, length: int):
   """Zeroed KV cache for `batch` rows of up to `length` units."""
   ids = jnp.zeros((batch, length), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"inputs": ids}))["cache"]
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"inputs": ids}, with_heads=False))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -50,7 +50,8 @@ def generate(model: nn.Module, params, prompt_BxP: jax.Array, rng: jax.Array, *,
   def forward(cache, ids_BxT, start):
     positions_BxT = start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
     outputs, mutated = model.apply({"params": params, "cache": cache},
-                                   {"inputs": ids_BxT, "positions": positions_BxT}, mutable=["cache"])
+                                   {"inputs": ids_BxT, "positions": positions_BxT}, with_heads=False,
+                                   mutable=["cache"])
     return outputs.logits[:, -1], mutated["cache"]
 
   logits_BxV, cache = forward(cache, prompt_BxP, 0)

@@ -36,9 +36,13 @@ def transformer_config(model_cfg, vocab_size: int) -> TransformerConfig:
   return TransformerConfig(vocab_size=vocab_size, **kwargs)
 
 
-def build_model(model_cfg, vocab_size: int, decode: bool = False) -> nn.Module:
+def build_model(model_cfg, vocab_size: int, decode: bool = False, heads: tuple = ()) -> nn.Module:
+  """The family's module; `heads` are the auxiliary heads the objectives train (`objectives.heads`)."""
   import lm.models.token  # noqa: F401  (registers the family)
   family = model_cfg.family
   if family not in _FAMILIES:
     raise ConfigError(f"model.family={family!r} is unknown; choose one of {sorted(_FAMILIES)}")
-  return _FAMILIES[family](transformer_config(model_cfg, vocab_size), decode=decode)
+  cfg = transformer_config(model_cfg, vocab_size)
+  if heads:
+    return _FAMILIES[family](cfg, decode=decode, heads=tuple(heads))
+  return _FAMILIES[family](cfg, decode=decode)

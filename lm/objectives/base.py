@@ -33,17 +33,25 @@ class LossTerms:
 class LossContext:
   step: Array                      # optimizer step, for weight schedules
   unit_bytes: Array                # [V] bytes of text each unit stands for (eos counts one)
+  reference_logits: Array | None = None  # [B, T, V] of a frozen reference model, for objectives that ask
 
 
 Loss = Callable[[ModelOutputs, Batch, LossContext], LossTerms]
 
 _REGISTRY: dict[str, Callable[..., Loss]] = {}
+_HEADS: dict[str, Callable[..., tuple]] = {}
 
 
-def register(name: str):
-  """Register a factory `f(**options) -> Loss` under `name` (the objective's config `name`)."""
+def register(name: str, head: Callable[..., tuple] | None = None):
+  """Register a factory `f(**options) -> Loss` under `name` (the objective's config `name`).
+
+  `head(**options)` gives the model head the objective trains, as `(kind, ((option, value), ...))`
+  (see `lm/models/heads.py`); it receives the objective's options with the factory's defaults filled in.
+  """
   def wrap(factory):
     _REGISTRY[name] = factory
+    if head is not None:
+      _HEADS[name] = head
     return factory
   return wrap
 
@@ -70,6 +78,30 @@ def schedule(spec: Any) -> Callable[[Array], Array]:
       raise ConfigError(f"weight schedule {spec}: needs one more value than boundaries")
     return lambda step: values[jnp.sum(step >= bounds)]
   raise ConfigError(f"loss weight {spec!r}: use a number or a dict with kind 'linear' or 'step'")
+
+
+def _options(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+  params = inspect.signature(_REGISTRY[name]).parameters
+  options = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+  options.update({k: v for k, v in spec.items() if k not in ("name", "weight", "label")})
+  return options
+
+
+def heads(objectives: list[Mapping[str, Any]]) -> tuple:
+  """The model heads the listed objectives train, each once; two objectives that need one head kind with
+  different options are an error."""
+  registered()
+  found: dict[str, tuple] = {}
+  for spec in objectives:
+    name = spec["name"]
+    if name not in _HEADS:
+      continue
+    head = _HEADS[name](**_options(name, spec))
+    if head[0] in found and found[head[0]] != head:
+      raise ConfigError(f"objectives need the {head[0]!r} head twice with different options ({found[head[0]][1]} "
+                        f"vs {head[1]}); give them the same options")
+    found[head[0]] = head
+  return tuple(found.values())
 
 
 def build(objectives: list[Mapping[str, Any]]) -> Loss:
@@ -116,10 +148,12 @@ def summarize(sums: Mapping[str, Any]) -> dict[str, float]:
   for key, value in sums.items():
     prefix, _, leaf = key.rpartition("/")
     base = f"{prefix}/" if prefix else ""
-    if leaf.endswith("_sum") and f"{base}count" in sums:
-      out[f"{base}{leaf[:-4]}"] = float(value) / max(float(sums[f"{base}count"]), 1.0)
+    own_count = f"{base}{leaf[:-4]}_count"  # a sum over other events than the term's count names its own
+    if leaf.endswith("_sum") and (own_count in sums or f"{base}count" in sums):
+      count = sums[own_count] if own_count in sums else sums[f"{base}count"]
+      out[f"{base}{leaf[:-4]}"] = float(value) / max(float(count), 1.0)
       if leaf == "nll_sum" and f"{base}n_bytes" in sums:
         out[f"{base}bpb"] = float(value) / (math.log(2) * max(float(sums[f"{base}n_bytes"]), 1.0))
-    elif not leaf.endswith("_sum") and leaf not in ("count", "n_bytes"):
+    elif not leaf.endswith(("_sum", "_count")) and leaf not in ("count", "n_bytes"):
       out[key] = float(value)
   return out

@@ -23,7 +23,7 @@ from lm import config as config_lib
 from lm import objectives, parallel
 from lm.data.pipeline import TokenData
 from lm.data.tokenizers import Tokenizer
-from lm.errors import CheckpointError, LMError
+from lm.errors import CheckpointError, ConfigError, LMError
 from lm.eval import bpb as bpb_lib
 from lm.models.base import build_model
 from lm.train import checkpoint, metrics as metrics_lib
@@ -67,7 +67,10 @@ def prepare(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=Non
   config_lib.validate(config)
   mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_divisibility(config, mesh)
-  model = build_model(config.model, tokenizer.vocab_size)
+  model = build_model(config.model, tokenizer.vocab_size, heads=objectives.heads(config.objectives))
+  if hasattr(model, "heads"):
+    from lm.models.token import trunk_layers
+    trunk_layers(model.cfg, model.heads)  # a head that takes every layer fails here, before any compile
   tx = make_optimizer(config.optim, config.train.steps)
   run = Run(config, mesh, tokenizer, model, tx, None, None)
   boxed = jax.eval_shape(functools.partial(init_state, model, tx, example_batch=run.example_batch(1),
@@ -338,10 +341,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
   unit_bytes = jnp.asarray(data.tokenizer.unit_bytes(), jnp.float32)
   lr = learning_rate(config.optim, config.train.steps)
+  reference = load_reference(config, data.tokenizer, devices)
+  extra_args, extra_shardings = ((reference[1],), (reference[0].param_shardings,)) if reference else ((), ())
   step_fn = jax.jit(
       make_train_step(run.model, objectives.build(config.objectives), run.tx, lr, unit_bytes,
-                      config.train.grad_accum),
-      in_shardings=(run.state_shardings, parallel.batch_sharding(mesh)),
+                      config.train.grad_accum, reference_model=reference[0].model if reference else None),
+      in_shardings=(run.state_shardings, parallel.batch_sharding(mesh), *extra_shardings),
       out_shardings=(run.state_shardings, parallel.replicated(mesh)), donate_argnums=0)
   evaluator = make_evaluator(run)
   val_batches = data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches)
@@ -380,7 +385,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   with parallel.activation_context(mesh), Preemption() as preemption:
     for step in range(start, config.train.steps):
       batch = run.put_batch(next(train_iter))
-      state, step_metrics = step_fn(state, batch)
+      state, step_metrics = step_fn(state, batch, *extra_args)
       if pending is not None:
         finish_step(*pending)
       pending = (step + 1, step_metrics)
@@ -423,6 +428,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   if primary:
     checkpoint.write_json(workdir / "eval_val.json", val)
   return dict(summary, state=state, run=run)
+
+
+def load_reference(config, tokenizer: Tokenizer, devices=None) -> tuple[Run, Any] | None:
+  """The frozen reference model an objective names with `reference=WORKDIR` (e.g. `rho`), restored onto
+  this run's mesh; it must share this run's tokenizer."""
+  specs = [o for o in config.objectives if "reference" in o or o["name"] == "rho"]
+  if not specs:
+    return None
+  workdir = specs[0].get("reference", "")
+  if not workdir:
+    raise ConfigError(f"objective {specs[0]['name']!r} needs a reference run: set "
+                      "--config.objectives.N.reference=WORKDIR of a trained run with the same tokenizer")
+
+  def build(saved_config, saved_tokenizer, step):  # pylint: disable=unused-argument
+    if saved_tokenizer.files() != tokenizer.files():
+      raise CheckpointError(
+          f"reference run {workdir!r} has a tokenizer of {saved_tokenizer.vocab_size} ids, this run's has "
+          f"{tokenizer.vocab_size} (or a different vocabulary); train the reference with this data.tokenizer")
+    ref_config = config_lib.from_json(json.dumps(saved_config))
+    ref_config.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
+    ref_config.data.batch_size = config.data.batch_size
+    return prepare(ref_config, saved_tokenizer, devices), None
+
+  restored = restore_newest(workdir, build, quarantine=False)
+  if restored is None:
+    raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
+  return restored.run, restored.state.params
 
 
 def restore_for_inference(workdir) -> tuple[Run, Any, ml_collections.ConfigDict]:

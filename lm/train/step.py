@@ -35,26 +35,35 @@ def _keep_if(ok: jax.Array, new, old):
 
 
 def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransformation,
-                    lr_schedule: Callable, unit_bytes: jax.Array, grad_accum: int = 1):
-  """(state, batch) -> (state, metrics). Metrics are sums with counts, plus loss, grad_norm, lr, skipped."""
+                    lr_schedule: Callable, unit_bytes: jax.Array, grad_accum: int = 1,
+                    reference_model: nn.Module | None = None):
+  """(state, batch[, reference_params]) -> (state, metrics). Metrics are sums with counts, plus loss,
+  grad_norm, lr, skipped. With `reference_model`, its frozen logits reach the loss as
+  `LossContext.reference_logits`."""
 
-  def sums_and_grads(params, batch, step):
+  def sums_and_grads(params, batch, step, reference_params):
+    reference_logits = None
+    if reference_model is not None:
+      reference_logits = jax.lax.stop_gradient(
+          reference_model.apply({"params": reference_params}, batch, with_heads=False).logits)
+
     def total(p):
       outputs = model.apply({"params": p}, batch)
-      terms = loss_fn(outputs, batch, LossContext(step=step, unit_bytes=unit_bytes))
+      ctx = LossContext(step=step, unit_bytes=unit_bytes, reference_logits=reference_logits)
+      terms = loss_fn(outputs, batch, ctx)
       return terms.total, terms
     (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
     return terms, grads
 
-  def train_step(state: TrainState, batch: dict):
+  def train_step(state: TrainState, batch: dict, reference_params=None):
     if grad_accum == 1:
-      terms, grads = sums_and_grads(state.params, batch, state.step)
+      terms, grads = sums_and_grads(state.params, batch, state.step, reference_params)
     else:
       def body(carry, micro):
-        terms, grads = sums_and_grads(state.params, micro, state.step)
+        terms, grads = sums_and_grads(state.params, micro, state.step, reference_params)
         return jax.tree.map(jnp.add, carry, (terms, grads)), None
       zero = jax.eval_shape(sums_and_grads, state.params, jax.tree.map(lambda x: x[0], _microbatches(
-          batch, grad_accum)), state.step)
+          batch, grad_accum)), state.step, reference_params)
       zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
       (terms, grads), _ = jax.lax.scan(body, zero, _microbatches(batch, grad_accum))
     count = jnp.maximum(terms.count, 1.0)
