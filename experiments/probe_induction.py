@@ -5,36 +5,36 @@ Run:
   lm train probe_induction:tiny --workdir runs/ind_mtp --config.objectives.0.name=mtp   # swap the objective
   lm train probe_induction:small --workdir runs/ind_small && lm probe induction runs/ind_small
 
-Data: synthetic:induction (lm/data/synthetic.py), template stories (~250 bytes) with two characters whose names
-are 4-7 random letters, each named at least twice. `lm probe induction` scores 200 held-out stories (seed 1):
-teacher-forced accuracy on a name's bytes after its first one at its second and later mentions; chance 1/26.
+Data (lm/data/synthetic.py): template stories (~250 bytes) with two characters whose names are 4-7 random
+letters, each named at least twice. `lm probe induction` scores 200 held-out stories (seed 1): teacher-forced
+accuracy on a name's bytes after its first one at its second and later mentions (chance 1/26); the same bytes
+at first mentions are the control.
 
-Results (2-core CPU, 2026-11-25):
-  tiny   FILLED IN BELOW
+Results (2-core CPU shared with another training run, 2026-11-25):
+  tiny   RESULTS
+  small  not run yet
 """
 
 from lm.config import base_config
 from lm.errors import ConfigError
 
-SOURCE = "synthetic:induction:n=5000:seed=0:characters=2:min_len=4:max_len=7"
-
 
 def get_config(arg: str | None = None):
   config = base_config()
   config.objectives = [dict(name="ntp", weight=1.0)]
-  config.data.update(source=SOURCE, tokenizer="bytes", seq_len=256)
+  config.data.update(tokenizer="bytes", seq_len=256)
   config.sample.update(prompt="Once upon a time, there was a girl named Zorvik. ", max_new=120)
   if arg == "tiny":
+    config.data.update(source="synthetic:induction:n=2000:seed=0", batch_size=8)
     config.model.update(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
-    config.data.update(batch_size=8)
     config.optim.update(lr=4e-3, warmup_steps=30)
-    config.train.update(steps=200, log_every=50, eval_every=0, checkpoint_every=200, eval_batches=4)
+    config.train.update(steps=150, log_every=50, eval_every=0, checkpoint_every=150, eval_batches=4)
     config.eval.max_batches = 4
   elif arg == "small":
+    config.data.update(source="synthetic:induction:n=20000:seed=0", batch_size=16)
     config.model.update(d_model=192, num_layers=6, num_heads=6, num_kv_heads=3, d_ff=512)
-    config.data.update(batch_size=16)
     config.optim.update(lr=2e-3, warmup_steps=100)
-    config.train.update(steps=2000, log_every=100, eval_every=500, checkpoint_every=500, eval_batches=8)
+    config.train.update(steps=3000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=8)
     config.eval.max_batches = 16
   else:
     raise ConfigError(f"probe_induction: unknown variant {arg!r}; choose tiny or small")

@@ -4,7 +4,7 @@
            [--coordinator HOST:PORT --num-processes N --process-id I]
   lm train --config=experiments/token_ntp.py:tiny --workdir DIR
   lm eval DIR [--split val|test] [--data SOURCE]
-  lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+  lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
   lm list
   lm launch local --processes N [--devices-per-process K] EXPERIMENT[:ARG] --workdir DIR [--config...]
@@ -150,9 +150,40 @@ def _cmd_eval(args) -> int:
   return 0
 
 
+def _speculative_text(run, params, prompt: str, max_new: int) -> tuple[str, dict]:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from lm.eval.generate import draft_heads, speculative_greedy
+  from lm.models.base import build_model
+
+  tok = run.tokenizer
+  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
+  if draft_heads(decoder) < 1:
+    raise LMError(f"--speculative drafts with the run's `mtp` heads, and {run.config.experiment!r} was trained "
+                  "without them; train with an `mtp` objective (e.g. token_mtp) or drop --speculative")
+  ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
+  params = jax.device_put(params, jax.local_devices()[0])
+  out, lengths, passes = speculative_greedy(decoder, params, jnp.asarray(ids)[None], max_new=max_new,
+                                            eos_id=tok.eos_id)
+  out = np.asarray(out[0][: int(lengths[0])])
+  n, passes = int(lengths[0]), int(passes)
+  stats = dict(units=n, forward_passes=passes, units_per_pass=n / max(passes, 1))
+  return tok.decode(out[out != tok.eos_id]), stats
+
+
 def _cmd_sample(args) -> int:
   from lm.train import loop
   run, params, _ = loop.restore_for_inference(args.workdir)
+  if args.speculative:
+    if args.top_k or args.top_p < 1.0 or args.temperature not in (0.0, 0.8):
+      raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
+    text, stats = _speculative_text(run, params, args.prompt, args.max_new)
+    print(args.prompt + text)
+    print(f"speculative: {stats['units_per_pass']:.2f} accepted units per forward pass ({stats['units']} units "
+          f"in {stats['forward_passes']} passes)")
+    return 0
   print(args.prompt + _sample_text(run, params, args.prompt, args.max_new, args.temperature, args.top_k,
                                    args.top_p, args.seed))
   return 0
@@ -218,6 +249,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--top-k", type=int, default=0)
   s.add_argument("--top-p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--speculative", action="store_true",
+                 help="greedy, drafting with the run's own mtp heads and verifying with its next-unit head")
   pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
   pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
   pr.add_argument("workdir")

@@ -1,7 +1,8 @@
 """Autoregressive decoding with a KV cache inside one jitted `jax.lax.while_loop`.
 
-Greedy (temperature 0), temperature, top-k and top-p (nucleus) sampling. The model is a family module built
-with `decode=True`: it keeps keys and values in the `cache` collection and appends at the cache index.
+Greedy (temperature 0), temperature, top-k and top-p (nucleus) sampling, and self-speculative greedy decoding
+with the model's own multi-token heads. The model is a family module built with `decode=True`: it keeps keys
+and values in the `cache` collection and appends at the cache index.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-def init_cache(model: nn.Module, batch: int, length: int):
-  """Zeroed KV cache for `batch` rows of up to `length` units."""
+def init_cache(model: nn.Module, batch: int, length: int, with_heads: bool = False):
+  """Zeroed KV cache for `batch` rows of up to `length` units (and for the heads' blocks if asked)."""
   ids = jnp.zeros((batch, length), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"inputs": ids}, with_heads=False))["cache"]
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"inputs": ids}, with_heads=with_heads))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -78,3 +79,83 @@ def generate(model: nn.Module, params, prompt_BxP: jax.Array, rng: jax.Array, *,
   carry = (jnp.zeros((), jnp.int32), token_B, cache, rng, out_BxN, done_B, lengths_B)
   _, _, _, _, out_BxN, _, lengths_B = jax.lax.while_loop(cond, body, carry)
   return out_BxN, lengths_B
+
+
+def _set_cache_index(cache, index):
+  """Every attention cache's write index set to `index`: later slots are then unwritten (masked out), which
+  is how rejected draft units are rolled back."""
+  def put(path, leaf):
+    name = getattr(path[-1], "key", None)
+    return jnp.full_like(leaf, index) if name == "index" else leaf
+  return jax.tree_util.tree_map_with_path(put, cache)
+
+
+def draft_heads(model: nn.Module) -> int:
+  """How many units one forward pass can draft beyond the next one (the `mtp` head's n - 1)."""
+  for kind, options in getattr(model, "heads", ()):
+    if kind == "mtp":
+      return int(dict(options)["n"]) - 1
+  return 0
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new", "eos_id"))
+def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_new: int, eos_id: int = -1):
+  """Self-speculative greedy decoding (Gloeckle et al. 2024, §3.2; Stern et al. 2018's blockwise parallel
+  decoding): the `mtp` heads draft units t+2..t+n, one forward pass of the block [next unit, drafts] verifies
+  them against the next-unit head, the longest agreeing prefix plus the next-unit head's own unit is kept,
+  and the KV cache is rolled back past the rest. The output is plain greedy decoding's, unit for unit.
+
+  Rows advance together by the fewest units any live row accepted. Returns (ids [B, max_new], lengths [B],
+  forward passes including the prompt's).
+  """
+  K = draft_heads(model)
+  if K < 1:
+    raise ValueError("speculative decoding needs a model trained with the `mtp` objective (n >= 2)")
+  B, P = prompt_BxP.shape
+  N = K + 1
+  cache = init_cache(model, B, P + max_new + N, with_heads=True)
+
+  def forward(cache, ids_BxT, start):
+    positions_BxT = start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
+    outputs, mutated = model.apply({"params": params, "cache": cache},
+                                   {"inputs": ids_BxT, "positions": positions_BxT}, with_heads=True,
+                                   mutable=["cache"])
+    next_BxT = jnp.argmax(outputs.logits, axis=-1).astype(jnp.int32)
+    drafts_BxTxK = jnp.moveaxis(jnp.argmax(outputs.aux["mtp_logits"], axis=-1), 0, -1).astype(jnp.int32)
+    return next_BxT, drafts_BxTxK, mutated["cache"]
+
+  next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0)
+  fill = eos_id if eos_id >= 0 else 0
+  out_BxM = jnp.full((B, max_new + N), fill, jnp.int32).at[:, 0].set(next_BxP[:, -1])
+  done_B = next_BxP[:, -1] == eos_id
+  carry = (jnp.asarray(1), jnp.asarray(P), next_BxP[:, -1], drafts_BxPxK[:, -1], cache, out_BxM, done_B,
+           jnp.asarray(1))
+
+  def cond(carry):
+    emitted, _, _, _, _, _, done_B, _ = carry
+    return (emitted < max_new) & ~jnp.all(done_B)
+
+  def body(carry):
+    emitted, pos, unit_B, drafts_BxK, cache, out_BxM, done_B, passes = carry
+    block_BxN = jnp.concatenate([unit_B[:, None], drafts_BxK], axis=1)
+    next_BxN, new_drafts_BxNxK, cache = forward(cache, block_BxN, pos)
+    # Draft j (block unit j) stands when it is what the next-unit head predicts after block units < j.
+    agree_BxK = block_BxN[:, 1:] == next_BxN[:, :K]
+    accepted_B = jnp.sum(jnp.cumprod(agree_BxK.astype(jnp.int32), axis=1), axis=1)
+    a = jnp.min(jnp.where(done_B, K, accepted_B))
+    # Kept: next_BxN[:, :a + 1] (the agreeing drafts are those same units, then the head's own next one).
+    out_BxM = jax.lax.dynamic_update_slice(out_BxM, next_BxN, (0, emitted))
+    kept_BxN = jnp.arange(N)[None, :] <= a
+    done_B = done_B | jnp.any((next_BxN == eos_id) & kept_BxN, axis=1)
+    cache = _set_cache_index(cache, pos + a + 1)
+    unit_B = jnp.take_along_axis(next_BxN, jnp.full((B, 1), a), axis=1)[:, 0]
+    drafts_BxK = jnp.take_along_axis(new_drafts_BxNxK, jnp.full((B, 1, 1), a), axis=1)[:, 0]
+    return emitted + a + 1, pos + a + 1, unit_B, drafts_BxK, cache, out_BxM, done_B, passes + 1
+
+  emitted, _, _, _, _, out_BxM, _, passes = jax.lax.while_loop(cond, body, carry)
+  del emitted
+  out_BxM = out_BxM[:, :max_new]
+  is_eos_BxM = out_BxM == eos_id
+  first_eos_B = jnp.where(jnp.any(is_eos_BxM, axis=1), jnp.argmax(is_eos_BxM, axis=1) + 1, max_new)
+  after_BxM = jnp.arange(max_new)[None, :] >= first_eos_B[:, None]
+  return jnp.where(after_BxM, fill, out_BxM), first_eos_B.astype(jnp.int32), passes

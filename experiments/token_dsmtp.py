@@ -1,0 +1,29 @@
+"""Sequential multi-token prediction modules (DeepSeek-V3 technical report, §2.2).
+
+Paper: DeepSeek-AI, "DeepSeek-V3 Technical Report", 2024. Module k combines h^{k-1}_t and the embedding of
+the true token t+k: h'^k_t = M_k [RMSNorm(h^{k-1}_t); RMSNorm(Emb(t_{t+k}))] (eq. 21), runs one transformer
+block (eq. 22) and predicts token t+k+1 through the shared output head (eq. 23); L_MTP = (lambda / D)
+sum_k L^k_MTP (eq. 25), added to the next-token loss. lambda is this objective's weight: 0.3 for the first
+part of training then 0.1, as in the paper (a step schedule). Option `depth` (D, 1 as in the paper).
+
+Run:
+  lm train token_dsmtp:tiny  --workdir runs/dsmtp_tiny
+  lm train token_dsmtp:small --workdir runs/dsmtp_small
+
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+"""
+
+from lm import config as config_lib
+from lm.errors import ConfigError
+
+
+def get_config(arg: str | None = None):
+  if arg not in ("tiny", "small", None, "", "base"):
+    raise ConfigError(f"token_dsmtp: unknown variant {arg!r}; choose tiny, small or leave it out")
+  config = config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp")
+  if arg == "tiny":
+    config.train.steps = 200
+  switch = int(config.train.steps * 0.9)  # the paper switches lambda from 0.3 to 0.1 late in training
+  config.objectives = [dict(name="ntp", weight=1.0),
+                       dict(name="dsmtp", depth=1, weight=dict(kind="step", values=[0.3, 0.1], boundaries=[switch]))]
+  return config

@@ -1,0 +1,28 @@
+"""Multi-token prediction: n one-block heads on a shared trunk (Gloeckle et al. 2024, eq. 1).
+
+Paper: F. Gloeckle, B. Youbi Idrissi, B. Rozière, D. Lopez-Paz, G. Synnaeve, "Better & Faster Large Language
+Models via Multi-token Prediction", ICML 2024. Loss (eq. 1): L_n = -sum_t sum_{i=1..n} log P_theta(x_{t+i} |
+z_{t}), with z_t the shared trunk's state and head i one transformer block plus the shared unembedding.
+Head 1 is the next-token head (bits per byte is measured on it alone). Options: `n` (4),
+`equal_params` (the trunk gives up n-1 layers so the parameter count equals next-token training).
+
+Run:
+  lm train token_mtp:tiny  --workdir runs/mtp_tiny
+  lm train token_mtp:small --workdir runs/mtp_small
+  lm sample runs/mtp_small --prompt "The " --temperature 0 --speculative   # drafts with the heads
+
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+"""
+
+from lm import config as config_lib
+from lm.errors import ConfigError
+
+
+def get_config(arg: str | None = None):
+  if arg not in ("tiny", "small", None, "", "base"):
+    raise ConfigError(f"token_mtp: unknown variant {arg!r}; choose tiny, small or leave it out")
+  config = config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp")
+  config.objectives = [dict(name="mtp", weight=1.0, n=4, equal_params=False)]
+  if arg == "tiny":
+    config.train.steps = 200
+  return config

@@ -1,0 +1,26 @@
+"""Token order prediction: rank the vocabulary by how soon each token occurs next (Zuhri et al. 2025).
+
+Paper: Z. M. K. Zuhri, E. H. Fuadi, A. F. Aji, "Predicting the Order of Upcoming Tokens Improves Language
+Modeling", 2025. Target (eq. 2): y_t(v) = W - d_t(v) if token v next occurs d_t(v) <= W positions ahead, else
+-inf; loss (eq. 3): the ListNet top-one cross entropy -sum_v softmax(y_t)_v log softmax(u_top(h_t))_v, with
+one extra unembedding u_top, added to the next-token loss. Option `window` (W = 16, their best ablation).
+
+Run:
+  lm train token_top:tiny  --workdir runs/top_tiny
+  lm train token_top:small --workdir runs/top_small
+
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+"""
+
+from lm import config as config_lib
+from lm.errors import ConfigError
+
+
+def get_config(arg: str | None = None):
+  if arg not in ("tiny", "small", None, "", "base"):
+    raise ConfigError(f"token_top: unknown variant {arg!r}; choose tiny, small or leave it out")
+  config = config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp")
+  config.objectives = [dict(name="ntp", weight=1.0), dict(name="top", weight=1.0, window=16)]
+  if arg == "tiny":
+    config.train.steps = 200
+  return config
