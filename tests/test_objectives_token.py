@@ -218,3 +218,32 @@ def test_heads_train_with_finite_gradients_and_eval_ignores_them(spec, subtree, 
   trimmed = run.model.apply({"params": {k: v for k, v in params.items() if k != subtree}}, batch,
                             with_heads=False).logits
   np.testing.assert_array_equal(np.asarray(full), np.asarray(trimmed))
+
+
+def test_rho_trains_against_a_reference_run_and_checks_its_tokenizer(tmp_path):
+  import random
+  rng = random.Random(0)
+  for i in range(12):
+    (tmp_path / f"{i}.txt").write_text(" ".join(rng.choice(["ab", "cd", "efg", "hi"]) for _ in range(150)))
+  base = ["train.steps=6", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0",
+          "eval.max_batches=1", "data.seq_len=16", "data.batch_size=4", "model.num_layers=1", "model.d_model=16",
+          "model.d_ff=32", "model.num_heads=2", "model.num_kv_heads=2", f"data.source={tmp_path}",
+          "data.val_fraction=0.2", "data.test_fraction=0"]
+  ref = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(ref, base)
+  loop.train(ref, str(tmp_path / "ref"))
+  c = config_lib.load_experiment("token_rho:tiny")
+  config_lib.apply_overrides(c, [*base, "objectives.0.keep=0.5"])
+  with pytest.raises(ConfigError, match="needs a reference run"):
+    loop.train(c, str(tmp_path / "no-ref"))
+  config_lib.apply_overrides(c, [f"objectives.0.reference={tmp_path / 'ref'}"])
+  loop.train(c, str(tmp_path / "rho"))
+  import json
+  rows = [json.loads(l) for l in (tmp_path / "rho" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+  assert len(rows) == 6 and all(0.5 <= r["rho/selected"] < 0.6 for r in rows), rows
+  assert all(r["rho/reference_nll"] > 0 and np.isfinite(r["loss"]) for r in rows)
+  bpe = config_lib.load_experiment("token_rho:tiny")
+  config_lib.apply_overrides(bpe, [*base, "data.tokenizer=bpe", "data.vocab_size=270",
+                                   f"objectives.0.reference={tmp_path / 'ref'}"])
+  with pytest.raises(Exception, match=r"reference run .* has a tokenizer of 259 ids, this run's has"):
+    loop.train(bpe, str(tmp_path / "rho-bpe"))
