@@ -24,3 +24,14 @@ def test_train_throughput_quick(tmp_path):
   assert result["tokens_per_s"] > 0 and result["hand_step_ms"] > 0 and 0 < result["mfu"] < 2
   assert set(result["compile_s"]) == {"rolled_1", "rolled_2", "unrolled_1", "unrolled_2"}
   assert "tokens/s" in proc.stdout or "tok/s" in proc.stdout
+
+
+def test_speculative_quick(tmp_path):
+  out = tmp_path / "speculative.json"
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speculative.py"), "--quick", "--out", str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert result["identical_outputs"] == result["prompts"] == 4
+  assert result["plain_passes_per_unit"] == 1.0 and 0 < result["spec_passes_per_unit"] <= 1.0
+  assert "accepted units per pass" in proc.stdout
