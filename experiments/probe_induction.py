@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
     config.data.update(source="synthetic:induction:n=2000:seed=0", batch_size=8)
     config.model.update(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
     config.optim.update(lr=4e-3, warmup_steps=30)
-    config.train.update(steps=150, log_every=50, eval_every=0, checkpoint_every=150, eval_batches=4)
+    config.train.update(steps=100, log_every=50, eval_every=0, checkpoint_every=100, eval_batches=4)
     config.eval.max_batches = 4
   elif arg == "small":
     config.data.update(source="synthetic:induction:n=20000:seed=0", batch_size=16)

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None):
                        batch_size=32)
     config.model.update(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
     config.optim.update(lr=4e-3, warmup_steps=30)
-    config.train.update(steps=250, log_every=50, eval_every=0, checkpoint_every=250, eval_batches=4)
+    config.train.update(steps=200, log_every=50, eval_every=0, checkpoint_every=200, eval_batches=4)
     config.eval.max_batches = 4
   elif arg == "small":
     config.data.update(source="synthetic:star:degree=2:path_len=5:num_nodes=50:n=50000:seed=0", seq_len=84,
