@@ -140,7 +140,7 @@ def teacher_forced(run, params, docs: list[bytes], batch_size: int = 64) -> list
   positions_T = np.arange(T, dtype=np.int32)
 
   @jax.jit
-  def predict(inputs_BxT, segment_BxT):
+  def predict(params, inputs_BxT, segment_BxT):
     positions_BxT = jnp.broadcast_to(positions_T, inputs_BxT.shape)
     batch = dict(inputs=inputs_BxT, positions=positions_BxT, segment_ids=segment_BxT)
     return jnp.argmax(model.apply({"params": params}, batch).logits, axis=-1).astype(jnp.int32)
@@ -153,7 +153,7 @@ def teacher_forced(run, params, docs: list[bytes], batch_size: int = 64) -> list
     if short:  # one shape, one compile
       inputs_BxT = np.concatenate([inputs_BxT, np.full((short, T), tok.pad_id, np.int32)])
       segment_BxT = np.concatenate([segment_BxT, np.zeros((short, T), np.int32)])
-    preds.append(np.asarray(predict(jnp.asarray(inputs_BxT), jnp.asarray(segment_BxT)))[: B - short])
+    preds.append(np.asarray(predict(params, jnp.asarray(inputs_BxT), jnp.asarray(segment_BxT)))[: B - short])
   preds_NxT = np.concatenate(preds) if preds else np.zeros((0, T), np.int32)
   return [(x, preds_NxT[i, :k]) for i, (x, k) in enumerate(zip(ids, kept))]
 
@@ -252,4 +252,7 @@ def get(name: str) -> Probe:
 
 def run_probe(name: str, run, params, n: int | None = None, seed: int | None = None) -> dict:
   probe = get(name)
-  return probe.fn(run, params, n=probe.n if n is None else n, seed=seed)
+  n = probe.n if n is None else int(n)
+  if n < 1:
+    raise ConfigError(f"probe {name}: n={n} must be at least 1")
+  return probe.fn(run, params, n=n, seed=seed)
