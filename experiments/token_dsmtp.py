@@ -10,7 +10,9 @@ Run:
   lm train token_dsmtp:tiny  --workdir runs/dsmtp_tiny
   lm train token_dsmtp:small --workdir runs/dsmtp_small
 
-Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
+  tiny   3.741 val bpb in 35 s (200 steps).
+  small  not run yet.
 """
 
 from lm import config as config_lib

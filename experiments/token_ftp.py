@@ -11,7 +11,9 @@ Run:
   lm train token_ftp:tiny  --workdir runs/ftp_tiny
   lm train token_ftp:small --workdir runs/ftp_small
 
-Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
+  tiny   3.846 val bpb in 50 s (200 steps).
+  small  not run yet.
 """
 
 from lm import config as config_lib

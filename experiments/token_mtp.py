@@ -11,7 +11,11 @@ Run:
   lm train token_mtp:small --workdir runs/mtp_small
   lm sample runs/mtp_small --prompt "The " --temperature 0 --speculative   # drafts with the heads
 
-Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
+  tiny   4.557 val bpb in 44 s (200 steps; token_ntp:tiny's 300 steps give 3.612 in 37 s). Four heads
+         on a 0.9M-parameter trunk hurt the next-token head, as Gloeckle et al. report for small models.
+  small  2.360 val bpb, 800 steps, ~21 min (machine shared); --speculative greedy: 1.99 accepted units per
+         forward pass on 20 val prompts, outputs identical to plain greedy (benchmarks/speculative.py).
 """
 
 from lm import config as config_lib

@@ -9,7 +9,9 @@ Run:
   lm train token_top:tiny  --workdir runs/top_tiny
   lm train token_top:small --workdir runs/top_small
 
-Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md): FILLED_BELOW
+Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
+  tiny   3.870 val bpb in 26 s (200 steps).
+  small  not run yet.
 """
 
 from lm import config as config_lib
