@@ -2,7 +2,7 @@
 
 Run (on a run trained with an `mtp` objective, e.g. `lm train token_mtp:small --workdir runs/mtp_small`):
   python benchmarks/speculative.py --workdir runs/mtp_small
-  python benchmarks/speculative.py --quick        # trains a throwaway token_mtp:tiny for 40 steps first
+  python benchmarks/speculative.py --quick        # trains a throwaway small token_mtp for 30 steps first
 Writes JSON to --out (default benchmarks/results/speculative.json) and prints a table.
 
 Prompts are the starts of held-out (val) segments of the run's own data. Both decoders run one prompt at a
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
   p.add_argument("--prompts", type=int, default=20)
   p.add_argument("--prompt-bytes", type=int, default=32)
   p.add_argument("--max-new", type=int, default=64)
-  p.add_argument("--quick", action="store_true", help="train a throwaway token_mtp:tiny (40 steps) and use it")
+  p.add_argument("--quick", action="store_true", help="train a throwaway small token_mtp (30 steps) and use it")
   p.add_argument("--out", default=str(DEFAULT_OUT))
   args = p.parse_args(argv)
   if args.quick:
@@ -71,8 +71,9 @@ def main(argv=None) -> dict:
       p.error("give --workdir of a run trained with mtp heads, or --quick")
     workdir = tempfile.mkdtemp(prefix="speculative-")
     c = config_lib.load_experiment("token_mtp:tiny")
-    config_lib.apply_overrides(c, ["train.steps=40", "train.log_every=40", "train.checkpoint_every=0",
-                                   "eval.max_batches=1", "sample.max_new=0"])
+    config_lib.apply_overrides(c, ["train.steps=30", "train.log_every=30", "train.checkpoint_every=0",
+                                   "eval.max_batches=1", "sample.max_new=0", "model.d_model=64",
+                                   "model.num_layers=2", "model.d_ff=128", "data.seq_len=32"])
     loop.train(c, workdir)
 
   run, params, config = loop.restore_for_inference(workdir)
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
     rows.append(dict(units=units, plain_passes=units, spec_passes=int(passes), plain_s=plain_s, spec_s=spec_s))
   units = sum(r["units"] for r in rows)
   result = dict(
-      workdir=str(workdir), experiment=run.config.experiment, draft_units=draft_heads(decoder),
+      experiment=run.config.experiment, draft_units=draft_heads(decoder),
       prompts=len(rows), max_new=args.max_new, identical_outputs=same, units=units,
       plain_passes_per_unit=sum(r["plain_passes"] for r in rows) / units,
       spec_passes_per_unit=sum(r["spec_passes"] for r in rows) / units,
