@@ -222,3 +222,52 @@ class TokenData:
         batch = {k: np.concatenate([v, np.full((short, T), fill.get(k, 0), np.int32)]) for k, v in batch.items()}
       batches.append((batch, int(bytes_per_row[i * B : (i + 1) * B].sum())))
     return batches
+
+
+# --- Byte-hierarchical family: documents as [N, C, L] grids of word chunks ------------------------------------
+
+CHUNK_KEYS = ("units", "unit_mask", "chunk_mask", "segment_ids", "positions", "doc_end")
+BYTE_PAD = 256  # ByteTokenizer's pad id; units are raw byte values 0..255.
+
+
+def pack_chunk_rows(docs: list[bytes], num_chunks: int, chunk_len: int) -> dict[str, np.ndarray]:
+  """Packs documents, split into HAT words (`segment.split_hat_words`) of <= L bytes, into [N, C, L] rows.
+
+  Concat-then-split like `pack_rows`: chunks of all documents back to back, C per row, only the last row
+  padded, so a long document continues in the next row (its `positions` restart at 0 there). Arrays (int32):
+  `units` [N, C, L] byte values (BYTE_PAD where `unit_mask` is 0), `unit_mask` [N, C, L], `chunk_mask` [N, C],
+  `segment_ids` [N, C] (1, 2, ... per row, 0 = padding), `positions` [N, C], and `doc_end` [N, C]: 1 on the
+  last chunk of each document, i.e. the backbone state there predicts one end-of-document event instead of a
+  next word. Empty documents have no chunk to end and are dropped.
+  """
+  if num_chunks < 1 or chunk_len < 1:
+    raise DataError(f"data: num_chunks={num_chunks} and chunk_len={chunk_len} must be >= 1; set positive values")
+  C, L = int(num_chunks), int(chunk_len)
+  doc_chunks = [segment.chunk_words(segment.split_hat_words(d), L) for d in docs]
+  chunks = [c for cs in doc_chunks for c in cs]
+  chunks_D = np.array([len(cs) for cs in doc_chunks], dtype=np.int64)
+  n = len(chunks)
+  n_rows = -(-n // C)
+  # Scatter every byte into its (chunk, column) cell of a flat [n_rows * C, L] grid.
+  len_M = np.array([len(c) for c in chunks], dtype=np.int64)
+  chunk_of_byte = np.repeat(np.arange(n), len_M)
+  col_of_byte = np.arange(len(chunk_of_byte)) - np.repeat(np.cumsum(len_M) - len_M, len_M)
+  units = np.full((n_rows * C, L), BYTE_PAD, dtype=np.int32)
+  units[chunk_of_byte, col_of_byte] = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+  unit_mask = np.zeros((n_rows * C, L), dtype=np.int32)
+  unit_mask[chunk_of_byte, col_of_byte] = 1
+  doc_end = np.zeros(n_rows * C, dtype=np.int32)
+  doc_end[np.cumsum(chunks_D)[chunks_D > 0] - 1] = 1
+  doc = np.full(n_rows * C, -1, dtype=np.int64)
+  doc[:n] = np.repeat(np.arange(len(docs)), chunks_D)
+  doc_NxC = doc.reshape(n_rows, C)
+  # `_rows` derives segment ids and positions from a unit index; here the units are chunks.
+  rows = _rows(doc_NxC, doc_NxC, doc_NxC)
+  return dict(
+      units=units.reshape(n_rows, C, L),
+      unit_mask=unit_mask.reshape(n_rows, C, L),
+      chunk_mask=rows["loss_mask"],
+      segment_ids=rows["segment_ids"],
+      positions=rows["positions"],
+      doc_end=doc_end.reshape(n_rows, C),
+  )
