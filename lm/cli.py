@@ -161,8 +161,9 @@ def _speculative_text(run, params, prompt: str, max_new: int) -> tuple[str, dict
   tok = run.tokenizer
   decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
   if draft_heads(decoder) < 1:
-    raise LMError(f"--speculative drafts with the run's `mtp` heads, and {run.config.experiment!r} was trained "
-                  "without them; train with an `mtp` objective (e.g. token_mtp) or drop --speculative")
+    raise LMError(f"--speculative drafts with the run's `mtp` heads or `dsmtp` modules, and "
+                  f"{run.config.experiment!r} was trained without them; train with one (e.g. token_mtp) or drop "
+                  "--speculative")
   ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
   params = jax.device_put(params, jax.local_devices()[0])
   out, lengths, passes = speculative_greedy(decoder, params, jnp.asarray(ids)[None], max_new=max_new,
@@ -250,7 +251,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--top-p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--speculative", action="store_true",
-                 help="greedy, drafting with the run's own mtp heads and verifying with its next-unit head")
+                 help="greedy, drafting with the run's own mtp heads (or dsmtp modules) and verifying with its "
+                 "next-unit head")
   pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
   pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
   pr.add_argument("workdir")

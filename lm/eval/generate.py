@@ -91,40 +91,63 @@ def _set_cache_index(cache, index):
 
 
 def draft_heads(model: nn.Module) -> int:
-  """How many units one forward pass can draft beyond the next one (the `mtp` head's n - 1)."""
-  for kind, options in getattr(model, "heads", ()):
-    if kind == "mtp":
-      return int(dict(options)["n"]) - 1
-  return 0
+  """How many units one step drafts beyond the next one: the `mtp` head's n - 1, or 1 with `dsmtp`
+  modules (the first module drafts; deeper ones would need units not yet drafted)."""
+  kinds = dict(getattr(model, "heads", ()))
+  if "mtp" in kinds:
+    return int(dict(kinds["mtp"])["n"]) - 1
+  return 1 if "dsmtp" in kinds else 0
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new", "eos_id"))
 def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_new: int, eos_id: int = -1):
   """Self-speculative greedy decoding (Gloeckle et al. 2024, §3.2; Stern et al. 2018's blockwise parallel
-  decoding): the `mtp` heads draft units t+2..t+n, one forward pass of the block [next unit, drafts] verifies
-  them against the next-unit head, the longest agreeing prefix plus the next-unit head's own unit is kept,
-  and the KV cache is rolled back past the rest. The output is plain greedy decoding's, unit for unit.
+  decoding): the `mtp` heads draft units t+2..t+n (or the first `dsmtp` module drafts unit t+2), one forward
+  pass of the block [next unit, drafts] verifies them against the next-unit head, the longest agreeing
+  prefix plus the next-unit head's own unit is kept, and the KV caches are rolled back past the rest. The
+  output is plain greedy decoding's, unit for unit.
 
   Rows advance together by the fewest units any live row accepted. Returns (ids [B, max_new], lengths [B],
   forward passes including the prompt's).
   """
   K = draft_heads(model)
   if K < 1:
-    raise ValueError("speculative decoding needs a model trained with the `mtp` objective (n >= 2)")
+    raise ValueError("speculative decoding needs a model trained with the `mtp` or `dsmtp` objective")
+  sequential = "mtp" not in dict(model.heads)
   B, P = prompt_BxP.shape
   N = K + 1
   cache = init_cache(model, B, P + max_new + N, with_heads=True)
 
-  def forward(cache, ids_BxT, start):
-    positions_BxT = start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
-    outputs, mutated = model.apply({"params": params, "cache": cache},
-                                   {"inputs": ids_BxT, "positions": positions_BxT}, with_heads=True,
-                                   mutable=["cache"])
+  def positions(ids_BxT, start):
+    return start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
+
+  def forward(cache, ids_BxT, start, known_next_BxT=None):
+    """Greedy next units [B, T] and drafts [B, T, K] at every position of `ids_BxT`.
+
+    `mtp` heads draft in the same pass. A `dsmtp` module needs unit t+1 at position t: the pass's own
+    greedy units, except inside the prompt where `known_next_BxT` gives the true ones. Its cache entries
+    are then right up to the last kept position, and the rollback below drops the rest.
+    """
+    pos_BxT = positions(ids_BxT, start)
+    outputs, mutated = model.apply({"params": params, "cache": cache}, {"inputs": ids_BxT, "positions": pos_BxT},
+                                   with_heads=not sequential, mutable=["cache"])
     next_BxT = jnp.argmax(outputs.logits, axis=-1).astype(jnp.int32)
-    drafts_BxTxK = jnp.moveaxis(jnp.argmax(outputs.aux["mtp_logits"], axis=-1), 0, -1).astype(jnp.int32)
+    if not sequential:
+      drafts_BxTxK = jnp.moveaxis(jnp.argmax(outputs.aux["mtp_logits"], axis=-1), 0, -1).astype(jnp.int32)
+      return next_BxT, drafts_BxTxK, mutated["cache"]
+    ahead_BxT = next_BxT if known_next_BxT is None else known_next_BxT
+    heads, mutated = model.apply({"params": params, "cache": mutated["cache"]},
+                                 {"inputs": ids_BxT, "positions": pos_BxT, "trunk_out": outputs.aux["trunk_out"],
+                                  "next_inputs": ahead_BxT}, heads_only=True, mutable=["cache"])
+    drafts_BxTxK = jnp.argmax(heads.aux["dsmtp_logits"][0], axis=-1).astype(jnp.int32)[..., None]
     return next_BxT, drafts_BxTxK, mutated["cache"]
 
-  next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0)
+  if sequential:  # inside the prompt the unit after each position is known; after it, greedy's own
+    first_B = forward(cache, prompt_BxP, 0)[0][:, -1]
+    known_BxP = jnp.concatenate([prompt_BxP[:, 1:], first_B[:, None]], axis=1)
+    next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0, known_BxP)
+  else:
+    next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0)
   fill = eos_id if eos_id >= 0 else 0
   out_BxM = jnp.full((B, max_new + N), fill, jnp.int32).at[:, 0].set(next_BxP[:, -1])
   done_B = next_BxP[:, -1] == eos_id

@@ -33,6 +33,7 @@ class TrunkOutputs:
   segment_ids_BxT: Array | None
   embed: Callable[[Array], Array]
   unembed: Callable[[Array], Array]
+  next_inputs_BxT: Array | None = None  # unit t+1 at each position when the caller knows it (drafting)
 
 
 def shift_left(x_BxT: Array, k: int, fill=0) -> Array:
@@ -80,7 +81,9 @@ class DSMTPHead(nn.Module):
     h_BxTxD = trunk.x_BxTxD
     out = []
     for k in range(1, self.depth + 1):
-      e_BxTxD = trunk.embed(shift_left(trunk.inputs_BxT, k))
+      ahead_BxT = trunk.next_inputs_BxT if k == 1 and trunk.next_inputs_BxT is not None else \
+          shift_left(trunk.inputs_BxT, k)
+      e_BxTxD = trunk.embed(ahead_BxT)
       both_BxTx2D = jnp.concatenate([_norm(cfg, f"h_norm_{k}")(h_BxTxD), _norm(cfg, f"e_norm_{k}")(e_BxTxD)], -1)
       proj = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, param_dtype=pdtype, name=f"proj_{k}",
                       kernel_init=_init(nn.initializers.normal(cfg.init_std), None, "embed"))

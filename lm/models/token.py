@@ -29,14 +29,16 @@ def trunk_layers(cfg: TransformerConfig, heads: tuple) -> int:
 class TokenLM(nn.Module):
   """Batch arrays `inputs, positions, segment_ids` [B, T] -> next-unit logits [B, T, V] (+ head outputs).
 
-  `with_heads=False` skips the auxiliary heads (evaluation and plain decoding).
+  `with_heads=False` skips the auxiliary heads (evaluation and plain decoding). `heads_only=True` runs just
+  the heads on a given trunk output `batch["trunk_out"]` (with `batch["next_inputs"]`, unit t+1 at each
+  position, where known): speculative decoding drafts this way with the sequential `dsmtp` modules.
   """
   cfg: TransformerConfig
   decode: bool = False
   heads: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
   @nn.compact
-  def __call__(self, batch: dict[str, Array], with_heads: bool = True) -> ModelOutputs:
+  def __call__(self, batch: dict[str, Array], with_heads: bool = True, heads_only: bool = False) -> ModelOutputs:
     cfg = self.cfg
     ids_BxT = batch["inputs"]
     positions_BxT = batch.get("positions")
@@ -50,14 +52,18 @@ class TokenLM(nn.Module):
       logits = embed.attend(h) if cfg.tie_embeddings else unembed_module(h)
       return mask_padded_vocab(logits.astype(jnp.float32), cfg.vocab_size)
 
-    trunk_cfg = dataclasses.replace(cfg, num_layers=trunk_layers(cfg, self.heads))
-    x_BxTxD = Transformer(trunk_cfg, causal=True, decode=self.decode, name="decoder")(
-        embed(ids_BxT), positions_BxT, segment_ids_BxT)
+    if heads_only:
+      x_BxTxD = batch["trunk_out"]
+    else:
+      trunk_cfg = dataclasses.replace(cfg, num_layers=trunk_layers(cfg, self.heads))
+      x_BxTxD = Transformer(trunk_cfg, causal=True, decode=self.decode, name="decoder")(
+          embed(ids_BxT), positions_BxT, segment_ids_BxT)
     h_BxTxD = RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name="final_norm")(x_BxTxD)
     logits_BxTxV = constrain(unembed(h_BxTxD), ("batch", "length", "vocab"))
-    aux = {"hidden": h_BxTxD}
-    if with_heads:
-      trunk = TrunkOutputs(x_BxTxD, h_BxTxD, ids_BxT, positions_BxT, segment_ids_BxT, embed, unembed)
+    aux = {"hidden": h_BxTxD, "trunk_out": x_BxTxD}
+    if with_heads or heads_only:
+      trunk = TrunkOutputs(x_BxTxD, h_BxTxD, ids_BxT, positions_BxT, segment_ids_BxT, embed, unembed,
+                           batch.get("next_inputs"))
       for kind, options in self.heads:
         kwargs = {k: v for k, v in options if k != "give_up_layers"}
         aux.update(HEADS[kind](cfg, decode=self.decode, name=f"{kind}_head", **kwargs)(trunk))
