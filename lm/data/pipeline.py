@@ -147,6 +147,13 @@ class TokenData:
       tokenizer = tokenizers_lib.build_tokenizer(tokenizer_spec, splits["train"], vocab_size)
     return cls(splits, tokenizer, seq_len, source=source, eval_max_bytes=eval_max_bytes)
 
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  def unit_bytes(self) -> np.ndarray:
+    return self.tokenizer.unit_bytes()
+
   @functools.cached_property
   def train_rows(self) -> dict[str, np.ndarray]:
     """The whole train split packed into int32 [N, T] arrays (computed once)."""
@@ -167,7 +174,7 @@ class TokenData:
     if not 0 <= process_index < process_count:
       raise DataError(f"data: process_index={process_index} is outside [0, {process_count}); check the launcher")
     rows = self.train_rows
-    n_rows = len(rows["inputs"])
+    n_rows = len(rows["loss_mask"])
     if n_rows < batch_size:
       n_tokens = int(rows["loss_mask"].sum())
       raise DataError(
@@ -209,17 +216,19 @@ class TokenData:
       rows, bytes_per_row = self._eval_cache[split]
     else:
       rows, bytes_per_row = self._eval_rows(self.eval_segments(docs))
-    n_rows, T, B = len(rows["inputs"]), self.seq_len, batch_size
+    n_rows, B = len(rows["loss_mask"]), batch_size
     n_batches = -(-n_rows // B)
     if max_batches is not None:
       n_batches = min(n_batches, max_batches)
     batches = []
     for i in range(n_batches):
       batch = {k: v[i * B : (i + 1) * B].copy() for k, v in rows.items()}  # Callers may not corrupt the cache.
-      short = B - len(batch["inputs"])
+      short = B - len(batch["loss_mask"])
       if short:
-        fill = dict(inputs=self.tokenizer.pad_id, targets=self.tokenizer.pad_id)
-        batch = {k: np.concatenate([v, np.full((short, T), fill.get(k, 0), np.int32)]) for k, v in batch.items()}
+        pad = self.tokenizer.pad_id
+        fill = dict(inputs=pad, targets=pad, units=pad)
+        batch = {k: np.concatenate([v, np.full((short,) + v.shape[1:], fill.get(k, 0), v.dtype)])
+                 for k, v in batch.items()}
       batches.append((batch, int(bytes_per_row[i * B : (i + 1) * B].sum())))
     return batches
 
@@ -271,3 +280,95 @@ def pack_chunk_rows(docs: list[bytes], num_chunks: int, chunk_len: int) -> dict[
       positions=rows["positions"],
       doc_end=doc_end.reshape(n_rows, C),
   )
+
+
+def chunk_targets(rows: dict[str, np.ndarray], eod_id: int, eow_id: int, pad_id: int = BYTE_PAD) -> dict:
+  """The decoder's `targets` and `loss_mask` [N, C, L + 1] for packed chunk rows: the word's bytes, then
+  end-of-document on a document's last chunk (`doc_end`) or end-of-word elsewhere."""
+  units, unit_mask, chunk_mask, doc_end = rows["units"], rows["unit_mask"], rows["chunk_mask"], rows["doc_end"]
+  N, C, L = units.shape
+  k_NxC = unit_mask.sum(-1)
+  targets = np.concatenate([np.where(unit_mask > 0, units, pad_id), np.full((N, C, 1), pad_id, np.int32)], -1)
+  end_NxC = np.where(doc_end > 0, eod_id, eow_id).astype(np.int32)
+  np.put_along_axis(targets, k_NxC[..., None], end_NxC[..., None], axis=-1)
+  loss_mask = (np.arange(L + 1)[None, None, :] <= k_NxC[..., None]) & (chunk_mask[..., None] > 0)
+  targets = np.where(loss_mask, targets, pad_id)
+  return dict(rows, targets=targets.astype(np.int32), loss_mask=loss_mask.astype(np.int32))
+
+
+def pack_chunk_eval(segments: list[bytes], num_chunks: int, chunk_len: int):
+  """Held-out segments as chunk rows, each scored from a fresh state: a segment never continues across rows
+  (one of more than C chunks is cut at word boundaries into pieces of C, each its own segment). Returns
+  (rows, bytes scored per row = bytes + one end-of-segment event per piece)."""
+  C, L = int(num_chunks), int(chunk_len)
+  pieces = []
+  for s in segments:
+    chunks = segment.chunk_words(segment.split_hat_words(s), L)
+    pieces.extend(chunks[i:i + C] for i in range(0, len(chunks), C))
+  rows_of_chunks, current, used = [], [], 0
+  for piece in pieces:
+    if used + len(piece) > C:
+      rows_of_chunks.append(current)
+      current, used = [], 0
+    current.append(piece)
+    used += len(piece)
+  if current:
+    rows_of_chunks.append(current)
+  N = len(rows_of_chunks)
+  out = dict(units=np.full((N, C, L), BYTE_PAD, np.int32), unit_mask=np.zeros((N, C, L), np.int32),
+             chunk_mask=np.zeros((N, C), np.int32), segment_ids=np.zeros((N, C), np.int32),
+             positions=np.zeros((N, C), np.int32), doc_end=np.zeros((N, C), np.int32))
+  bytes_per_row = np.zeros(N, np.int64)
+  for r, row in enumerate(rows_of_chunks):
+    c = 0
+    for s_id, piece in enumerate(row, start=1):
+      for p, chunk in enumerate(piece):
+        out["units"][r, c, :len(chunk)] = np.frombuffer(chunk, np.uint8)
+        out["unit_mask"][r, c, :len(chunk)] = 1
+        out["chunk_mask"][r, c], out["segment_ids"][r, c], out["positions"][r, c] = 1, s_id, p
+        c += 1
+      out["doc_end"][r, c - 1] = 1
+      bytes_per_row[r] += sum(len(ch) for ch in piece) + 1
+  return out, bytes_per_row
+
+
+class ChunkData(TokenData):
+  """Byte-hierarchical data: the same splits and grain iterator as `TokenData`, rows as [N, C, L] word grids
+  with decoder targets [N, C, L + 1]. Units are bytes (the byte tokenizer) plus one end-of-word id."""
+
+  def __init__(self, splits, tokenizer, num_chunks: int, chunk_len: int, source: str = "<memory>",
+               eval_max_bytes: int | None = None):
+    if tokenizer.kind != "bytes":
+      raise DataError(f"model.family='hierarchical' reads raw bytes; set data.tokenizer='bytes' (got {tokenizer.kind!r})")
+    super().__init__(splits, tokenizer, num_chunks, source=source,
+                     eval_max_bytes=eval_max_bytes or max(1, num_chunks * chunk_len // 2))
+    self.num_chunks, self.chunk_len = int(num_chunks), int(chunk_len)
+    self.eow_id = tokenizer.vocab_size
+
+  @classmethod
+  def build(cls, source: str = "python-prose", num_chunks: int = 64, chunk_len: int = 16,
+            val_fraction: float = 0.02, test_fraction: float = 0.02, split_seed: int = 0,
+            eval_max_bytes: int | None = None) -> "ChunkData":
+    docs = corpus.load_documents(source)
+    splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=source)
+    return cls(splits, tokenizers_lib.ByteTokenizer(), num_chunks, chunk_len, source=source,
+               eval_max_bytes=eval_max_bytes)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size + 1
+
+  def unit_bytes(self) -> np.ndarray:
+    return np.append(self.tokenizer.unit_bytes(), 0).astype(np.int32)  # end-of-word adds no byte
+
+  @functools.cached_property
+  def train_rows(self) -> dict[str, np.ndarray]:
+    rows = pack_chunk_rows(self.splits["train"], self.num_chunks, self.chunk_len)
+    return chunk_targets(rows, self.tokenizer.eos_id, self.eow_id)
+
+  def eval_segments(self, docs: list[bytes]) -> list[bytes]:
+    return [s for d in docs for s in segment.cut_segments(d, self.eval_max_bytes)]
+
+  def _eval_rows(self, segments: list[bytes]):
+    rows, bytes_per_row = pack_chunk_eval(segments, self.num_chunks, self.chunk_len)
+    return chunk_targets(rows, self.tokenizer.eos_id, self.eow_id), bytes_per_row

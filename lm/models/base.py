@@ -19,7 +19,8 @@ class ModelOutputs:
   aux: dict[str, Any] = struct.field(default_factory=dict)
 
 
-_FAMILIES: dict[str, Callable[[TransformerConfig], nn.Module]] = {}
+# family -> builder(model_cfg, vocab_size, decode, heads) -> module
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_family(name: str):
@@ -38,11 +39,9 @@ def transformer_config(model_cfg, vocab_size: int) -> TransformerConfig:
 
 def build_model(model_cfg, vocab_size: int, decode: bool = False, heads: tuple = ()) -> nn.Module:
   """The family's module; `heads` are the auxiliary heads the objectives train (`objectives.heads`)."""
-  import lm.models.token  # noqa: F401  (registers the family)
+  import lm.models.hierarchical  # noqa: F401  (registers the families)
+  import lm.models.token  # noqa: F401
   family = model_cfg.family
   if family not in _FAMILIES:
     raise ConfigError(f"model.family={family!r} is unknown; choose one of {sorted(_FAMILIES)}")
-  cfg = transformer_config(model_cfg, vocab_size)
-  if heads:
-    return _FAMILIES[family](cfg, decode=decode, heads=tuple(heads))
-  return _FAMILIES[family](cfg, decode=decode)
+  return _FAMILIES[family](model_cfg, vocab_size, decode=decode, heads=tuple(heads))

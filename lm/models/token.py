@@ -70,4 +70,8 @@ class TokenLM(nn.Module):
     return ModelOutputs(logits=logits_BxTxV, aux=aux)
 
 
-register_family("token")(TokenLM)
+@register_family("token")
+def _build(model_cfg, vocab_size: int, decode: bool = False, heads: tuple = ()) -> TokenLM:
+  from lm.models.base import transformer_config
+  cfg = transformer_config(model_cfg, vocab_size)
+  return TokenLM(cfg, decode=decode, heads=heads) if heads else TokenLM(cfg, decode=decode)

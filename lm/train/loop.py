@@ -21,7 +21,7 @@ from etils import epath
 
 from lm import config as config_lib
 from lm import objectives, parallel
-from lm.data.pipeline import TokenData
+from lm.data.pipeline import ChunkData, TokenData
 from lm.data.tokenizers import Tokenizer
 from lm.errors import CheckpointError, ConfigError, LMError
 from lm.eval import bpb as bpb_lib
@@ -51,8 +51,13 @@ class Run:
     return parallel.global_batch(batch, self.mesh)
 
   def example_batch(self, rows: int) -> dict:
-    T = self.config.data.seq_len
-    z = jnp.zeros((rows, T), jnp.int32)
+    d = self.config.data
+    if self.config.model.family == "hierarchical":
+      C, L = d.num_chunks, d.chunk_len
+      z, zc, zt = (jnp.zeros(s, jnp.int32) for s in ((rows, C, L), (rows, C), (rows, C, L + 1)))
+      return dict(units=z, unit_mask=z + 1, chunk_mask=zc + 1, segment_ids=zc + 1, positions=zc, doc_end=zc,
+                  targets=zt, loss_mask=zt)
+    z = jnp.zeros((rows, d.seq_len), jnp.int32)
     return dict(inputs=z, targets=z, segment_ids=z + 1, positions=z, loss_mask=z)
 
   def init(self, seed: int) -> TrainState:
@@ -82,6 +87,12 @@ def prepare(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=Non
 
 def load_data(config, tokenizer: Tokenizer | None = None) -> TokenData:
   d = config.data
+  if config.model.family == "hierarchical":  # raw bytes in word grids; the tokenizer is always bytes
+    if d.tokenizer != "bytes":
+      raise ConfigError(f"model.family='hierarchical' reads raw bytes; set data.tokenizer='bytes' (got {d.tokenizer!r})")
+    return ChunkData.build(d.source, d.num_chunks, d.chunk_len, val_fraction=d.val_fraction,
+                           test_fraction=d.test_fraction, split_seed=d.split_seed,
+                           eval_max_bytes=d.eval_max_bytes or None)
   return TokenData.build(d.source, tokenizer if tokenizer is not None else d.tokenizer, d.vocab_size,
                          d.seq_len, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                          split_seed=d.split_seed, eval_max_bytes=d.eval_max_bytes or None)
@@ -339,7 +350,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     if primary:
       print(f"resumed from step {start} in {workdir}", flush=True)
 
-  unit_bytes = jnp.asarray(data.tokenizer.unit_bytes(), jnp.float32)
+  unit_bytes = jnp.asarray(data.unit_bytes(), jnp.float32)
   lr = learning_rate(config.optim, config.train.steps)
   reference = load_reference(config, data.tokenizer, devices)
   extra_args, extra_shardings = ((reference[1],), (reference[0].param_shardings,)) if reference else ((), ())

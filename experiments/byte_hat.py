@@ -1,0 +1,50 @@
+"""Byte-hierarchical LM (HAT): a word encoder, a causal backbone over words, a byte decoder per word.
+
+Paper: P. Neitemeier, B. Deiseroth, C. Eichenberg, L. Balles, "Hierarchical Autoregressive Transformers:
+Combining Byte- and Word-Level Processing for Robust, Adaptable Language Models", ICLR 2025. Words are split by
+`lm.data.segment.split_hat_words` (leading whitespace and trailing punctuation stay with the word), at most
+`data.chunk_len` bytes each (longer words are cut), `data.num_chunks` words per row. Bits per byte counts every
+byte, every end-of-word event (zero bytes) and one end-of-segment event per held-out segment.
+
+Run:
+  lm train byte_hat:tiny --workdir runs/hat_tiny
+  lm eval runs/hat_tiny
+
+Results (python-prose, 2-core CPU, 2026-11-25): see BUILD_NOTES.md (first step of issue 6: no sampling, FLOP
+accounting or comparison yet).
+"""
+
+from lm.config import base_config
+from lm.errors import ConfigError
+
+
+def get_config(arg: str | None = None):
+  config = base_config()
+  config.model.family = "hierarchical"
+  config.objectives = [dict(name="ntp", weight=1.0)]
+  config.data.tokenizer = "bytes"
+  config.sample.max_new = 0  # word-by-word decoding is not built yet
+  if arg == "tiny":
+    config.model.update(d_model=128, num_layers=3, num_heads=4, num_kv_heads=4, d_ff=384)
+    config.model.encoder.update(d_model=64, num_layers=1, num_heads=4, d_ff=192)
+    config.model.decoder.update(d_model=64, num_layers=2, num_heads=4, d_ff=192)
+    config.data.update(num_chunks=16, chunk_len=12, batch_size=16)
+    config.optim.update(lr=3e-3, warmup_steps=30)
+    config.train.update(steps=300, log_every=50, eval_every=0, checkpoint_every=150, eval_batches=4)
+  elif arg == "small":
+    config.model.update(d_model=192, num_layers=4, num_heads=6, num_kv_heads=3, d_ff=512)
+    config.model.encoder.update(d_model=96, num_layers=2, num_heads=4, d_ff=256)
+    config.model.decoder.update(d_model=96, num_layers=2, num_heads=4, d_ff=256)
+    config.data.update(num_chunks=32, chunk_len=16, batch_size=24)
+    config.optim.update(lr=3e-3, warmup_steps=50)
+    config.train.update(steps=800, log_every=50, eval_every=200, checkpoint_every=200, eval_batches=8)
+  elif arg in (None, "", "base"):
+    config.model.update(d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, d_ff=3072)
+    config.model.encoder.update(d_model=256, num_layers=2, num_heads=4, d_ff=1024)
+    config.model.decoder.update(d_model=256, num_layers=4, num_heads=4, d_ff=1024)
+    config.data.update(source="python-prose,python-code", num_chunks=256, chunk_len=16, batch_size=64)
+    config.optim.update(lr=6e-4, warmup_steps=500)
+    config.train.update(steps=20000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=16)
+  else:
+    raise ConfigError(f"byte_hat: unknown variant {arg!r}; choose tiny, small or leave it out")
+  return config

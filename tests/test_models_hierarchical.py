@@ -1,0 +1,87 @@
+"""Byte-hierarchical family: batched bits per byte equals byte-at-a-time decoding, targets and byte counts of
+the chunk pipeline, and a short training run through the ordinary loop."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import config as config_lib
+from lm.data import segment
+from lm.data.pipeline import BYTE_PAD, chunk_targets, pack_chunk_eval
+from lm.data.tokenizers import ByteTokenizer
+from lm.objectives.token import token_nll
+from lm.train import loop
+
+EOD, EOW = 258, 259
+
+
+def small_config(*overrides):
+  c = config_lib.load_experiment("byte_hat:tiny")
+  config_lib.apply_overrides(c, ["model.d_model=32", "model.num_layers=2", "model.d_ff=64", "model.num_heads=2",
+                                 "model.num_kv_heads=2", "model.encoder.d_model=16", "model.encoder.d_ff=32",
+                                 "model.encoder.num_heads=2", "model.decoder.d_model=16", "model.decoder.d_ff=32",
+                                 "model.decoder.num_heads=2", "data.num_chunks=8", "data.chunk_len=6",
+                                 "data.batch_size=4", *overrides])
+  return c
+
+
+def test_eval_rows_score_every_byte_word_end_and_segment_end():
+  segments = [b"Hello, world! A test.", b"x" * 20, "Caf\u00e9 ok".encode()]
+  rows, bytes_per_row = pack_chunk_eval(segments, num_chunks=4, chunk_len=6)
+  rows = chunk_targets(rows, EOD, EOW)
+  n_pieces = sum(-(-len(segment.chunk_words(segment.split_hat_words(s), 6)) // 4) for s in segments)
+  assert int(bytes_per_row.sum()) == sum(map(len, segments)) + n_pieces
+  t, m = rows["targets"], rows["loss_mask"] > 0
+  assert int((t[m] == EOD).sum()) == n_pieces  # one end-of-segment event per scored piece
+  assert int(((t[m] < 256) | (t[m] == EOD)).sum()) == int(bytes_per_row.sum())  # the units that carry bytes
+  got = b"".join(bytes(r.astype(np.uint8)) for r in np.where(m & (t < 256), t, 0) for r in [r[r > 0]])
+  assert got.replace(b"\x00", b"") == b"".join(segments)
+  assert np.all(t[~m] == BYTE_PAD)
+
+
+def test_batched_bits_per_byte_equals_decoding_one_byte_at_a_time():
+  c = config_lib.resolve_backend_defaults(small_config(), "cpu")
+  run = loop.prepare(c, ByteTokenizer())
+  params = run.init(0).params
+  text = b"The cat sat. On a mat!"
+  rows, _ = pack_chunk_eval([text], 8, 6)
+  batch = {k: jnp.asarray(v) for k, v in chunk_targets(rows, EOD, EOW).items()}
+  apply = jax.jit(lambda b: run.model.apply({"params": params}, b).logits)
+  nll_BxCxL1, _ = token_nll(apply(batch), batch["targets"])
+  batched = float(jnp.sum(nll_BxCxL1 * batch["loss_mask"]))
+  # One unit at a time: only the words before c and the bytes of word c before j are given.
+  stepwise = 0.0
+  units = np.asarray(batch["units"])
+  unit_mask = np.asarray(batch["unit_mask"])
+  for ci in range(int(rows["chunk_mask"].sum())):
+    for j in range(int(unit_mask[0, ci].sum()) + 1):
+      prefix = {k: np.asarray(v).copy() for k, v in batch.items()}
+      prefix["unit_mask"][0, ci, j:] = 0
+      prefix["units"][0, ci, j:] = BYTE_PAD
+      prefix["unit_mask"][0, ci + 1:] = 0
+      prefix["units"][0, ci + 1:] = BYTE_PAD
+      prefix["chunk_mask"][0, ci + 1:] = 0
+      prefix["segment_ids"][0, ci + 1:] = 0
+      logits = apply({k: jnp.asarray(v) for k, v in prefix.items()})[0, ci, j]
+      target = int(batch["targets"][0, ci, j])
+      stepwise += float(jax.nn.logsumexp(logits) - logits[target])
+  assert abs(batched - stepwise) <= 1e-4 * abs(batched), (batched, stepwise)
+  n_bytes = len(text) + 1
+  assert math.isfinite(batched / (math.log(2) * n_bytes))
+
+
+def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path):
+  words = ["alpha", "beta,", "gamma.", "delta", "epsilon!", "zeta"]
+  for i in range(12):
+    (tmp_path / f"{i}.txt").write_text(" ".join(words[(i + k) % 6] for k in range(60)))
+  overrides = [f"data.source={tmp_path}", "data.val_fraction=0.2", "data.test_fraction=0", "train.steps=8",
+               "train.log_every=1", "train.checkpoint_every=4", "eval.max_batches=2"]
+  summary = loop.train(small_config(*overrides), str(tmp_path / "w"))
+  assert math.isfinite(summary["val_bpb"]) and summary["val_n_bytes"] > 0
+  resumed = loop.train(small_config(*overrides[:-3], "train.steps=10", "train.log_every=1",
+                                    "train.checkpoint_every=4", "eval.max_batches=2"), str(tmp_path / "w"))
+  assert resumed["step"] == 10
+  run, params, _ = loop.restore_for_inference(tmp_path / "w")
+  assert run.config.model.family == "hierarchical" and "encoder" in params and "decoder" in params
