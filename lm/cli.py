@@ -3,7 +3,7 @@
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
            [--coordinator HOST:PORT --num-processes N --process-id I]
   lm train --config=experiments/token_ntp.py:tiny --workdir DIR
-  lm eval DIR [--split val|test] [--data SOURCE]
+  lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
   lm list
@@ -132,22 +132,26 @@ def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top
 def _cmd_eval(args) -> int:
   from etils import epath
 
-  from lm.data import corpus
+  from lm.data import corpus, noise
   from lm.eval import bpb as bpb_lib
   from lm.train import checkpoint, loop
+  if args.noise:
+    noise.parse(args.noise)  # a bad spec fails before anything loads
   run, params, config = loop.restore_for_inference(args.workdir)
   data = loop.load_data(config, tokenizer=run.tokenizer)
   docs = corpus.load_documents(args.data) if args.data else None
+  if args.noise:
+    docs = noise.noised(docs if docs is not None else data.splits[args.split], args.noise)
   batches = data.eval_batches(args.split, loop.eval_batch_size(run.config),
                               max_batches=config.eval.max_batches or None, docs=docs)
   result = loop.make_evaluator(run)(params, batches)
-  result.update(split=args.split, data=args.data or config.data.source)
+  result.update(split=args.split, data=args.data or config.data.source, noise=args.noise or None)
   if run.config.model.family == "token":  # other families' FLOP accounting is not written yet
     flops = bpb_lib.token_flops_per_unit(run.config.model, run.tokenizer.vocab_size, run.config.data.seq_len)
     units_per_byte = result["n_units"] / max(result["n_bytes"], 1)
     result.update(flops_per_byte_inference=flops["forward"] * units_per_byte,
                   flops_per_byte_train=flops["train"] * units_per_byte)
-  name = f"eval_{args.split}.json" if not args.data else f"eval_{args.split}_data.json"
+  name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")
   print(json.dumps({k: result[k] for k in ("bpb", "n_bytes", "nll_sum")}))
@@ -246,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("workdir")
   e.add_argument("--split", default="val", choices=("val", "test"))
   e.add_argument("--data", help="score this text source instead, with the run's own tokenizer")
+  e.add_argument("--noise", help="score noised text: KIND:RATE with KIND delete, swap or upper, e.g. swap:0.05")
   s = sub.add_parser("sample", help="continue a prompt with a trained run")
   s.add_argument("workdir")
   s.add_argument("--prompt", default="")

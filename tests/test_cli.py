@@ -111,3 +111,14 @@ def test_corpus_too_small_for_one_batch(capsys, tmp_path):
   err = _error(capsys, "train", "token_ntp:tiny", "--workdir", str(tmp_path / "w"),
                f"--config.data.source={small}", "--config.data.val_fraction=0", "--config.data.test_fraction=0")
   assert "fewer than one batch" in err
+
+
+def test_eval_on_noised_text(trained):
+  workdir, _ = trained
+  clean = json.loads(run_lm("eval", str(workdir), "--split", "val").stdout.strip().splitlines()[-1])
+  proc = run_lm("eval", str(workdir), "--noise", "swap:0.3")
+  noised = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert noised["n_bytes"] == clean["n_bytes"] and noised["bpb"] != clean["bpb"]
+  assert (workdir / "eval_val_noise-swap-0.3.json").exists()
+  bad = run_lm("eval", str(workdir), "--noise", "blur:0.1", check=False)
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --noise 'blur:0.1': expected KIND:RATE")
