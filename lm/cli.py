@@ -146,11 +146,20 @@ def _cmd_eval(args) -> int:
                               max_batches=config.eval.max_batches or None, docs=docs)
   result = loop.make_evaluator(run)(params, batches)
   result.update(split=args.split, data=args.data or config.data.source, noise=args.noise or None)
-  if run.config.model.family == "token":  # other families' FLOP accounting is not written yet
+  if run.config.model.family == "token":
     flops = bpb_lib.token_flops_per_unit(run.config.model, run.tokenizer.vocab_size, run.config.data.seq_len)
     units_per_byte = result["n_units"] / max(result["n_bytes"], 1)
     result.update(flops_per_byte_inference=flops["forward"] * units_per_byte,
                   flops_per_byte_train=flops["train"] * units_per_byte)
+  elif run.config.model.family == "hierarchical":
+    d = run.config.data
+    n_text = sum(int(b["unit_mask"].sum()) for b, _ in batches)
+    n_chunks = sum(int(b["chunk_mask"].sum()) for b, _ in batches)
+    flops = bpb_lib.hierarchical_flops_per_byte(run.config.model, run.tokenizer.vocab_size, d.chunk_len,
+                                                d.num_chunks, n_text, n_chunks)
+    result.update(flops_per_byte_inference=flops["forward"], flops_per_byte_train=flops["train"],
+                  bytes_per_word=n_text / max(n_chunks, 1),
+                  **{f"flops_per_byte_{k}": v for k, v in flops.items() if k.endswith("_forward")})
   name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")
