@@ -6,6 +6,7 @@
   lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
+  lm compare DIR... [-o report.png] [--json FILE]
   lm list
   lm launch local --processes N [--devices-per-process K] EXPERIMENT[:ARG] --workdir DIR [--config...]
   lm launch tpu --name NAME --zone ZONE [--project P] --repo GIT_URL [--ref REF] EXPERIMENT ... [--dry-run]
@@ -133,7 +134,6 @@ def _cmd_eval(args) -> int:
   from etils import epath
 
   from lm.data import corpus, noise
-  from lm.eval import bpb as bpb_lib
   from lm.train import checkpoint, loop
   if args.noise:
     noise.parse(args.noise)  # a bad spec fails before anything loads
@@ -146,20 +146,7 @@ def _cmd_eval(args) -> int:
                               max_batches=config.eval.max_batches or None, docs=docs)
   result = loop.make_evaluator(run)(params, batches)
   result.update(split=args.split, data=args.data or config.data.source, noise=args.noise or None)
-  if run.config.model.family == "token":
-    flops = bpb_lib.token_flops_per_unit(run.config.model, run.tokenizer.vocab_size, run.config.data.seq_len)
-    units_per_byte = result["n_units"] / max(result["n_bytes"], 1)
-    result.update(flops_per_byte_inference=flops["forward"] * units_per_byte,
-                  flops_per_byte_train=flops["train"] * units_per_byte)
-  elif run.config.model.family == "hierarchical":
-    d = run.config.data
-    n_text = sum(int(b["unit_mask"].sum()) for b, _ in batches)
-    n_chunks = sum(int(b["chunk_mask"].sum()) for b, _ in batches)
-    flops = bpb_lib.hierarchical_flops_per_byte(run.config.model, run.tokenizer.vocab_size, d.chunk_len,
-                                                d.num_chunks, n_text, n_chunks)
-    result.update(flops_per_byte_inference=flops["forward"], flops_per_byte_train=flops["train"],
-                  bytes_per_word=n_text / max(n_chunks, 1),
-                  **{f"flops_per_byte_{k}": v for k, v in flops.items() if k.endswith("_forward")})
+  result.update(loop.flops_per_byte(run, result, batches))
   name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")
@@ -189,6 +176,19 @@ def _speculative_text(run, params, prompt: str, max_new: int) -> tuple[str, dict
   n, passes = int(lengths[0]), int(passes)
   stats = dict(units=n, forward_passes=passes, units_per_pass=n / max(passes, 1))
   return tok.decode(out[out != tok.eos_id]), stats
+
+
+def _cmd_compare(args) -> int:
+  from lm.eval import compare
+  rows = [compare.summarize_run(w) for w in args.workdirs]
+  print(compare.table(rows))
+  if args.output:
+    compare.plot(rows, args.output)
+    print(f"wrote {args.output}")
+  if args.json:
+    from lm.train import checkpoint
+    checkpoint.write_json(args.json, rows)
+  return 0
 
 
 def _cmd_sample(args) -> int:
@@ -260,6 +260,10 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("--split", default="val", choices=("val", "test"))
   e.add_argument("--data", help="score this text source instead, with the run's own tokenizer")
   e.add_argument("--noise", help="score noised text: KIND:RATE with KIND delete, swap or upper, e.g. swap:0.05")
+  cp = sub.add_parser("compare", help="table (and plot) of trained runs: bits per byte against FLOPs")
+  cp.add_argument("workdirs", nargs="+")
+  cp.add_argument("-o", "--output", help="write a plot of bits per byte against training FLOPs (PNG)")
+  cp.add_argument("--json", help="also write the table as JSON")
   s = sub.add_parser("sample", help="continue a prompt with a trained run")
   s.add_argument("workdir")
   s.add_argument("--prompt", default="")
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_eval(args)
     if args.command == "probe":
       return _cmd_probe(args)
+    if args.command == "compare":
+      return _cmd_compare(args)
     return _cmd_sample(args)
   except LMError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -122,3 +122,17 @@ def test_eval_on_noised_text(trained):
   assert (workdir / "eval_val_noise-swap-0.3.json").exists()
   bad = run_lm("eval", str(workdir), "--noise", "blur:0.1", check=False)
   assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --noise 'blur:0.1': expected KIND:RATE")
+
+
+def test_compare_prints_a_table_and_draws_bpb_against_flops(trained, tmp_path):
+  workdir, _ = trained
+  proc = run_lm("compare", str(workdir), str(workdir), "-o", str(tmp_path / "report.png"), "--json",
+                str(tmp_path / "report.json"))
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0].split()[:3] == ["run", "family", "params"] and len(lines) >= 3
+  rows = json.loads((tmp_path / "report.json").read_text())
+  evaluated = json.loads((workdir / "eval_val.json").read_text())
+  assert rows[0]["val_bpb"] == evaluated["bpb"] and rows[0]["family"] == "token" and rows[0]["train_flops"] > 0
+  assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+  missing = run_lm("compare", str(tmp_path / "nothing"), check=False)
+  assert missing.returncode == 2 and "holds no checkpoint" in missing.stderr

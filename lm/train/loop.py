@@ -317,6 +317,24 @@ class Saver:
     return self.mngr.latest_step()
 
 
+def flops_per_byte(run: Run, result: dict, batches) -> dict:
+  """Training and inference FLOPs per byte of an evaluation (`result` from `evaluate` over `batches`), by
+  component for the hierarchical family."""
+  if run.config.model.family == "hierarchical":
+    d = run.config.data
+    n_text = sum(int(b["unit_mask"].sum()) for b, _ in batches)
+    n_chunks = sum(int(b["chunk_mask"].sum()) for b, _ in batches)
+    flops = bpb_lib.hierarchical_flops_per_byte(run.config.model, run.tokenizer.vocab_size, d.chunk_len,
+                                                d.num_chunks, n_text, n_chunks)
+    return dict(flops_per_byte_inference=flops["forward"], flops_per_byte_train=flops["train"],
+                bytes_per_word=n_text / max(n_chunks, 1),
+                **{f"flops_per_byte_{k}": v for k, v in flops.items() if k.endswith("_forward")})
+  flops = bpb_lib.token_flops_per_unit(run.config.model, run.tokenizer.vocab_size, run.config.data.seq_len)
+  units_per_byte = result["n_units"] / max(result["n_bytes"], 1)
+  return dict(flops_per_byte_inference=flops["forward"] * units_per_byte,
+              flops_per_byte_train=flops["train"] * units_per_byte)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Train `config` in `workdir` (resuming from its newest good checkpoint) on `devices` (default: all)."""
   workdir = checkpoint.workdir_path(workdir)
@@ -432,6 +450,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
       return dict(step=preempted, preempted=True, seconds=time.time() - t0, state=state, run=run)
     all_val = data.eval_batches("val", eval_batch_size(config), max_batches=config.eval.max_batches or None)
     val = evaluator(state.params, all_val)
+    val.update(flops_per_byte(run, val, all_val))
   writer.write(config.train.steps, {"final_val_bpb": val["bpb"]})
   writer.close()
   summary = dict(step=config.train.steps, val_bpb=val["bpb"], val_n_bytes=val["n_bytes"],

@@ -1,0 +1,88 @@
+"""`lm compare DIR...`: one table of trained runs (family, parameters, FLOPs per byte, val/test bits per byte,
+throughput) and, with `-o FILE.png`, bits per byte against training FLOPs.
+
+Reads what the runs wrote: the newest checkpoint's config and parameter shapes, `eval_val.json` /
+`eval_test.json` from `lm eval` (FLOPs per byte and bits per byte) and `metrics.jsonl` (throughput, the
+validation curve). Training FLOPs of a point = its step x units per step x FLOPs per unit, with units per byte
+from the run's own evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+from lm.errors import CheckpointError, LMError
+
+
+def _read_json(path):
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def summarize_run(workdir) -> dict:
+  """What `lm compare` shows for one run; needs `lm eval DIR` to have been run (for FLOPs per byte)."""
+  from lm.train import checkpoint
+  workdir = checkpoint.workdir_path(workdir)
+  if checkpoint.latest_step(workdir) is None:
+    raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint; train it first")
+  mngr = checkpoint.manager(workdir, read_only=True)
+  step = mngr.latest_step()
+  config = checkpoint.restore_meta(mngr, step)["config"]
+  shapes = mngr.item_metadata(step)["state"]
+  shapes = getattr(shapes, "tree", shapes)["params"]
+  import jax
+  params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+  val, test = _read_json(workdir / "eval_val.json"), _read_json(workdir / "eval_test.json")
+  if val is None or "flops_per_byte_train" not in val:
+    raise LMError(f"{str(workdir)!r} has no eval_val.json with FLOPs per byte; run `lm eval {workdir}` first")
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()] \
+      if (workdir / "metrics.jsonl").exists() else []
+  speeds = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r]
+  d = config["data"]
+  if config["model"]["family"] == "hierarchical":
+    units_per_step = d["batch_size"] * d["num_chunks"] * val.get("bytes_per_word", 1.0)  # bytes per step
+    bytes_per_unit = 1.0
+  else:
+    units_per_step = d["batch_size"] * d["seq_len"]
+    bytes_per_unit = val["n_bytes"] / max(val.get("n_units", val["n_bytes"]), 1)
+  train_flops_per_step = units_per_step * bytes_per_unit * val["flops_per_byte_train"]
+  curve = [(r["step"] * train_flops_per_step, r["val_bpb"]) for r in records if "val_bpb" in r]
+  curve.append((step * train_flops_per_step, val["bpb"]))
+  return dict(workdir=str(workdir), name=workdir.name, experiment=config.get("experiment", ""),
+              family=config["model"]["family"], params=params, step=step,
+              flops_per_byte_train=val["flops_per_byte_train"],
+              flops_per_byte_inference=val["flops_per_byte_inference"],
+              train_flops=step * train_flops_per_step, val_bpb=val["bpb"], test_bpb=test["bpb"] if test else None,
+              units_per_sec=sorted(speeds)[len(speeds) // 2] if speeds else None, curve=curve)
+
+
+def table(rows: list[dict]) -> str:
+  head = f"{'run':<20}{'family':<14}{'params':>10}{'FLOP/B train':>14}{'train FLOPs':>13}{'val bpb':>9}{'test bpb':>9}{'units/s':>10}"
+  lines = [head]
+  for r in rows:
+    test = f"{r['test_bpb']:.4f}" if r["test_bpb"] is not None else "-"
+    speed = f"{r['units_per_sec']:.0f}" if r["units_per_sec"] is not None else "-"
+    lines.append(f"{r['name'][:19]:<20}{r['family']:<14}{r['params'] / 1e6:>9.2f}M{r['flops_per_byte_train']:>14.3g}"
+                 f"{r['train_flops']:>13.3g}{r['val_bpb']:>9.4f}{test:>9}{speed:>10}")
+  return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    raise LMError("-o needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in rows:
+    xs, ys = zip(*r["curve"])
+    ax.plot(xs, ys, marker="o", label=f"{r['name']} ({r['family']})")
+  ax.set_xscale("log")
+  ax.set_xlabel("training FLOPs")
+  ax.set_ylabel("validation bits per byte")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
