@@ -117,9 +117,16 @@ def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top
   from lm.models.base import build_model
 
   tok = run.tokenizer
-  if run.config.model.family != "token":
-    raise LMError(f"lm sample decodes the token family only so far; {run.config.experiment!r} is "
-                  f"model.family={run.config.model.family!r} (set --config.sample.max_new=0 when training it)")
+  if run.config.model.family == "hierarchical":
+    from lm.eval.generate import generate_words
+    decoder = build_model(run.config.model, tok.vocab_size, decode=True)
+    params = jax.device_put(params, jax.local_devices()[0])
+    d = run.config.data
+    out = generate_words(decoder, params, prompt.encode("utf-8"), max_new=max_new, chunk_len=d.chunk_len,
+                         max_words=max(d.num_chunks, len(prompt) + max_new + 2), rng=jax.random.PRNGKey(seed),
+                         eod_id=tok.eos_id, eow_id=tok.vocab_size, temperature=float(temperature),
+                         top_k=int(top_k), top_p=float(top_p))
+    return out.decode("utf-8", errors="replace")
   ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
   decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
   params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound

@@ -98,3 +98,47 @@ def test_flops_per_byte_by_component():
   one_layer = transformer_flops_per_position(16, 1, 2, 2, 32, keys=3.5)  # decoder width 16, (L + 1) / 2 keys
   assert abs((g["decoder_forward"] - f["decoder_forward"]) - 2 * one_layer * 120 / 100) < 1e-6 * g["forward"]
   assert g["encoder_forward"] == f["encoder_forward"] and g["backbone_forward"] == f["backbone_forward"]
+
+
+def test_word_by_word_greedy_decoding_equals_full_forward_greedy():
+  """Cached word-by-word greedy decoding picks, at every step, the argmax of the full (training) forward pass
+  over the words so far: the same model read two ways."""
+  from lm.eval.generate import generate_words
+  from lm.models.base import build_model
+  c = config_lib.resolve_backend_defaults(small_config(), "cpu")
+  run = loop.prepare(c, ByteTokenizer())
+  params = jax.tree.map(lambda p: p * 3.0, run.init(1).params)  # confident, varied predictions
+  C, L = c.data.num_chunks, c.data.chunk_len
+  decoder = build_model(c.model, 259, decode=True)
+  prompt = b"The cat sat"
+  got = generate_words(decoder, params, prompt, max_new=14, chunk_len=L, max_words=C, rng=jax.random.PRNGKey(0),
+                       eod_id=EOD, eow_id=EOW)
+  apply = jax.jit(lambda b: run.model.apply({"params": params}, b).logits)
+
+  def logits_after(chunks):  # chunks: finished words then the current (possibly empty) word
+    units = np.full((1, C, L), BYTE_PAD, np.int32)
+    for i, ch in enumerate(chunks):
+      units[0, i, :len(ch)] = np.frombuffer(bytes(ch), np.uint8)
+    n = len(chunks)
+    batch = dict(units=units, unit_mask=(units < 256).astype(np.int32),
+                 chunk_mask=(np.arange(C) < n)[None].astype(np.int32),
+                 segment_ids=(np.arange(C) < n)[None].astype(np.int32),
+                 positions=np.arange(C)[None].astype(np.int32) * (np.arange(C) < n)[None])
+    return apply({k: jnp.asarray(v) for k, v in batch.items()})[0, n - 1, len(chunks[-1])]
+
+  chunks = [bytearray(w) for w in segment.chunk_words(segment.split_hat_words(prompt), L)]
+  want = bytearray()
+  while len(want) < 14 and len(chunks) < C:
+    logits = np.asarray(logits_after(chunks))
+    if len(chunks[-1]) == L:
+      logits = np.where(np.isin(np.arange(len(logits)), [EOD, EOW]), logits, -np.inf)
+    unit = int(np.argmax(logits))
+    if unit == EOD:
+      break
+    if unit >= 256:
+      chunks.append(bytearray())
+      continue
+    chunks[-1].append(unit)
+    want.append(unit)
+  assert got == bytes(want) and len(got) == 14, (got, bytes(want))
+  assert len(chunks) > 3  # several words were decoded and fed back through the encoder and backbone

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+import numpy as np
 import jax
 import jax.numpy as jnp
 
@@ -182,3 +183,77 @@ def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_n
   first_eos_B = jnp.where(jnp.any(is_eos_BxM, axis=1), jnp.argmax(is_eos_BxM, axis=1) + 1, max_new)
   after_BxM = jnp.arange(max_new)[None, :] >= first_eos_B[:, None]
   return jnp.where(after_BxM, fill, out_BxM), first_eos_B.astype(jnp.int32), passes
+
+
+def generate_words(model: nn.Module, params, prompt: bytes, *, max_new: int, chunk_len: int, max_words: int,
+                   rng: jax.Array, eod_id: int, eow_id: int, temperature: float = 0.0, top_k: int = 0,
+                   top_p: float = 1.0) -> bytes:
+  """Byte-hierarchical decoding, word by word: the decoder emits bytes (KV cache reset per word) until an
+  end-of-word or end-of-document event, the finished word is encoded and fed to the backbone (its own KV
+  cache), whose output conditions the next word. The prompt's last word is a prefix the model may extend.
+  `model` is a `HierarchicalLM` built with `decode=True`; returns up to `max_new` new bytes."""
+  from lm.data import segment  # the model side never imports data; decoding needs the same word split
+  L = chunk_len
+  words = segment.chunk_words(segment.split_hat_words(prompt), L) if prompt else []
+  complete, prefix = words[:-1], bytearray(words[-1] if words else b"")
+  if len(complete) + 2 > max_words:
+    raise ValueError(f"the prompt has {len(complete) + 1} words; the backbone holds {max_words}")
+  Dd = model.decoder.d_model
+
+  def init(batch, step):
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, step=step))["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  z = jnp.zeros
+  backbone_cache = init(dict(units=z((1, max_words, L), jnp.int32), unit_mask=z((1, max_words, L), jnp.int32),
+                             positions=z((1, max_words), jnp.int32)), "backbone")
+  decoder_cache = init(dict(inputs=z((1, L + 1), jnp.int32), positions=z((1, L + 1), jnp.int32),
+                            context=z((1, Dd))), "decoder")
+
+  @jax.jit
+  def backbone_step(cache, units_1x1xL, unit_mask_1x1xL, position):
+    batch = dict(units=units_1x1xL, unit_mask=unit_mask_1x1xL, positions=jnp.full((1, 1), position, jnp.int32))
+    out, mutated = model.apply({"params": params, "cache": cache}, batch, step="backbone", mutable=["cache"])
+    return out.aux["context"], mutated["cache"]
+
+  @jax.jit
+  def decoder_step(cache, context_1xDd, unit, position):
+    batch = dict(inputs=jnp.full((1, 1), unit, jnp.int32), positions=jnp.full((1, 1), position, jnp.int32),
+                 context=context_1xDd)
+    out, mutated = model.apply({"params": params, "cache": cache}, batch, step="decoder", mutable=["cache"])
+    return out.logits[:, 0], mutated["cache"]
+
+  def word_arrays(word: bytes):
+    units = np.full((1, 1, L), 256, np.int32)
+    units[0, 0, :len(word)] = np.frombuffer(word, np.uint8)
+    return jnp.asarray(units), jnp.asarray((units < 256).astype(np.int32))
+
+  no_word = word_arrays(b"")
+  context, backbone_cache = backbone_step(backbone_cache, *no_word, 0)  # position 0 reads the start vector
+  position = 0
+  for w in complete:
+    position += 1
+    context, backbone_cache = backbone_step(backbone_cache, *word_arrays(w), position)
+  out = bytearray()
+  ends = jnp.zeros((model.decoder.padded_vocab,), bool).at[jnp.array([eod_id, eow_id])].set(True)
+  while len(out) < max_new:
+    cache = _set_cache_index(decoder_cache, 0)
+    logits, cache = decoder_step(cache, context, 0, 0)
+    for j, b in enumerate(prefix):
+      logits, cache = decoder_step(cache, context, b, j + 1)
+    word = bytearray(prefix)
+    prefix = bytearray()
+    while True:
+      if len(word) == L:  # a full chunk can only end (longer words continue as the next chunk)
+        logits = jnp.where(ends[None], logits, -jnp.inf)
+      rng, key = jax.random.split(rng)
+      unit = int(sample_logits(logits, key, temperature, top_k, top_p)[0])
+      if unit in (eod_id, eow_id) or unit >= 256 or len(out) >= max_new:
+        break
+      word.append(unit)
+      out.append(unit)
+      logits, cache = decoder_step(cache, context, unit, len(word))
+    if unit == eod_id or len(out) >= max_new or position + 1 >= max_words:
+      break
+    position += 1
+    context, backbone_cache = backbone_step(backbone_cache, *word_arrays(bytes(word)), position)
+  return bytes(out)

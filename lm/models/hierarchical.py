@@ -40,10 +40,22 @@ class HierarchicalLM(nn.Module):
     return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
 
   @nn.compact
-  def __call__(self, batch: dict[str, Array], with_heads: bool = True) -> ModelOutputs:  # pylint: disable=unused-argument
+  def __call__(self, batch: dict[str, Array], with_heads: bool = True, step: str | None = None) -> ModelOutputs:  # pylint: disable=unused-argument
+    """Training/evaluation forward; with `decode=True`, `step="backbone"` or `step="decoder"` advances one
+    word or one byte with KV caches (see `lm.eval.generate.generate_words`)."""
     cfg, enc, dec = self.cfg, self.encoder, self.decoder
     dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     init = nn.initializers.normal(cfg.init_std)
+    dense = lambda features, name, axes: nn.Dense(  # noqa: E731
+        features, use_bias=False, dtype=dtype, param_dtype=pdtype, name=name, kernel_init=_init(init, *axes))
+    if step == "decoder":  # one byte: position 0 holds the word's context vector, later ones byte embeddings
+      dec_embed = Embedding(dec, name="decoder_embed")
+      pos_Bx1 = batch["positions"]
+      y_Bx1xDd = jnp.where((pos_Bx1 == 0)[..., None], batch["context"][:, None].astype(dtype),
+                           dec_embed(batch["inputs"]))
+      y_Bx1xDd = Transformer(dec, causal=True, decode=True, name="decoder")(y_Bx1xDd, pos_Bx1, None)
+      logits = dec_embed.attend(self._norm(dec, "decoder_norm")(y_Bx1xDd))
+      return ModelOutputs(logits=mask_padded_vocab(logits.astype(jnp.float32), dec.vocab_size))
     units_BxCxL, unit_mask_BxCxL = batch["units"], batch["unit_mask"]
     B, C, L = units_BxCxL.shape
 
@@ -56,14 +68,18 @@ class HierarchicalLM(nn.Module):
     pos_NxL1 = jnp.broadcast_to(jnp.arange(L + 1, dtype=jnp.int32), (B * C, L + 1))
     x_NxL1xDe = Transformer(enc, causal=False, name="encoder")(x_NxL1xDe, pos_NxL1, seg_NxL1)
     word_NxDe = self._norm(enc, "encoder_norm")(x_NxL1xDe[:, 0])
-    dense = lambda features, name, axes: nn.Dense(  # noqa: E731
-        features, use_bias=False, dtype=dtype, param_dtype=pdtype, name=name, kernel_init=_init(init, *axes))
     word_BxCxD = dense(cfg.d_model, "encoder_to_backbone", (None, "embed"))(word_NxDe).reshape(B, C, cfg.d_model)
 
     # Backbone: position c reads word c - 1 (a learned start vector where a document's row segment begins)
     # and predicts word c.
     start_D = self.param("backbone_start", _init(init, "embed"), (cfg.d_model,), pdtype).astype(dtype)
     positions_BxC = batch["positions"]
+    if step == "backbone":  # one word: position c reads the word it is given (the start vector at c = 0)
+      x_BxCxD = jnp.where((positions_BxC > 0)[..., None], word_BxCxD, start_D)
+      x_BxCxD = Transformer(cfg, causal=True, decode=True, name="backbone")(x_BxCxD, positions_BxC, None)
+      context_BxCxD = self._norm(cfg, "backbone_norm")(x_BxCxD)
+      ctx_BxDd = dense(dec.d_model, "backbone_to_decoder", ("embed", None))(context_BxCxD[:, -1])
+      return ModelOutputs(logits=ctx_BxDd, aux={"context": ctx_BxDd})
     x_BxCxD = jnp.where((positions_BxC > 0)[..., None], shift_right_chunks(word_BxCxD), start_D)
     x_BxCxD = constrain(x_BxCxD, ("batch", "length", "embed"))
     x_BxCxD = Transformer(cfg, causal=True, name="backbone")(x_BxCxD, positions_BxC, batch["segment_ids"])
