@@ -62,10 +62,12 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
 def check_divisibility(config, mesh: Mesh) -> None:
   """Errors before compile for shapes the mesh cannot split evenly."""
   m, tensor = config.model, mesh.shape["tensor"]
-  for key in ("num_heads", "num_kv_heads", "d_ff"):
-    if m[key] % tensor:
-      raise ConfigError(f"model.{key}={m[key]} is not divisible by mesh.tensor={tensor}; "
-                        f"use a tensor size dividing it")
+  checks = [(f"model.{k}", m[k]) for k in ("num_heads", "num_kv_heads", "d_ff")]
+  if m.family == "hierarchical":  # its word encoder and byte decoder split by the same rules
+    checks += [(f"model.{part}.{k}", m[part][k]) for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")]
+  for key, value in checks:
+    if value % tensor:
+      raise ConfigError(f"{key}={value} is not divisible by mesh.tensor={tensor}; use a tensor size dividing it")
   if m.vocab_multiple % tensor:
     raise ConfigError(f"model.vocab_multiple={m.vocab_multiple} is not divisible by mesh.tensor={tensor}; "
                       f"set it to a multiple of {tensor} so the vocabulary splits evenly")

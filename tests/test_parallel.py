@@ -63,6 +63,13 @@ def test_hierarchical_family_on_mesh_2x2x2_matches_one_device(sharded_results):
     assert abs(a - b) <= 1e-5 * abs(b), (got, base)
 
 
+def test_hierarchical_encoder_heads_must_divide_tensor():
+  config = config_lib.load_experiment("byte_hat:tiny")
+  config_lib.apply_overrides(config, ["model.encoder.num_heads=3", "model.encoder.d_model=48"])
+  with pytest.raises(ConfigError, match=r"model.encoder.num_heads=3 is not divisible by mesh.tensor=2"):
+    parallel.check_divisibility(config, _FakeMesh(1, 1, 2))
+
+
 def test_checkpoint_from_mesh_1x8x1_continues_on_one_device(sharded_results):
   resumed = sharded_results["resumed_on_1"]
   base = sharded_results["1x1x1"]["losses"][5:]
