@@ -2,7 +2,7 @@
 
 Run (on a run trained with an `mtp` objective, e.g. `lm train token_mtp:small --workdir runs/mtp_small`):
   python benchmarks/speculative.py --workdir runs/mtp_small
-  python benchmarks/speculative.py --quick        # trains a throwaway small token_mtp for 30 steps first
+  python benchmarks/speculative.py --quick        # smoke mode: an untrained model, 4 short prompts
 Writes JSON to --out (default benchmarks/results/speculative.json) and prints a table.
 
 Prompts are the starts of held-out (val) segments of the run's own data. Both decoders run one prompt at a
@@ -18,7 +18,6 @@ import pathlib
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
@@ -36,15 +35,17 @@ DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "speculative
 
 
 def prompts_from(run, config, n: int, prompt_bytes: int) -> list[np.ndarray]:
+  """The first `prompt_bytes` of val documents (of paragraphs within them), tokenized with a leading bos."""
   data = loop.load_data(config, tokenizer=run.tokenizer)
   tok = run.tokenizer
   out = []
-  for segment in data.eval_segments(data.splits["val"]):
-    if len(segment) >= prompt_bytes:
-      ids = tok.encode(segment[:prompt_bytes])
-      out.append(np.concatenate([[tok.bos_id], ids]).astype(np.int32))
-    if len(out) == n:
-      break
+  for doc in data.splits["val"]:
+    for paragraph in doc.split(b"\n\n"):
+      if len(paragraph.strip()) >= prompt_bytes and len(out) < n:
+        ids = tok.encode(paragraph.strip()[:prompt_bytes])
+        out.append(np.concatenate([[tok.bos_id], ids]).astype(np.int32))
+  if not out:
+    raise SystemExit(f"no val document has {prompt_bytes} bytes for a prompt; lower --prompt-bytes")
   return out
 
 
@@ -60,26 +61,24 @@ def main(argv=None) -> dict:
   p.add_argument("--prompts", type=int, default=20)
   p.add_argument("--prompt-bytes", type=int, default=32)
   p.add_argument("--max-new", type=int, default=64)
-  p.add_argument("--quick", action="store_true", help="train a throwaway small token_mtp (30 steps) and use it")
+  p.add_argument("--quick", action="store_true", help="smoke mode: an untrained small token_mtp, 4 prompts")
   p.add_argument("--out", default=str(DEFAULT_OUT))
   args = p.parse_args(argv)
   if args.quick:
     args.prompts, args.max_new = min(args.prompts, 4), min(args.max_new, 24)
-  workdir = args.workdir
-  if workdir is None:
+  if args.workdir is None:
     if not args.quick:
       p.error("give --workdir of a run trained with mtp heads, or --quick")
-    workdir = tempfile.mkdtemp(prefix="speculative-")
-    c = config_lib.load_experiment("token_mtp:tiny")
-    config_lib.apply_overrides(c, ["train.steps=30", "train.log_every=30", "train.checkpoint_every=0",
-                                   "eval.max_batches=1", "sample.max_new=0", "model.d_model=64",
-                                   "model.num_layers=2", "model.d_ff=128", "data.seq_len=32"])
-    loop.train(c, workdir)
-
-  run, params, config = loop.restore_for_inference(workdir)
+    config = config_lib.load_experiment("token_mtp:tiny")  # untrained: exercises the machinery only
+    config_lib.apply_overrides(config, ["model.d_model=64", "model.num_layers=2", "model.d_ff=128"])
+    from lm.data.tokenizers import ByteTokenizer
+    run = loop.prepare(config, ByteTokenizer())
+    params = jax.tree.map(lambda x: x * 3.0, run.init(0).params)
+  else:
+    run, params, config = loop.restore_for_inference(args.workdir)
   decoder = build_model(run.config.model, run.tokenizer.vocab_size, decode=True, heads=run.model.heads)
   if draft_heads(decoder) < 1:
-    raise SystemExit(f"{workdir} was trained without mtp heads; nothing to draft with")
+    raise SystemExit(f"{args.workdir} was trained without mtp heads; nothing to draft with")
   prompts = prompts_from(run, config, args.prompts, args.prompt_bytes)
   eos = run.tokenizer.eos_id
 
