@@ -12,7 +12,7 @@ Run:
 
   lm sample runs/hat_tiny --prompt "The " --max-new 100     # word by word, with KV caches
 
-Results (python-prose, 2-core CPU, 2026-11-25, machine shared with a benchmark):
+Results (python-prose, 2-core CPU, 2026-11-25):
   tiny   3.109 val bpb (its own eval segments of <= 96 bytes), 0.66 MFLOP/byte forward, 55 s wall
          (quiet machine, --config.sample.max_new=0; 83 s while a benchmark shared the CPU).
 """
