@@ -202,14 +202,15 @@ def _cmd_sample(args) -> int:
   from lm.train import loop
   run, params, _ = loop.restore_for_inference(args.workdir)
   if args.speculative:
-    if args.top_k or args.top_p < 1.0 or args.temperature not in (0.0, 0.8):
+    if args.top_k or args.top_p < 1.0 or args.temperature:
       raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
     text, stats = _speculative_text(run, params, args.prompt, args.max_new)
     print(args.prompt + text)
     print(f"speculative: {stats['units_per_pass']:.2f} accepted units per forward pass ({stats['units']} units "
           f"in {stats['forward_passes']} passes)")
     return 0
-  print(args.prompt + _sample_text(run, params, args.prompt, args.max_new, args.temperature, args.top_k,
+  temperature = 0.8 if args.temperature is None else args.temperature
+  print(args.prompt + _sample_text(run, params, args.prompt, args.max_new, temperature, args.top_k,
                                    args.top_p, args.seed))
   return 0
 
@@ -275,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("workdir")
   s.add_argument("--prompt", default="")
   s.add_argument("--max-new", type=int, default=200)
-  s.add_argument("--temperature", type=float, default=0.8)
+  s.add_argument("--temperature", type=float, help="0 is greedy (default 0.8; --speculative: greedy)")
   s.add_argument("--top-k", type=int, default=0)
   s.add_argument("--top-p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)

@@ -63,16 +63,3 @@ def test_cut_segments_is_lossless_and_bounded(doc, max_bytes):
   segs = segment.cut_segments(doc, max_bytes)
   assert b"".join(segs) == doc
   assert all(0 < len(s) <= max_bytes for s in segs)
-
-
-def test_split_words():
-  assert segment.split_words(b"  hello  world\n!", 16) == [b"  ", b"hello  ", b"world\n", b"!"]
-  assert segment.split_words(b"abcdefg h", 3) == [b"abc", b"def", b"g ", b"h"]
-
-
-@hypothesis.given(_text, st.integers(1, 8))
-@hypothesis.settings(max_examples=200, deadline=None, database=None)
-def test_split_words_is_lossless_and_bounded(text, max_len):
-  words = segment.split_words(text, max_len)
-  assert b"".join(words) == text
-  assert all(0 < len(w) <= max_len for w in words)

@@ -338,8 +338,6 @@ class ChunkData(TokenData):
 
   def __init__(self, splits, tokenizer, num_chunks: int, chunk_len: int, source: str = "<memory>",
                eval_max_bytes: int | None = None):
-    if tokenizer.kind != "bytes":
-      raise DataError(f"model.family='hierarchical' reads raw bytes; set data.tokenizer='bytes' (got {tokenizer.kind!r})")
     super().__init__(splits, tokenizer, num_chunks, source=source,
                      eval_max_bytes=eval_max_bytes or max(1, num_chunks * chunk_len // 2))
     self.num_chunks, self.chunk_len = int(num_chunks), int(chunk_len)

@@ -12,7 +12,6 @@ import unicodedata
 # A sentence ends after `.`, `!` or `?` (plus closing quotes/brackets) and the whitespace that follows, or
 # after a newline and the whitespace that follows it; the whitespace stays with the sentence it ends.
 _SENTENCE_END = re.compile(rb"[.!?]+[\"')\]]*\s+|\n\s*")
-_WORD = re.compile(rb"\S+\s*|\s+")
 _SPACE = re.compile(rb"\s")
 
 
@@ -61,23 +60,8 @@ def cut_segments(doc: bytes, max_bytes: int) -> list[bytes]:
   return segments
 
 
-def split_words(text: bytes, max_len: int) -> list[bytes]:
-  """Words = a run of non-space bytes plus the whitespace after it; longer than max_len -> max_len pieces."""
-  if max_len < 1:
-    raise ValueError(f"max_len must be >= 1, got {max_len}")
-  words = []
-  for m in _WORD.finditer(text):
-    w = m.group()
-    if len(w) <= max_len:
-      words.append(w)
-    else:
-      words.extend(w[i : i + max_len] for i in range(0, len(w), max_len))
-  return words
-
-
 # --- HAT word splitting (Neitemeier et al. 2025, "Hierarchical Autoregressive Transformers") ---------------
-# The older `split_words` above keeps trailing whitespace and knows only ASCII; the byte-hierarchical family
-# uses `split_hat_words`: Unicode-aware words that carry their LEADING whitespace and TRAILING punctuation.
+# `split_hat_words`: Unicode-aware words that carry their LEADING whitespace and TRAILING punctuation.
 # Bytes are decoded with `surrogateescape`, so each invalid UTF-8 byte becomes one lone surrogate
 # (U+DC80..U+DCFF) and encoding the pieces back gives exactly the input bytes (PEP 383).
 

@@ -29,10 +29,7 @@ def summarize_run(workdir) -> dict:
   mngr = checkpoint.manager(workdir, read_only=True)
   step = mngr.latest_step()
   config = checkpoint.restore_meta(mngr, step)["config"]
-  shapes = mngr.item_metadata(step)["state"]
-  shapes = getattr(shapes, "tree", shapes)["params"]
-  import jax
-  params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+  params = sum(math.prod(s) for p, s in checkpoint.saved_shapes(mngr, step).items() if p.startswith("params/"))
   val, test = _read_json(workdir / "eval_val.json"), _read_json(workdir / "eval_test.json")
   if val is None or "flops_per_byte_train" not in val:
     raise LMError(f"{str(workdir)!r} has no eval_val.json with FLOPs per byte; run `lm eval {workdir}` first")

@@ -122,12 +122,12 @@ def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_n
   def positions(ids_BxT, start):
     return start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
 
-  def forward(cache, ids_BxT, start, known_next_BxT=None):
+  def forward(cache, ids_BxT, start, is_prompt=False):
     """Greedy next units [B, T] and drafts [B, T, K] at every position of `ids_BxT`.
 
     `mtp` heads draft in the same pass. A `dsmtp` module needs unit t+1 at position t: the pass's own
-    greedy units, except inside the prompt where `known_next_BxT` gives the true ones. Its cache entries
-    are then right up to the last kept position, and the rollback below drops the rest.
+    greedy units, except inside the prompt, whose next units are known. Its cache entries are then right up
+    to the last kept position, and the rollback below drops the rest.
     """
     pos_BxT = positions(ids_BxT, start)
     outputs, mutated = model.apply({"params": params, "cache": cache}, {"inputs": ids_BxT, "positions": pos_BxT},
@@ -136,19 +136,14 @@ def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_n
     if not sequential:
       drafts_BxTxK = jnp.moveaxis(jnp.argmax(outputs.aux["mtp_logits"], axis=-1), 0, -1).astype(jnp.int32)
       return next_BxT, drafts_BxTxK, mutated["cache"]
-    ahead_BxT = next_BxT if known_next_BxT is None else known_next_BxT
+    ahead_BxT = jnp.concatenate([ids_BxT[:, 1:], next_BxT[:, -1:]], axis=1) if is_prompt else next_BxT
     heads, mutated = model.apply({"params": params, "cache": mutated["cache"]},
                                  {"inputs": ids_BxT, "positions": pos_BxT, "trunk_out": outputs.aux["trunk_out"],
                                   "next_inputs": ahead_BxT}, heads_only=True, mutable=["cache"])
     drafts_BxTxK = jnp.argmax(heads.aux["dsmtp_logits"][0], axis=-1).astype(jnp.int32)[..., None]
     return next_BxT, drafts_BxTxK, mutated["cache"]
 
-  if sequential:  # inside the prompt the unit after each position is known; after it, greedy's own
-    first_B = forward(cache, prompt_BxP, 0)[0][:, -1]
-    known_BxP = jnp.concatenate([prompt_BxP[:, 1:], first_B[:, None]], axis=1)
-    next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0, known_BxP)
-  else:
-    next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0)
+  next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0, is_prompt=True)
   fill = eos_id if eos_id >= 0 else 0
   out_BxM = jnp.full((B, max_new + N), fill, jnp.int32).at[:, 0].set(next_BxP[:, -1])
   done_B = next_BxP[:, -1] == eos_id

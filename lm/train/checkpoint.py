@@ -82,22 +82,27 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
 
 
-def _shapes(tree) -> dict[str, tuple]:
-  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+def leaf_shapes(tree) -> dict[str, tuple]:
+  """Leaf shapes keyed by `a/b/0` paths, so a TrainState and orbax's dict-of-metadata compare equal."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {"/".join(name(k) for k in path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def param_differences(mngr: ocp.CheckpointManager, step: int, abstract_params) -> list[str]:
-  """`path: saved -> expected` for every parameter whose shape (or presence) differs from the checkpoint."""
+def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
+  """`leaf_shapes` of a step's train state, from its metadata (no array is read)."""
   saved_tree = mngr.item_metadata(step)["state"]
-  saved = _shapes(getattr(saved_tree, "tree", saved_tree)["params"])
-  expected = _shapes(abstract_params)
-  out = []
-  for path in sorted(set(saved) | set(expected)):
-    a, b = saved.get(path, "absent"), expected.get(path, "absent")
-    if a != b:
-      out.append(f"params{path}: {a} -> {b}")
-  return out
+  return leaf_shapes(getattr(saved_tree, "tree", saved_tree))
+
+
+def shape_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
+  """`path: saved -> expected` for every leaf whose shape (or presence) differs."""
+  return [f"{p}: {saved.get(p, 'absent')} -> {expected.get(p, 'absent')}" for p in sorted(set(saved) | set(expected))
+          if saved.get(p) != expected.get(p)]
 
 
 def config_differences(saved: dict, current: dict, sections=("model", "data", "optim")) -> list[str]:

@@ -128,17 +128,6 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
-def _state_paths(tree) -> dict[tuple, tuple]:
-  """Leaf shapes keyed by path names, so a TrainState and orbax's dict-of-metadata compare equal."""
-  def name(k):
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        return str(getattr(k, attr))
-    return str(k)
-  return {tuple(name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 # Model fields that never change a parameter's shape, so never the reason a checkpoint does not fit.
 _SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attention_impl", "dtype", "param_dtype",
                                          "rope_base", "norm_eps", "init_std")}
@@ -146,25 +135,22 @@ _SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attenti
 
 def _check_compatible(mngr, step: int, run: Run, saved_config: dict, workdir) -> None:
   """One line naming the config fields that make the saved state a different shape from this run's."""
-  saved_tree = mngr.item_metadata(step)["state"]
-  saved = _state_paths(getattr(saved_tree, "tree", saved_tree))
-  expected = _state_paths(run.abstract_state)
-  if saved == expected:
+  differences = checkpoint.shape_differences(checkpoint.saved_shapes(mngr, step),
+                                             checkpoint.leaf_shapes(run.abstract_state))
+  if not differences:
     return
   where = f"checkpoint step {step} in {workdir}"
-  params = checkpoint.param_differences(mngr, step, run.abstract_state.params)
   current = run.config.to_dict()
-  if params:
+  if any(d.startswith("params/") for d in differences):
+    differences = [d for d in differences if d.startswith("params/")]
     fields = [d for d in checkpoint.config_differences(saved_config, current, ("model", "data"))
               if d.startswith(("model.", "data.tokenizer", "data.vocab_size"))
               and d.split(":")[0] not in _SHAPE_NEUTRAL]
     what = "the model's shape"
   else:
     fields = checkpoint.config_differences(saved_config, current, ("optim",))
-    params = [f"{'/'.join(p)}: {saved.get(p, 'absent')} -> {expected.get(p, 'absent')}"
-              for p in sorted(set(saved) | set(expected), key=str) if saved.get(p) != expected.get(p)]
     what = "the optimizer state's structure"
-  detail = "; ".join(fields) if fields else "; ".join(params[:4]) + (" ..." if len(params) > 4 else "")
+  detail = "; ".join(fields) if fields else "; ".join(differences[:4]) + (" ..." if len(differences) > 4 else "")
   raise CheckpointError(f"this config changes {what} against {where} ({detail}); restore with the "
                         "checkpoint's values or pass --restart to start over (old checkpoints are kept)")
 
