@@ -9,7 +9,7 @@ FLOPs beside it (`.png`, with matplotlib), and prints a table.
 
 Every run gets the same training budget in FLOPs (`--budget`, default: what `byte_flat:VARIANT` spends in its
 configured steps): steps = budget / (FLOPs per training step), with FLOPs per step from the same formulas
-`lm eval` reports (`lm/eval/bpb.py`) and the data's own bytes per unit. All runs are scored on the same
+the training loop logs (`loop.train_flops_per_step`: FLOPs per byte x the training data's bytes per step). All runs are scored on the same
 held-out segments (`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds).
 """
 
@@ -31,7 +31,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from lm import config as config_lib  # noqa: E402
 from lm.data import noise  # noqa: E402
-from lm.eval import bpb as bpb_lib  # noqa: E402
 from lm.eval import compare  # noqa: E402
 from lm.train import loop  # noqa: E402
 
@@ -39,19 +38,6 @@ DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "families.js
 RUNS = {"token_bpe": ("token_ntp", ["data.tokenizer=bpe", "data.vocab_size=2048"]),
         "byte_flat": ("byte_flat", []), "byte_hat": ("byte_hat", [])}
 NOISE = ("delete:0.05", "swap:0.05", "upper:0.1")
-
-
-def train_flops_per_step(config, data) -> float:
-  """Training FLOPs of one step: FLOPs per byte (as `lm eval` counts them) x bytes per step of this data."""
-  rows = data.train_rows
-  if config.model.family == "hierarchical":
-    n_bytes, n_chunks = int(rows["unit_mask"].sum()), int(rows["chunk_mask"].sum())
-    flops = bpb_lib.hierarchical_flops_per_byte(config.model, data.tokenizer.vocab_size, config.data.chunk_len,
-                                                config.data.num_chunks, n_bytes, n_chunks)
-    bytes_per_step = config.data.batch_size * config.data.num_chunks * n_bytes / max(n_chunks, 1)
-    return flops["train"] * bytes_per_step
-  per_unit = bpb_lib.token_flops_per_unit(config.model, data.tokenizer.vocab_size, config.data.seq_len)["train"]
-  return per_unit * config.data.batch_size * config.data.seq_len
 
 
 def main(argv=None) -> dict:
@@ -75,7 +61,7 @@ def main(argv=None) -> dict:
     if args.quick:
       config_lib.apply_overrides(c, ["eval.max_batches=2"])
     configs[name] = c
-  per_step = {name: train_flops_per_step(c, loop.load_data(c)) for name, c in configs.items()}
+  per_step = {name: loop.train_flops_per_step(c, loop.load_data(c))["flops_per_step"] for name, c in configs.items()}
   budget = args.budget or per_step["byte_flat"] * configs["byte_flat"].train.steps
   if args.quick:
     budget = per_step["byte_flat"] * 10

@@ -117,16 +117,28 @@ def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top
   from lm.models.base import build_model
 
   tok = run.tokenizer
+  d = run.config.data
   if run.config.model.family == "hierarchical":
     from lm.eval.generate import generate_words
     decoder = build_model(run.config.model, tok.vocab_size, decode=True)
     params = jax.device_put(params, jax.local_devices()[0])
-    d = run.config.data
     out = generate_words(decoder, params, prompt.encode("utf-8"), max_new=max_new, chunk_len=d.chunk_len,
                          max_words=max(d.num_chunks, len(prompt) + max_new + 2), rng=jax.random.PRNGKey(seed),
                          eod_id=tok.eos_id, eow_id=tok.vocab_size, temperature=float(temperature),
                          top_k=int(top_k), top_p=float(top_p))
     return out.decode("utf-8", errors="replace")
+  if run.config.model.family == "concept":  # sentence by sentence
+    from lm.data.pipeline import sentence_chunks
+    from lm.eval.generate import generate_chunks
+    decoder = build_model(run.config.model, tok.vocab_size, decode=True)
+    params = jax.device_put(params, jax.local_devices()[0])
+    chunks = [ids.tolist() for _, ids in sentence_chunks(prompt.encode("utf-8"), d.chunk_len, tok)]
+    out = generate_chunks(decoder, params, chunks, max_new=max_new, chunk_len=d.chunk_len,
+                          max_chunks=max(d.num_chunks, len(chunks) + max_new + 2), rng=jax.random.PRNGKey(seed),
+                          eod_id=tok.eos_id, end_id=tok.vocab_size, pad_id=tok.pad_id,
+                          stop_ids=(tok.pad_id, tok.bos_id), feed_predicted=bool(d.concept_embeddings),
+                          temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    return tok.decode_bytes(out).decode("utf-8", errors="replace")
   ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
   decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
   params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound
@@ -153,7 +165,7 @@ def _cmd_eval(args) -> int:
                               max_batches=config.eval.max_batches or None, docs=docs)
   result = loop.make_evaluator(run)(params, batches)
   result.update(split=args.split, data=args.data or config.data.source, noise=args.noise or None)
-  result.update(loop.flops_per_byte(run, result, batches))
+  result.update(loop.eval_flops_per_byte(run, result, batches))
   name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")

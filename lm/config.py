@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Byte-hierarchical family (HAT): the backbone is the fields above; word encoder and byte decoder here.
       encoder=dict(d_model=64, num_layers=1, num_heads=4, d_ff=192),
       decoder=dict(d_model=64, num_layers=2, num_heads=4, d_ff=192),
+      concept_dim=0,            # concept family: concept vector size; 0 = d_model (precomputed: their width)
   )
   c.data = dict(
       source="python-prose",    # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD, comma-joined
@@ -48,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=32,            # global batch, in rows of seq_len units
       val_fraction=0.02, test_fraction=0.02, split_seed=0,
       eval_max_bytes=0,         # held-out segment length in bytes; 0: seq_len - 1 (hierarchical: C * L / 2)
-      num_chunks=64, chunk_len=16,  # hierarchical family: C words per row, at most L bytes per word
+      num_chunks=64, chunk_len=16,  # hierarchical/concept: C words/sentences per row, at most L units each
+      concept_embeddings="",    # concept family: precomputed targets, one .npy per split, e.g. 'emb/{split}.npy'
   )
   c.objectives = [dict(name="ntp", weight=1.0)]
   c.optim = dict(

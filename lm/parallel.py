@@ -63,7 +63,7 @@ def check_divisibility(config, mesh: Mesh) -> None:
   """Errors before compile for shapes the mesh cannot split evenly."""
   m, tensor = config.model, mesh.shape["tensor"]
   checks = [(f"model.{k}", m[k]) for k in ("num_heads", "num_kv_heads", "d_ff")]
-  if m.family == "hierarchical":  # its word encoder and byte decoder split by the same rules
+  if m.family in ("hierarchical", "concept"):  # their chunk encoder and decoder split by the same rules
     checks += [(f"model.{part}.{k}", m[part][k]) for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")]
   for key, value in checks:
     if value % tensor:

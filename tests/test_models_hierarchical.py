@@ -87,13 +87,13 @@ def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path):
 
 
 def test_flops_per_byte_by_component():
-  from lm.eval.bpb import hierarchical_flops_per_byte, transformer_flops_per_position
+  from lm.eval.bpb import chunk_flops_per_byte, transformer_flops_per_position
   c = small_config()
-  f = hierarchical_flops_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_chunks=20)
+  f = chunk_flops_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_units=100, n_chunks=20)
   assert abs(f["forward"] - (f["encoder_forward"] + f["backbone_forward"] + f["decoder_forward"])) < 1e-6 * f["forward"]
   assert f["train"] == 3 * f["forward"]
   config_lib.apply_overrides(c, ["model.decoder.num_layers=4"])
-  g = hierarchical_flops_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_chunks=20)
+  g = chunk_flops_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_units=100, n_chunks=20)
   one_layer = transformer_flops_per_position(16, 1, 2, 2, 32, keys=3.5)  # decoder width 16, (L + 1) / 2 keys
   assert abs((g["decoder_forward"] - f["decoder_forward"]) - 2 * one_layer * 120 / 100) < 1e-6 * g["forward"]
   assert g["encoder_forward"] == f["encoder_forward"] and g["backbone_forward"] == f["backbone_forward"]

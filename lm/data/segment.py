@@ -9,14 +9,18 @@ import functools
 import re
 import unicodedata
 
-# A sentence ends after `.`, `!` or `?` (plus closing quotes/brackets) and the whitespace that follows, or
-# after a newline and the whitespace that follows it; the whitespace stays with the sentence it ends.
-_SENTENCE_END = re.compile(rb"[.!?]+[\"')\]]*\s+|\n\s*")
+# A sentence ends after `.`, `!` or `?` (plus closing quotes/brackets) and the whitespace that follows, after
+# a full-width `。` `！` `？` (whitespace optional: CJK text has none), or after a newline and the whitespace
+# that follows it; the whitespace stays with the sentence it ends.
+_SENTENCE_END = re.compile(rb"[.!?]+[\"')\]]*\s+|(?:\xe3\x80\x82|\xef\xbc\x81|\xef\xbc\x9f)+\s*|\n\s*")
 _SPACE = re.compile(rb"\s")
 
 
 def split_sentences(text: bytes) -> list[bytes]:
-  """Splits `text` after sentence ends and newlines; `b"".join(result) == text`."""
+  """Splits `text` after sentence ends and newlines; `b"".join(result) == text`.
+
+  The rule is self-delimiting for a sentence-level model: a sentence's own bytes say where it ends, so a
+  decoder that emits an end-of-sentence event after each one describes the text exactly once."""
   pieces, start = [], 0
   for m in _SENTENCE_END.finditer(text):
     pieces.append(text[start : m.end()])

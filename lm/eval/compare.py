@@ -35,31 +35,26 @@ def summarize_run(workdir) -> dict:
     raise LMError(f"{str(workdir)!r} has no eval_val.json with FLOPs per byte; run `lm eval {workdir}` first")
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()] \
       if (workdir / "metrics.jsonl").exists() else []
-  speeds = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r]
-  d = config["data"]
-  if config["model"]["family"] == "hierarchical":
-    units_per_step = d["batch_size"] * d["num_chunks"] * val.get("bytes_per_word", 1.0)  # bytes per step
-    bytes_per_unit = 1.0
-  else:
-    units_per_step = d["batch_size"] * d["seq_len"]
-    bytes_per_unit = val["n_bytes"] / max(val.get("n_units", val["n_bytes"]), 1)
-  train_flops_per_step = units_per_step * bytes_per_unit * val["flops_per_byte_train"]
-  curve = [(r["step"] * train_flops_per_step, r["val_bpb"]) for r in records if "val_bpb" in r]
-  curve.append((step * train_flops_per_step, val["bpb"]))
+  speeds = [r["bytes_per_sec"] for r in records if "bytes_per_sec" in r]
+  # Training FLOPs per step as the training loop counted them on its own data (every log record has them).
+  counted = [r for r in records if r.get("train_flops")]
+  per_step = counted[-1]["train_flops"] / counted[-1]["step"] if counted else 0.0
+  curve = [(r["step"] * per_step, r["val_bpb"]) for r in records if "val_bpb" in r]
+  curve.append((step * per_step, val["bpb"]))
   return dict(workdir=str(workdir), name=workdir.name, experiment=config.get("experiment", ""),
               family=config["model"]["family"], params=params, step=step,
               flops_per_byte_train=val["flops_per_byte_train"],
               flops_per_byte_inference=val["flops_per_byte_inference"],
-              train_flops=step * train_flops_per_step, val_bpb=val["bpb"], test_bpb=test["bpb"] if test else None,
-              units_per_sec=sorted(speeds)[len(speeds) // 2] if speeds else None, curve=curve)
+              train_flops=step * per_step, val_bpb=val["bpb"], test_bpb=test["bpb"] if test else None,
+              bytes_per_sec=sorted(speeds)[len(speeds) // 2] if speeds else None, curve=curve)
 
 
 def table(rows: list[dict]) -> str:
-  head = f"{'run':<20}{'family':<14}{'params':>10}{'FLOP/B train':>14}{'train FLOPs':>13}{'val bpb':>9}{'test bpb':>9}{'units/s':>10}"
+  head = f"{'run':<20}{'family':<14}{'params':>10}{'FLOP/B train':>14}{'train FLOPs':>13}{'val bpb':>9}{'test bpb':>9}{'bytes/s':>10}"
   lines = [head]
   for r in rows:
     test = f"{r['test_bpb']:.4f}" if r["test_bpb"] is not None else "-"
-    speed = f"{r['units_per_sec']:.0f}" if r["units_per_sec"] is not None else "-"
+    speed = f"{r['bytes_per_sec']:.0f}" if r["bytes_per_sec"] is not None else "-"
     lines.append(f"{r['name'][:19]:<20}{r['family']:<14}{r['params'] / 1e6:>9.2f}M{r['flops_per_byte_train']:>14.3g}"
                  f"{r['train_flops']:>13.3g}{r['val_bpb']:>9.4f}{test:>9}{speed:>10}")
   return "\n".join(lines)

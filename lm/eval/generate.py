@@ -180,35 +180,47 @@ def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_n
   return jnp.where(after_BxM, fill, out_BxM), first_eos_B.astype(jnp.int32), passes
 
 
-def generate_words(model: nn.Module, params, prompt: bytes, *, max_new: int, chunk_len: int, max_words: int,
-                   rng: jax.Array, eod_id: int, eow_id: int, temperature: float = 0.0, top_k: int = 0,
-                   top_p: float = 1.0) -> bytes:
-  """Byte-hierarchical decoding, word by word: the decoder emits bytes (KV cache reset per word) until an
-  end-of-word or end-of-document event, the finished word is encoded and fed to the backbone (its own KV
-  cache), whose output conditions the next word. The prompt's last word is a prefix the model may extend.
-  `model` is a `HierarchicalLM` built with `decode=True`; returns up to `max_new` new bytes."""
-  from lm.data import segment  # the model side never imports data; decoding needs the same word split
+def generate_chunks(model: nn.Module, params, prompt_chunks: list, *, max_new: int, chunk_len: int,
+                    max_chunks: int, rng: jax.Array, eod_id: int, end_id: int, pad_id: int, stop_ids=(),
+                    feed_predicted: bool = False, temperature: float = 0.0, top_k: int = 0,
+                    top_p: float = 1.0) -> list[int]:
+  """Chunk-by-chunk decoding for the chunked families (words of HAT, sentences of the concept family).
+
+  The decoder emits units (its KV cache reset per chunk) until an end-of-chunk (`end_id`) or end-of-document
+  event; the finished chunk is fed to the backbone (its own KV cache), whose output conditions the next chunk.
+  `prompt_chunks` are unit-id lists; the last is a prefix the model may extend. `model` is built with
+  `decode=True`. With `feed_predicted` (concept models on precomputed concepts, which have no encoder) the
+  backbone reads its own predicted concept instead of an encoding of the chunk. Units in `stop_ids` (special
+  ids that are not text) stop decoding. Returns up to `max_new` new units.
+  """
   L = chunk_len
-  words = segment.chunk_words(segment.split_hat_words(prompt), L) if prompt else []
-  complete, prefix = words[:-1], bytearray(words[-1] if words else b"")
-  if len(complete) + 2 > max_words:
-    raise ValueError(f"the prompt has {len(complete) + 1} words; the backbone holds {max_words}")
+  complete, prefix = prompt_chunks[:-1], list(prompt_chunks[-1]) if prompt_chunks else []
+  if len(complete) + 2 > max_chunks:
+    raise ValueError(f"the prompt has {len(complete) + 1} chunks; the backbone holds {max_chunks}")
   Dd = model.decoder.d_model
+  K = getattr(model, "concept_dim", None)
 
   def init(batch, step):
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, step=step))["cache"]
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def chunk_batch(units, position, concept=None):
+    batch = dict(units=units, unit_mask=(units != pad_id).astype(jnp.int32), positions=position)
+    if feed_predicted:
+      batch["concepts"] = concept
+    return batch
+
   z = jnp.zeros
-  backbone_cache = init(dict(units=z((1, max_words, L), jnp.int32), unit_mask=z((1, max_words, L), jnp.int32),
-                             positions=z((1, max_words), jnp.int32)), "backbone")
+  backbone_cache = init(chunk_batch(z((1, max_chunks, L), jnp.int32), z((1, max_chunks), jnp.int32),
+                                    z((1, max_chunks, K or 1))), "backbone")
   decoder_cache = init(dict(inputs=z((1, L + 1), jnp.int32), positions=z((1, L + 1), jnp.int32),
                             context=z((1, Dd))), "decoder")
 
   @jax.jit
-  def backbone_step(cache, units_1x1xL, unit_mask_1x1xL, position):
-    batch = dict(units=units_1x1xL, unit_mask=unit_mask_1x1xL, positions=jnp.full((1, 1), position, jnp.int32))
+  def backbone_step(cache, units_1x1xL, position, concept_1x1xK):
+    batch = chunk_batch(units_1x1xL, jnp.full((1, 1), position, jnp.int32), concept_1x1xK)
     out, mutated = model.apply({"params": params, "cache": cache}, batch, step="backbone", mutable=["cache"])
-    return out.aux["context"], mutated["cache"]
+    return out.aux["context"], out.aux.get("concept_pred", jnp.zeros((1, K or 1))), mutated["cache"]
 
   @jax.jit
   def decoder_step(cache, context_1xDd, unit, position):
@@ -217,38 +229,56 @@ def generate_words(model: nn.Module, params, prompt: bytes, *, max_new: int, chu
     out, mutated = model.apply({"params": params, "cache": cache}, batch, step="decoder", mutable=["cache"])
     return out.logits[:, 0], mutated["cache"]
 
-  def word_arrays(word: bytes):
-    units = np.full((1, 1, L), 256, np.int32)
-    units[0, 0, :len(word)] = np.frombuffer(word, np.uint8)
-    return jnp.asarray(units), jnp.asarray((units < 256).astype(np.int32))
+  def chunk_units(ids) -> jax.Array:
+    units = np.full((1, 1, L), pad_id, np.int32)
+    units[0, 0, :len(ids)] = ids
+    return jnp.asarray(units)
 
-  no_word = word_arrays(b"")
-  context, backbone_cache = backbone_step(backbone_cache, *no_word, 0)  # position 0 reads the start vector
+  concept = jnp.zeros((1, 1, K or 1))
+  context, pred, backbone_cache = backbone_step(backbone_cache, chunk_units([]), 0, concept)  # the start vector
   position = 0
-  for w in complete:
+  for ids in complete:
     position += 1
-    context, backbone_cache = backbone_step(backbone_cache, *word_arrays(w), position)
-  out = bytearray()
-  ends = jnp.zeros((model.decoder.padded_vocab,), bool).at[jnp.array([eod_id, eow_id])].set(True)
+    if feed_predicted:
+      raise ValueError("a model on precomputed concepts cannot read a prompt's sentences (it has no encoder); "
+                       "give a prompt of one unfinished sentence")
+    context, pred, backbone_cache = backbone_step(backbone_cache, chunk_units(ids), position, concept)
+  out: list[int] = []
+  ends = jnp.zeros((model.decoder.padded_vocab,), bool).at[jnp.array([eod_id, end_id])].set(True)
+  stops = {eod_id, end_id, *stop_ids}
+  unit = end_id
   while len(out) < max_new:
     cache = _set_cache_index(decoder_cache, 0)
     logits, cache = decoder_step(cache, context, 0, 0)
-    for j, b in enumerate(prefix):
-      logits, cache = decoder_step(cache, context, b, j + 1)
-    word = bytearray(prefix)
-    prefix = bytearray()
+    for j, u in enumerate(prefix):
+      logits, cache = decoder_step(cache, context, u, j + 1)
+    chunk, prefix = list(prefix), []
     while True:
-      if len(word) == L:  # a full chunk can only end (longer words continue as the next chunk)
+      if len(chunk) == L:  # a full chunk can only end (a longer word or sentence continues as the next chunk)
         logits = jnp.where(ends[None], logits, -jnp.inf)
       rng, key = jax.random.split(rng)
       unit = int(sample_logits(logits, key, temperature, top_k, top_p)[0])
-      if unit in (eod_id, eow_id) or unit >= 256 or len(out) >= max_new:
+      if unit in stops or len(out) >= max_new:
         break
-      word.append(unit)
+      chunk.append(unit)
       out.append(unit)
-      logits, cache = decoder_step(cache, context, unit, len(word))
-    if unit == eod_id or len(out) >= max_new or position + 1 >= max_words:
+      logits, cache = decoder_step(cache, context, unit, len(chunk))
+    if unit != end_id or len(out) >= max_new or position + 1 >= max_chunks:
       break
     position += 1
-    context, backbone_cache = backbone_step(backbone_cache, *word_arrays(bytes(word)), position)
+    context, pred, backbone_cache = backbone_step(backbone_cache, chunk_units(chunk), position, pred[:, None])
+  return out
+
+
+def generate_words(model: nn.Module, params, prompt: bytes, *, max_new: int, chunk_len: int, max_words: int,
+                   rng: jax.Array, eod_id: int, eow_id: int, temperature: float = 0.0, top_k: int = 0,
+                   top_p: float = 1.0) -> bytes:
+  """Byte-hierarchical decoding, word by word (`generate_chunks` on HAT words of bytes): the prompt's last
+  word is a prefix the model may extend. Returns up to `max_new` new bytes."""
+  from lm.data import pipeline  # the model side never imports data; decoding needs the same word split
+  chunks = [ids.tolist() for _, ids in pipeline.word_chunks(prompt, chunk_len)] if prompt else []
+  out = generate_chunks(model, params, chunks, max_new=max_new, chunk_len=chunk_len, max_chunks=max_words,
+                        rng=rng, eod_id=eod_id, end_id=eow_id, pad_id=pipeline.BYTE_PAD,
+                        stop_ids=range(256, model.decoder.padded_vocab), temperature=temperature, top_k=top_k,
+                        top_p=top_p)
   return bytes(out)

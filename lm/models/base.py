@@ -39,7 +39,8 @@ def transformer_config(model_cfg, vocab_size: int) -> TransformerConfig:
 
 def build_model(model_cfg, vocab_size: int, decode: bool = False, heads: tuple = ()) -> nn.Module:
   """The family's module; `heads` are the auxiliary heads the objectives train (`objectives.heads`)."""
-  import lm.models.hierarchical  # noqa: F401  (registers the families)
+  import lm.models.concept  # noqa: F401  (registers the families)
+  import lm.models.hierarchical  # noqa: F401
   import lm.models.token  # noqa: F401
   family = model_cfg.family
   if family not in _FAMILIES:

@@ -30,70 +30,96 @@ def shift_right_chunks(x_BxCxD: Array) -> Array:
   return jnp.concatenate([jnp.zeros_like(x_BxCxD[:, :1]), x_BxCxD[:, :-1]], axis=1)
 
 
+# Blocks shared by the chunked families (byte-hierarchical here, concept in `models/concept.py`). Each is called
+# inside its parent's compact `__call__` and creates its submodules there, so the parameter names
+# (`encoder_embed`, `encoder_slot`, `encoder`, `encoder_norm`, `decoder_embed`, `decoder`, `decoder_norm`) are
+# the parent's.
+
+def norm(cfg: TransformerConfig, name: str) -> RMSNorm:
+  return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
+
+
+def dense(cfg: TransformerConfig, features: int, name: str, axes: tuple) -> nn.Dense:
+  init = nn.initializers.normal(cfg.init_std)
+  return nn.Dense(features, use_bias=False, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
+                  name=name, kernel_init=_init(init, *axes))
+
+
+def encode_chunks(parent: nn.Module, enc: TransformerConfig, units_NxL: Array, unit_mask_NxL: Array) -> Array:
+  """Chunk encoder: each chunk's units after a learned slot, bidirectional; returns the slot outputs [N, De]."""
+  N, L = units_NxL.shape
+  dtype = dtype_of(enc.dtype)
+  x_NxLxDe = Embedding(enc, name="encoder_embed")(units_NxL)
+  slot_De = parent.param("encoder_slot", _init(nn.initializers.normal(enc.init_std), "embed"), (enc.d_model,),
+                         dtype_of(enc.param_dtype)).astype(dtype)
+  x_NxL1xDe = jnp.concatenate([jnp.broadcast_to(slot_De, (N, 1, enc.d_model)), x_NxLxDe], axis=1)
+  seg_NxL1 = jnp.concatenate([jnp.ones((N, 1), jnp.int32), unit_mask_NxL], axis=1)
+  pos_NxL1 = jnp.broadcast_to(jnp.arange(L + 1, dtype=jnp.int32), (N, L + 1))
+  x_NxL1xDe = Transformer(enc, causal=False, name="encoder")(x_NxL1xDe, pos_NxL1, seg_NxL1)
+  return norm(enc, "encoder_norm")(x_NxL1xDe[:, 0])
+
+
+def decode_chunks(dec: TransformerConfig, ctx_NxDd: Array, units_NxL: Array, unit_mask_NxL: Array) -> Array:
+  """Chunk decoder, training/scoring: [context, units of the chunk] -> logits [N, L + 1, V] of [units, end]."""
+  N, L = units_NxL.shape
+  dec_embed = Embedding(dec, name="decoder_embed")
+  y_NxL1xDd = jnp.concatenate([ctx_NxDd[:, None].astype(dtype_of(dec.dtype)), dec_embed(units_NxL)], axis=1)
+  seg_NxL1 = jnp.concatenate([jnp.ones((N, 1), jnp.int32), unit_mask_NxL], axis=1)
+  pos_NxL1 = jnp.broadcast_to(jnp.arange(L + 1, dtype=jnp.int32), (N, L + 1))
+  y_NxL1xDd = Transformer(dec, causal=True, name="decoder")(y_NxL1xDd, pos_NxL1, seg_NxL1)
+  logits = dec_embed.attend(norm(dec, "decoder_norm")(y_NxL1xDd))
+  return mask_padded_vocab(logits.astype(jnp.float32), dec.vocab_size)
+
+
+def decode_step(dec: TransformerConfig, batch: dict[str, Array]) -> Array:
+  """Chunk decoder, one unit with a KV cache: position 0 reads `context`, later ones `inputs`; logits [B, 1, V]."""
+  dec_embed = Embedding(dec, name="decoder_embed")
+  pos_Bx1 = batch["positions"]
+  y_Bx1xDd = jnp.where((pos_Bx1 == 0)[..., None], batch["context"][:, None].astype(dtype_of(dec.dtype)),
+                       dec_embed(batch["inputs"]))
+  y_Bx1xDd = Transformer(dec, causal=True, decode=True, name="decoder")(y_Bx1xDd, pos_Bx1, None)
+  logits = dec_embed.attend(norm(dec, "decoder_norm")(y_Bx1xDd))
+  return mask_padded_vocab(logits.astype(jnp.float32), dec.vocab_size)
+
+
 class HierarchicalLM(nn.Module):
   cfg: TransformerConfig        # the backbone over words; `vocab_size` includes end-of-word
   encoder: TransformerConfig
   decoder: TransformerConfig
   decode: bool = False
 
-  def _norm(self, cfg: TransformerConfig, name: str) -> RMSNorm:
-    return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
-
   @nn.compact
   def __call__(self, batch: dict[str, Array], with_heads: bool = True, step: str | None = None) -> ModelOutputs:  # pylint: disable=unused-argument
     """Training/evaluation forward; with `decode=True`, `step="backbone"` or `step="decoder"` advances one
-    word or one byte with KV caches (see `lm.eval.generate.generate_words`)."""
+    word or one byte with KV caches (see `lm.eval.generate.generate_chunks`)."""
     cfg, enc, dec = self.cfg, self.encoder, self.decoder
-    dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    init = nn.initializers.normal(cfg.init_std)
-    dense = lambda features, name, axes: nn.Dense(  # noqa: E731
-        features, use_bias=False, dtype=dtype, param_dtype=pdtype, name=name, kernel_init=_init(init, *axes))
-    if step == "decoder":  # one byte: position 0 holds the word's context vector, later ones byte embeddings
-      dec_embed = Embedding(dec, name="decoder_embed")
-      pos_Bx1 = batch["positions"]
-      y_Bx1xDd = jnp.where((pos_Bx1 == 0)[..., None], batch["context"][:, None].astype(dtype),
-                           dec_embed(batch["inputs"]))
-      y_Bx1xDd = Transformer(dec, causal=True, decode=True, name="decoder")(y_Bx1xDd, pos_Bx1, None)
-      logits = dec_embed.attend(self._norm(dec, "decoder_norm")(y_Bx1xDd))
-      return ModelOutputs(logits=mask_padded_vocab(logits.astype(jnp.float32), dec.vocab_size))
+    if step == "decoder":
+      return ModelOutputs(logits=decode_step(dec, batch))
     units_BxCxL, unit_mask_BxCxL = batch["units"], batch["unit_mask"]
     B, C, L = units_BxCxL.shape
-
-    # Encoder: each word's bytes after a learned slot, bidirectional; the slot's output is the word vector.
-    enc_embed = Embedding(enc, name="encoder_embed")
-    bytes_NxLxDe = enc_embed(units_BxCxL.reshape(B * C, L))
-    slot_De = self.param("encoder_slot", _init(init, "embed"), (enc.d_model,), pdtype).astype(dtype)
-    x_NxL1xDe = jnp.concatenate([jnp.broadcast_to(slot_De, (B * C, 1, enc.d_model)), bytes_NxLxDe], axis=1)
-    seg_NxL1 = jnp.concatenate([jnp.ones((B * C, 1), jnp.int32), unit_mask_BxCxL.reshape(B * C, L)], axis=1)
-    pos_NxL1 = jnp.broadcast_to(jnp.arange(L + 1, dtype=jnp.int32), (B * C, L + 1))
-    x_NxL1xDe = Transformer(enc, causal=False, name="encoder")(x_NxL1xDe, pos_NxL1, seg_NxL1)
-    word_NxDe = self._norm(enc, "encoder_norm")(x_NxL1xDe[:, 0])
-    word_BxCxD = dense(cfg.d_model, "encoder_to_backbone", (None, "embed"))(word_NxDe).reshape(B, C, cfg.d_model)
+    word_NxDe = encode_chunks(self, enc, units_BxCxL.reshape(B * C, L), unit_mask_BxCxL.reshape(B * C, L))
+    word_BxCxD = dense(cfg, cfg.d_model, "encoder_to_backbone", (None, "embed"))(word_NxDe).reshape(B, C, cfg.d_model)
 
     # Backbone: position c reads word c - 1 (a learned start vector where a document's row segment begins)
     # and predicts word c.
-    start_D = self.param("backbone_start", _init(init, "embed"), (cfg.d_model,), pdtype).astype(dtype)
+    start_D = self.param("backbone_start", _init(nn.initializers.normal(cfg.init_std), "embed"), (cfg.d_model,),
+                         dtype_of(cfg.param_dtype)).astype(dtype_of(cfg.dtype))
     positions_BxC = batch["positions"]
+    to_decoder = dense(cfg, dec.d_model, "backbone_to_decoder", ("embed", None))
     if step == "backbone":  # one word: position c reads the word it is given (the start vector at c = 0)
       x_BxCxD = jnp.where((positions_BxC > 0)[..., None], word_BxCxD, start_D)
       x_BxCxD = Transformer(cfg, causal=True, decode=True, name="backbone")(x_BxCxD, positions_BxC, None)
-      context_BxCxD = self._norm(cfg, "backbone_norm")(x_BxCxD)
-      ctx_BxDd = dense(dec.d_model, "backbone_to_decoder", ("embed", None))(context_BxCxD[:, -1])
+      ctx_BxDd = to_decoder(norm(cfg, "backbone_norm")(x_BxCxD)[:, -1])
       return ModelOutputs(logits=ctx_BxDd, aux={"context": ctx_BxDd})
     x_BxCxD = jnp.where((positions_BxC > 0)[..., None], shift_right_chunks(word_BxCxD), start_D)
     x_BxCxD = constrain(x_BxCxD, ("batch", "length", "embed"))
     x_BxCxD = Transformer(cfg, causal=True, name="backbone")(x_BxCxD, positions_BxC, batch["segment_ids"])
-    context_BxCxD = self._norm(cfg, "backbone_norm")(x_BxCxD)
+    context_BxCxD = norm(cfg, "backbone_norm")(x_BxCxD)
 
     # Decoder: [context of word c, bytes of word c] -> [bytes of word c, end of word / document].
-    dec_embed = Embedding(dec, name="decoder_embed")
-    ctx_NxDd = dense(dec.d_model, "backbone_to_decoder", ("embed", None))(context_BxCxD.reshape(B * C, cfg.d_model))
-    y_NxL1xDd = jnp.concatenate([ctx_NxDd[:, None].astype(dtype), dec_embed(units_BxCxL.reshape(B * C, L))], axis=1)
-    y_NxL1xDd = Transformer(dec, causal=True, name="decoder")(y_NxL1xDd, pos_NxL1, seg_NxL1)
-    h_NxL1xDd = self._norm(dec, "decoder_norm")(y_NxL1xDd)
-    logits = mask_padded_vocab(dec_embed.attend(h_NxL1xDd).astype(jnp.float32), dec.vocab_size)
-    logits_BxCxL1xV = logits.reshape(B, C, L + 1, -1)
-    return ModelOutputs(logits=logits_BxCxL1xV, aux={"words": word_BxCxD, "context": context_BxCxD})
+    ctx_NxDd = to_decoder(context_BxCxD.reshape(B * C, cfg.d_model))
+    logits = decode_chunks(dec, ctx_NxDd, units_BxCxL.reshape(B * C, L), unit_mask_BxCxL.reshape(B * C, L))
+    return ModelOutputs(logits=logits.reshape(B, C, L + 1, -1), aux={"words": word_BxCxD, "context": context_BxCxD})
 
 
 def _sub_config(backbone: TransformerConfig, section) -> TransformerConfig:

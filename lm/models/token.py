@@ -74,4 +74,9 @@ class TokenLM(nn.Module):
 def _build(model_cfg, vocab_size: int, decode: bool = False, heads: tuple = ()) -> TokenLM:
   from lm.models.base import transformer_config
   cfg = transformer_config(model_cfg, vocab_size)
+  unknown = [kind for kind, _ in heads if kind not in HEADS]
+  if unknown:
+    from lm.errors import ConfigError
+    raise ConfigError(f"model.family='token' has no {unknown} head (an objective of another family asked for "
+                      f"it); choose the family the objective belongs to")
   return TokenLM(cfg, decode=decode, heads=heads) if heads else TokenLM(cfg, decode=decode)

@@ -57,7 +57,8 @@ def register(name: str, head: Callable[..., tuple] | None = None):
 
 
 def registered() -> list[str]:
-  import lm.objectives.token  # noqa: F401  (registers the token objectives)
+  import lm.objectives.concept  # noqa: F401  (registers the objectives)
+  import lm.objectives.token  # noqa: F401
   return sorted(_REGISTRY)
 
 

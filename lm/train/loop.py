@@ -21,7 +21,7 @@ from etils import epath
 
 from lm import config as config_lib
 from lm import objectives, parallel
-from lm.data.pipeline import ChunkData, TokenData
+from lm.data.pipeline import ChunkData, ConceptData, TokenData
 from lm.data.tokenizers import Tokenizer
 from lm.errors import CheckpointError, ConfigError, LMError
 from lm.eval import bpb as bpb_lib
@@ -52,11 +52,14 @@ class Run:
 
   def example_batch(self, rows: int) -> dict:
     d = self.config.data
-    if self.config.model.family == "hierarchical":
+    if self.config.model.family in ("hierarchical", "concept"):
       C, L = d.num_chunks, d.chunk_len
       z, zc, zt = (jnp.zeros(s, jnp.int32) for s in ((rows, C, L), (rows, C), (rows, C, L + 1)))
-      return dict(units=z, unit_mask=z + 1, chunk_mask=zc + 1, segment_ids=zc + 1, positions=zc, doc_end=zc,
-                  targets=zt, loss_mask=zt)
+      batch = dict(units=z, unit_mask=z + 1, chunk_mask=zc + 1, segment_ids=zc + 1, positions=zc, doc_end=zc,
+                   targets=zt, loss_mask=zt)
+      if self.config.model.family == "concept" and d.concept_embeddings:  # precomputed concepts: no encoder
+        batch["concepts"] = jnp.zeros((rows, C, self.config.model.concept_dim), jnp.float32)
+      return batch
     z = jnp.zeros((rows, d.seq_len), jnp.int32)
     return dict(inputs=z, targets=z, segment_ids=z + 1, positions=z, loss_mask=z)
 
@@ -93,6 +96,17 @@ def load_data(config, tokenizer: Tokenizer | None = None) -> TokenData:
     return ChunkData.build(d.source, d.num_chunks, d.chunk_len, val_fraction=d.val_fraction,
                            test_fraction=d.test_fraction, split_seed=d.split_seed,
                            eval_max_bytes=d.eval_max_bytes or None)
+  if config.model.family == "concept":  # sentences of bytes or tokens
+    data = ConceptData.build(d.source, tokenizer if tokenizer is not None else d.tokenizer, d.vocab_size,
+                             d.num_chunks, d.chunk_len, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                             split_seed=d.split_seed, eval_max_bytes=d.eval_max_bytes or None,
+                             embeddings=d.concept_embeddings)
+    if data.embeddings is not None:
+      dim = next(iter(data.embeddings.values())).shape[1]
+      if config.model.concept_dim != dim:
+        raise ConfigError(f"data.concept_embeddings are {dim}-dimensional but model.concept_dim="
+                          f"{config.model.concept_dim}; set --config.model.concept_dim={dim}")
+    return data
   return TokenData.build(d.source, tokenizer if tokenizer is not None else d.tokenizer, d.vocab_size,
                          d.seq_len, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                          split_seed=d.split_seed, eval_max_bytes=d.eval_max_bytes or None)
@@ -303,22 +317,48 @@ class Saver:
     return self.mngr.latest_step()
 
 
-def flops_per_byte(run: Run, result: dict, batches) -> dict:
-  """Training and inference FLOPs per byte of an evaluation (`result` from `evaluate` over `batches`), by
-  component for the hierarchical family."""
-  if run.config.model.family == "hierarchical":
-    d = run.config.data
-    n_text = sum(int(b["unit_mask"].sum()) for b, _ in batches)
-    n_chunks = sum(int(b["chunk_mask"].sum()) for b, _ in batches)
-    flops = bpb_lib.hierarchical_flops_per_byte(run.config.model, run.tokenizer.vocab_size, d.chunk_len,
-                                                d.num_chunks, n_text, n_chunks)
+def flops_per_byte(config, vocab_size: int, n_bytes: float, n_units: float, n_chunks: float = 0.0,
+                   with_encoder: bool = True) -> dict:
+  """Training and inference FLOPs per byte of text holding `n_bytes` bytes in `n_units` units (and `n_chunks`
+  chunks for the chunked families, by component). Training counts auxiliary heads and extra decoder passes."""
+  heads = objectives.heads(config.objectives)
+  if config.model.family in ("hierarchical", "concept"):
+    d = config.data
+    flops = bpb_lib.chunk_flops_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units,
+                                         n_chunks, decoder_passes=1 + len(heads), with_encoder=with_encoder)
     return dict(flops_per_byte_inference=flops["forward"], flops_per_byte_train=flops["train"],
-                bytes_per_word=n_text / max(n_chunks, 1),
+                bytes_per_chunk=n_bytes / max(n_chunks, 1),
                 **{f"flops_per_byte_{k}": v for k, v in flops.items() if k.endswith("_forward")})
-  flops = bpb_lib.token_flops_per_unit(run.config.model, run.tokenizer.vocab_size, run.config.data.seq_len)
-  units_per_byte = result["n_units"] / max(result["n_bytes"], 1)
+  flops = bpb_lib.token_flops_per_unit(config.model, vocab_size, config.data.seq_len, heads)
+  units_per_byte = n_units / max(n_bytes, 1)
   return dict(flops_per_byte_inference=flops["forward"] * units_per_byte,
               flops_per_byte_train=flops["train"] * units_per_byte)
+
+
+def eval_flops_per_byte(run: Run, result: dict, batches) -> dict:
+  """`flops_per_byte` of an evaluation (`result` from `evaluate` over `batches`)."""
+  first = batches[0][0] if batches else {}
+  if "unit_mask" in first:
+    return flops_per_byte(run.config, run.tokenizer.vocab_size, result["n_bytes"],
+                          sum(int(b["unit_mask"].sum()) for b, _ in batches),
+                          sum(int(b["chunk_mask"].sum()) for b, _ in batches), with_encoder="concepts" not in first)
+  return flops_per_byte(run.config, run.tokenizer.vocab_size, result["n_bytes"], result["n_units"])
+
+
+def train_flops_per_step(config, data: TokenData) -> dict:
+  """FLOPs per byte of the training data and FLOPs per training step (global batch), from the packed rows:
+  bytes are what the scored targets stand for (`unit_bytes`), as in the training bits per byte."""
+  rows = data.train_rows
+  unit_bytes = data.unit_bytes()
+  n_bytes = float((unit_bytes[rows["targets"]] * rows["loss_mask"]).sum())
+  n_rows = len(rows["loss_mask"])
+  if "unit_mask" in rows:
+    flops = flops_per_byte(config, data.tokenizer.vocab_size, n_bytes, float(rows["unit_mask"].sum()),
+                           float(rows["chunk_mask"].sum()), with_encoder="concepts" not in rows)
+  else:
+    flops = flops_per_byte(config, data.tokenizer.vocab_size, n_bytes, float(rows["loss_mask"].sum()))
+  bytes_per_step = n_bytes / max(n_rows, 1) * config.data.batch_size
+  return dict(flops, bytes_per_step=bytes_per_step, flops_per_step=flops["flops_per_byte_train"] * bytes_per_step)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -366,6 +406,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   evaluator = make_evaluator(run)
   val_batches = data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches)
 
+  compute = train_flops_per_step(config, data)
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary)
   progress = metrics_lib.Progress(config.train.steps, enabled=primary)
   if primary:
@@ -388,7 +429,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
       out = objectives.summarize({k: v for k, v in window.items() if "/" in k})
       out.update(loss=window["loss"] / window_steps, grad_norm=window["grad_norm"] / window_steps,
                  lr=float(host["lr"]), skipped_steps=window["skipped"],
-                 tokens_per_sec=window_steps * B * T / max(elapsed, 1e-9))
+                 tokens_per_sec=window_steps * B * T / max(elapsed, 1e-9),
+                 bytes_per_sec=window_steps * compute["bytes_per_step"] / max(elapsed, 1e-9),
+                 train_flops=step * compute["flops_per_step"],
+                 flops_per_byte_train=compute["flops_per_byte_train"])
       main = config.objectives[0].get("label", config.objectives[0]["name"])
       if f"{main}/bpb" in out:
         out["bpb"] = out[f"{main}/bpb"]
@@ -436,7 +480,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
       return dict(step=preempted, preempted=True, seconds=time.time() - t0, state=state, run=run)
     all_val = data.eval_batches("val", eval_batch_size(config), max_batches=config.eval.max_batches or None)
     val = evaluator(state.params, all_val)
-    val.update(flops_per_byte(run, val, all_val))
+    val.update(eval_flops_per_byte(run, val, all_val))
   writer.write(config.train.steps, {"final_val_bpb": val["bpb"]})
   writer.close()
   summary = dict(step=config.train.steps, val_bpb=val["bpb"], val_n_bytes=val["n_bytes"],

@@ -1,0 +1,29 @@
+"""Concept LM with Base-LCM regression: predict the next sentence's concept by MSE, decode it to text.
+
+After "Large Concept Models: Language Modeling in a Sentence Representation Space" (LCM team, Meta 2024),
+made a proper language model: the backbone's predicted concept is regressed onto the encoder's concept of the
+true next sentence (`concept_mse`, target under a stop-gradient) and the decoder is trained on the predicted
+concept (`concept_decode`, the loss bits per byte measures). Everything else is `concept_sllm`'s.
+
+LCM's frozen embedding space: give `--config.data.concept_embeddings='emb/{split}.npy'` (one float array
+[sentences, K] per split from any sentence encoder, rows in the order `lm sentences concept_lcm:VARIANT
+--split SPLIT` lists them) and `--config.model.concept_dim=K`; the encoder is then not built.
+
+Run:
+  lm train concept_lcm:tiny --workdir runs/lcm_tiny
+  lm eval runs/lcm_tiny
+  lm sample runs/lcm_tiny --prompt "The " --max-new 200
+
+Results: see BUILD_NOTES.md (issue 7).
+"""
+
+from experiments import concept_sllm
+
+
+def get_config(arg: str | None = None):
+  config = concept_sllm.get_config(arg)
+  # The decode term is normalised per unit; the MSE term sums over sentences (~40 units each at bytes), so
+  # its weight sets how much one sentence's regression counts against one unit's likelihood.
+  config.objectives = [dict(name="concept_decode", weight=1.0),
+                       dict(name="concept_mse", weight=20.0, stop_gradient=True)]
+  return config
