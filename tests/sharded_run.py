@@ -45,16 +45,21 @@ def main(steps: int):
         losses=losses(workdir), specs={k: [list(a) if isinstance(a, tuple) else a for a in v]
                                        for k, v in specs.items()},
         shard_shape=list(layers["mlp"]["wi_0"]["kernel"].addressable_shards[0].data.shape))
-  # The byte-hierarchical family shards by the same rules: (2,2,2) against one device.
-  for shape in [(1, 1, 1), (2, 2, 2)]:
-    config = config_lib.load_experiment("byte_hat:tiny")
-    config_lib.apply_overrides(config, [
-        f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
-        "eval.max_batches=1", "data.num_chunks=8", "data.chunk_len=8",
-        f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
-    workdir = tempfile.mkdtemp()
-    loop.train(config, workdir, devices=jax.devices()[:int(np.prod(shape))])
-    out["hat_" + "x".join(map(str, shape))] = dict(losses=losses(workdir))
+  # The chunked families shard by the same rules: (2,2,2) against one device. The concept run trains every
+  # concept objective, so the in-batch contrastive term is computed across devices too.
+  for name, experiment in (("hat", "byte_hat:tiny"), ("concept", "concept_lcm:tiny")):
+    for shape in [(1, 1, 1), (2, 2, 2)]:
+      config = config_lib.load_experiment(experiment)
+      config_lib.apply_overrides(config, [
+          f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
+          "eval.max_batches=1", "data.num_chunks=8", "data.chunk_len=8", "sample.max_new=0",
+          f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
+      if name == "concept":
+        config.objectives = [*config.objectives, dict(name="concept_recon", weight=0.5),
+                             dict(name="concept_contrastive", weight=0.5)]
+      workdir = tempfile.mkdtemp()
+      loop.train(config, workdir, devices=jax.devices()[:int(np.prod(shape))])
+      out[name + "_" + "x".join(map(str, shape))] = dict(losses=losses(workdir))
 
   # A checkpoint saved on mesh (1,8,1) restores on 1 device and continues: save at steps/2 and steps, drop
   # the last one, resume on a one-device mesh.

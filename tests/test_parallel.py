@@ -56,8 +56,9 @@ def sharded_results():
   return json.loads(line[len("RESULT "):])
 
 
-def test_hierarchical_family_on_mesh_2x2x2_matches_one_device(sharded_results):
-  base, got = sharded_results["hat_1x1x1"]["losses"], sharded_results["hat_2x2x2"]["losses"]
+@pytest.mark.parametrize("family", ["hat", "concept"])
+def test_chunked_families_on_mesh_2x2x2_match_one_device(sharded_results, family):
+  base, got = sharded_results[f"{family}_1x1x1"]["losses"], sharded_results[f"{family}_2x2x2"]["losses"]
   assert len(base) == len(got) == 10
   for a, b in zip(got, base):
     assert abs(a - b) <= 1e-5 * abs(b), (got, base)
@@ -89,7 +90,7 @@ def test_sharded_training_matches_one_device(sharded_results, mesh):
 
 def test_parameters_are_laid_out_by_the_rules(sharded_results):
   for mesh, result in sharded_results.items():
-    if mesh == "resumed_on_1" or mesh.startswith("hat_"):
+    if mesh == "resumed_on_1" or mesh.startswith(("hat_", "concept_")):
       continue
     specs = result["specs"]
     # [layers, embed, mlp] -> (None, fsdp, tensor); optimizer moments follow their parameters.

@@ -99,7 +99,7 @@ def contrastive_scores(pred_BxCxK, true_BxCxK, chunk_mask_BxC, temperature: floa
   logz_GxN = jax.nn.logsumexp(scores_GxNxN, axis=-1)
   diag_GxN = jnp.diagonal(scores_GxNxN, axis1=1, axis2=2)
   w = valid.astype(jnp.float32)
-  correct = (jnp.argmax(scores_GxNxN, axis=-1) == jnp.arange(scores_GxNxN.shape[1])).astype(jnp.float32)
+  correct = (jnp.argmax(scores_GxNxN, axis=-1) == jnp.arange(scores_GxNxN.shape[1])[None]).astype(jnp.float32)
   return jnp.sum((logz_GxN - diag_GxN) * w), jnp.sum(correct * w), jnp.sum(w)
 
 
