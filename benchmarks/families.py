@@ -1,14 +1,19 @@
-"""Tokens against bytes at matched training compute: token_ntp (BPE), byte_flat and byte_hat.
+"""Families at matched training compute: tokens against bytes (token_ntp with BPE, byte_flat, byte_hat) or
+tokens against concepts (token_ntp with BPE, concept_lcm, concept_sllm).
 
 Run:
   python benchmarks/families.py                      # small variants, ~10 minutes per run on a 2-core CPU
   python benchmarks/families.py --seeds 0,1,2        # three seeds each
+  python benchmarks/families.py --set concepts --variant tiny --seeds 0,1,2
   python benchmarks/families.py --quick              # smoke mode: tiny variants, a tiny budget, one seed
-Writes JSON to --out (default benchmarks/results/families.json), a plot of bits per byte against training
-FLOPs beside it (`.png`, with matplotlib), and prints a table.
+Writes JSON to --out (default benchmarks/results/SET.json, SET = families or concepts), a plot of bits per
+byte against training FLOPs beside it (`.png`, with matplotlib), and prints a table. Concept runs also report
+the oracle bits per byte (decoder given the true concept), the L2 distance of predicted to true concepts and
+in-batch contrastive accuracy.
 
-Every run gets the same training budget in FLOPs (`--budget`, default: what `byte_flat:VARIANT` spends in its
-configured steps): steps = budget / (FLOPs per training step), with FLOPs per step from the same formulas
+Every run gets the same training budget in FLOPs (`--budget`, default: what the set's reference run spends
+in its configured steps: byte_flat for families, token_bpe for concepts): steps = budget / (FLOPs per
+training step), with FLOPs per step from the same formulas
 the training loop logs (`loop.train_flops_per_step`: FLOPs per byte x the training data's bytes per step). All runs are scored on the same
 held-out segments (`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds).
 """
@@ -34,27 +39,35 @@ from lm.data import noise  # noqa: E402
 from lm.eval import compare  # noqa: E402
 from lm.train import loop  # noqa: E402
 
-DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "families.json"
-RUNS = {"token_bpe": ("token_ntp", ["data.tokenizer=bpe", "data.vocab_size=2048"]),
-        "byte_flat": ("byte_flat", []), "byte_hat": ("byte_hat", [])}
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+TOKEN_BPE = ("token_ntp", ["data.tokenizer=bpe", "data.vocab_size=2048"])
+SETS = {  # name -> (runs, the run whose configured steps set the budget)
+    "families": ({"token_bpe": TOKEN_BPE, "byte_flat": ("byte_flat", []), "byte_hat": ("byte_hat", [])}, "byte_flat"),
+    "concepts": ({"token_bpe": TOKEN_BPE, "concept_lcm": ("concept_lcm", []), "concept_sllm": ("concept_sllm", [])},
+                 "token_bpe"),
+}
+CONCEPT_METRICS = ("oracle_bpb", "l2", "contrastive_accuracy")
 NOISE = ("delete:0.05", "swap:0.05", "upper:0.1")
 
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--set", default="families", choices=sorted(SETS))
   p.add_argument("--variant", default="small")
   p.add_argument("--seeds", default="0")
   p.add_argument("--budget", type=float, default=0.0, help="training FLOPs per run (0: byte_flat's own)")
   p.add_argument("--eval-max-bytes", type=int, default=120)
   p.add_argument("--quick", action="store_true")
-  p.add_argument("--out", default=str(DEFAULT_OUT))
+  p.add_argument("--out", help="JSON path (default benchmarks/results/SET.json)")
   args = p.parse_args(argv)
+  runs, reference = SETS[args.set]
+  args.out = args.out or str(RESULTS / f"{args.set}.json")
   variant = "tiny" if args.quick else args.variant
   seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
   root = pathlib.Path(tempfile.mkdtemp(prefix="families-"))
 
   configs = {}
-  for name, (experiment, overrides) in RUNS.items():
+  for name, (experiment, overrides) in runs.items():
     c = config_lib.load_experiment(f"{experiment}:{variant}")
     config_lib.apply_overrides(c, [*overrides, f"data.eval_max_bytes={args.eval_max_bytes}", "sample.max_new=0",
                                    "train.eval_every=0", "train.checkpoint_every=0"])
@@ -62,9 +75,9 @@ def main(argv=None) -> dict:
       config_lib.apply_overrides(c, ["eval.max_batches=2"])
     configs[name] = c
   per_step = {name: loop.train_flops_per_step(c, loop.load_data(c))["flops_per_step"] for name, c in configs.items()}
-  budget = args.budget or per_step["byte_flat"] * configs["byte_flat"].train.steps
+  budget = args.budget or per_step[reference] * configs[reference].train.steps
   if args.quick:
-    budget = per_step["byte_flat"] * 10
+    budget = per_step[reference] * 10
 
   rows = []
   for name, c in configs.items():
@@ -79,10 +92,12 @@ def main(argv=None) -> dict:
       seconds = time.time() - t0
       run, data = summary["run"], loop.load_data(c, tokenizer=summary["run"].tokenizer)
       evaluate = loop.make_evaluator(run)
-      scores = {}
+      scores, extra = {}, {}
       for split in ("val", "test"):
-        scores[split] = evaluate(summary["state"].params, data.eval_batches(
-            split, loop.eval_batch_size(c), max_batches=c.eval.max_batches or None))["bpb"]
+        result = evaluate(summary["state"].params, data.eval_batches(
+            split, loop.eval_batch_size(c), max_batches=c.eval.max_batches or None))
+        scores[split] = result["bpb"]
+        extra.update({f"{split}_{k}": result[k] for k in CONCEPT_METRICS if k in result})
       for spec in NOISE:
         docs = noise.noised(data.splits["val"], spec)
         scores[spec] = evaluate(summary["state"].params, data.eval_batches(
@@ -91,7 +106,7 @@ def main(argv=None) -> dict:
       rows.append(dict(run=name, seed=seed, steps=steps, seconds=seconds, params=info["params"],
                        train_flops=steps * per_step[name], flops_per_byte_train=info["flops_per_byte_train"],
                        val_bpb=scores["val"], test_bpb=scores["test"], noised={k: scores[k] for k in NOISE},
-                       curve=info["curve"], name=name, family=info["family"]))
+                       curve=info["curve"], name=name, family=info["family"], **extra))
 
   print(f"\n{'run':<11}{'params':>9}{'FLOP/B':>10}{'train FLOPs':>13}{'val bpb':>16}{'test bpb':>16}"
         + "".join(f"{k:>14}" for k in NOISE))
@@ -104,13 +119,22 @@ def main(argv=None) -> dict:
     entry = dict(run=name, params=mine[0]["params"], flops_per_byte_train=mine[0]["flops_per_byte_train"],
                  train_flops=mine[0]["train_flops"], steps=mine[0]["steps"],
                  val_bpb=stat([r["val_bpb"] for r in mine]), test_bpb=stat([r["test_bpb"] for r in mine]),
-                 noised={k: stat([r["noised"][k] for r in mine]) for k in NOISE}, seeds=len(mine))
+                 noised={k: stat([r["noised"][k] for r in mine]) for k in NOISE}, seeds=len(mine),
+                 **{f"val_{k}": stat([r[f"val_{k}"] for r in mine]) for k in CONCEPT_METRICS
+                    if f"val_{k}" in mine[0]})
     table.append(entry)
     print(f"{name:<11}{entry['params'] / 1e6:>8.2f}M{entry['flops_per_byte_train']:>10.3g}"
           f"{entry['train_flops']:>13.3g}{entry['val_bpb'][0]:>10.4f}±{entry['val_bpb'][1]:.3f}"
           f"{entry['test_bpb'][0]:>10.4f}±{entry['test_bpb'][1]:.3f}"
           + "".join(f"{entry['noised'][k][0]:>14.4f}" for k in NOISE))
-  result = dict(variant=variant, budget_flops=budget, eval_max_bytes=args.eval_max_bytes, table=table,
+  concept_rows = [e for e in table if "val_oracle_bpb" in e]
+  if concept_rows:
+    print(f"\n{'run':<14}{'val bpb':>16}{'oracle bpb':>16}{'L2':>14}{'contrastive acc':>18}")
+    for e in concept_rows:
+      print(f"{e['run']:<14}{e['val_bpb'][0]:>10.4f}±{e['val_bpb'][1]:.3f}{e['val_oracle_bpb'][0]:>10.4f}"
+            f"±{e['val_oracle_bpb'][1]:.3f}{e['val_l2'][0]:>8.3f}±{e['val_l2'][1]:.3f}"
+            f"{e['val_contrastive_accuracy'][0]:>12.4f}±{e['val_contrastive_accuracy'][1]:.3f}")
+  result = dict(set=args.set, variant=variant, budget_flops=budget, eval_max_bytes=args.eval_max_bytes, table=table,
                 runs=[{k: v for k, v in r.items() if k not in ("curve", "name", "family")} for r in rows],
                 machine=f"{platform.machine()} {jax.default_backend()} x{jax.device_count()}",
                 date=time.strftime("%Y-%m-%d"), jax=jax.__version__, numpy=np.__version__)

@@ -27,8 +27,8 @@ def get_config(arg: str | None = None):
   if arg == "tiny":
     config.model.update(d_model=128, num_layers=2, num_heads=4, num_kv_heads=4, d_ff=384, concept_dim=64)
     config.model.encoder.update(d_model=64, num_layers=1, num_heads=4, d_ff=192)
-    config.model.decoder.update(d_model=96, num_layers=2, num_heads=4, d_ff=288)
-    config.data.update(num_chunks=8, chunk_len=48, batch_size=16, eval_max_bytes=192)
+    config.model.decoder.update(d_model=64, num_layers=2, num_heads=4, d_ff=192)
+    config.data.update(num_chunks=8, chunk_len=40, batch_size=16, eval_max_bytes=192)
     config.optim.update(lr=3e-3, warmup_steps=30)
     config.train.update(steps=250, log_every=50, eval_every=0, checkpoint_every=125, eval_batches=4)
     config.eval.max_batches = 8

@@ -227,6 +227,26 @@ def _cmd_sample(args) -> int:
   return 0
 
 
+def _cmd_sentences(args, overrides: list[str], spec: str | None) -> int:
+  """The concept family's chunk texts of one split, one JSON string per line: what an external sentence
+  encoder embeds, row for row, for `data.concept_embeddings`."""
+  from lm.train import loop
+  config = _load_config(args, overrides, spec, command="lm sentences")
+  if config.model.family != "concept":
+    raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the sentences of "
+                  "a concept-family experiment")
+  config.data.concept_embeddings = ""  # listing the sentences must not need their embeddings
+  data = loop.load_data(config)
+  lines = [json.dumps(text.decode("utf-8", errors="replace")) for text in data.sentences(args.split)]
+  if args.output:
+    with open(args.output, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + ("\n" if lines else ""))
+    print(f"wrote {len(lines)} sentences of the {args.split} split to {args.output}")
+  else:
+    print("\n".join(lines))
+  return 0
+
+
 def _cmd_probe(args) -> int:
   from etils import epath
 
@@ -300,6 +320,11 @@ def parser() -> argparse.ArgumentParser:
   pr.add_argument("workdir")
   pr.add_argument("--n", type=int, help="held-out documents (default 200)")
   pr.add_argument("--seed", type=int, help="seed of the held-out documents (default: the training seed + 1)")
+  se = sub.add_parser("sentences", help="a concept experiment's sentences of one split, one JSON string per line "
+                      "(the rows of data.concept_embeddings)")
+  se.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
+  se.add_argument("--split", default="train", choices=("train", "val", "test"))
+  se.add_argument("-o", "--output", help="write to this file instead of stdout")
   la = sub.add_parser("launch", help="run `lm train` on several local processes, a TPU pod or SLURM")
   targets = la.add_subparsers(dest="target", required=True)
 
@@ -345,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides, spec = _split_overrides(argv)
     args = parser().parse_args(rest)
-    if args.command not in ("train", "launch") and (overrides or spec):
-      raise LMError(f"--config options only apply to `lm train` and `lm launch`, not `lm {args.command}`")
+    if args.command not in ("train", "launch", "sentences") and (overrides or spec):
+      raise LMError(f"--config options only apply to `lm train`, `lm launch` and `lm sentences`, not "
+                    f"`lm {args.command}`")
     if args.command == "list":
       return _cmd_list(args)
     if args.command == "train":
@@ -359,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_probe(args)
     if args.command == "compare":
       return _cmd_compare(args)
+    if args.command == "sentences":
+      return _cmd_sentences(args, overrides, spec)
     return _cmd_sample(args)
   except LMError as e:
     print(f"error: {e}", file=sys.stderr)

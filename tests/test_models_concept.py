@@ -295,3 +295,20 @@ def test_precomputed_concepts_train_without_an_encoder_and_errors(tmp_path):
     loop.load_data(c)
   with pytest.raises(DataError, match=r"must contain '\{split\}'"):
     loop.load_data(small_config(*overrides, "data.concept_embeddings=emb.npy", "model.concept_dim=12"))
+
+
+def test_lm_sentences_lists_the_rows_of_an_embedding_table(tmp_path, capsys):
+  import json
+
+  from lm import cli
+  overrides = [*_corpus(tmp_path), "data.chunk_len=10"]
+  out = tmp_path / "val.jsonl"
+  assert cli.main(["sentences", "concept_lcm:tiny", *[f"--config.{o}" for o in overrides], "--split", "val",
+                   "-o", str(out)]) == 0
+  c = config_lib.load_experiment("concept_lcm:tiny")
+  config_lib.apply_overrides(c, overrides)
+  want = loop.load_data(c).sentences("val")
+  got = [json.loads(line) for line in out.read_text().splitlines()]
+  assert got == [t.decode() for t in want] and len(got) > 0
+  assert cli.main(["sentences", "byte_hat:tiny"]) == 2
+  assert "lists the sentences of a concept-family experiment" in capsys.readouterr().err
