@@ -225,6 +225,10 @@ def test_concept_run_trains_evaluates_samples_and_resumes(tmp_path):
   # The reconstruction objective costs a second decoder pass in training, not in inference.
   assert result["flops_per_byte_train"] > 3 * result["flops_per_byte_inference"]
   assert cli.main(["sample", str(tmp_path / "w"), "--prompt", "The cat sat. A", "--max-new", "30"]) == 0
+  assert cli.main(["compare", str(tmp_path / "w"), "--json", str(tmp_path / "cmp.json")]) == 0
+  row = json.loads((tmp_path / "cmp.json").read_text())[0]
+  assert row["family"] == "concept" and row["train_flops"] > 0 and row["oracle_bpb"] == result["oracle_bpb"]
+  assert row["flops_per_byte_encoder_forward"] == result["flops_per_byte_encoder_forward"]
 
 
 def test_sentence_by_sentence_greedy_decoding_equals_full_forward_greedy():

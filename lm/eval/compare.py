@@ -45,6 +45,8 @@ def summarize_run(workdir) -> dict:
               family=config["model"]["family"], params=params, step=step,
               flops_per_byte_train=val["flops_per_byte_train"],
               flops_per_byte_inference=val["flops_per_byte_inference"],
+              **{k: v for k, v in val.items() if k.startswith("flops_per_byte_") and k.endswith("_forward")},
+              **{k: val[k] for k in ("oracle_bpb", "l2", "contrastive_accuracy") if k in val},
               train_flops=step * per_step, val_bpb=val["bpb"], test_bpb=test["bpb"] if test else None,
               bytes_per_sec=sorted(speeds)[len(speeds) // 2] if speeds else None, curve=curve)
 
