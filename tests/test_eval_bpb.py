@@ -51,3 +51,25 @@ def test_flops_count_every_matmul_parameter_once():
   attention = m.num_layers * 2 * m.num_heads * (m.d_model // m.num_heads) * 0.5
   assert flops["forward"] == 2 * (param_count(params) - norms + attention)
   assert flops["train"] == 3 * flops["forward"]
+
+
+def test_auxiliary_head_flops_count_every_head_matmul_parameter():
+  """mtp, dsmtp and top heads: forward FLOPs per unit = 2 x their own matmul parameters + one shared
+  unembedding per predicted offset + attention (seq_len 1: half a key), and training counts them."""
+  from lm import objectives
+  c = config_lib.resolve_backend_defaults(config_lib.load_experiment("token_ntp:tiny"), "cpu")
+  m, V = c.model, 259
+  padded = -(-V // m.vocab_multiple) * m.vocab_multiple
+  E = m.d_model // m.num_heads
+  for spec, offsets in ((dict(name="mtp", n=3), 2), (dict(name="dsmtp", depth=2), 2), (dict(name="top"), 1)):
+    heads = objectives.heads([dict(name="ntp"), spec])
+    model = build_model(m, V, heads=heads)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 8), jnp.int32)})["params"])
+    own = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(params[f"{heads[0][0]}_head"])[0]
+              if "norm" not in jax.tree_util.keystr(p))
+    shared_unembed = 0 if spec["name"] == "top" else offsets * m.d_model * padded  # top owns its kernel
+    attention = 0 if spec["name"] == "top" else offsets * 2 * m.num_heads * E * 0.5
+    got = bpb.head_flops_per_unit(m, V, seq_len=1, heads=heads)
+    assert got == 2 * (own + shared_unembed + attention), spec
+    plain = bpb.token_flops_per_unit(m, V, seq_len=1)
+    assert bpb.token_flops_per_unit(m, V, seq_len=1, heads=heads)["train"] == 3 * (plain["forward"] + got)
