@@ -215,8 +215,13 @@ def test_concept_run_trains_evaluates_samples_and_resumes(tmp_path):
   c.objectives = [*c.objectives, dict(name="concept_recon", weight=0.5), dict(name="concept_contrastive")]
   summary = loop.train(c, str(tmp_path / "w"))
   assert math.isfinite(summary["val_bpb"])
-  assert cli.main(["eval", str(tmp_path / "w")]) == 0
   import json
+  records = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  logged = [r for r in records if "train_flops" in r]
+  per_step = loop.train_flops_per_step(c, loop.load_data(c))["flops_per_step"]
+  assert [r["step"] for r in logged] == list(range(1, 7))
+  np.testing.assert_allclose([r["train_flops"] for r in logged], [r["step"] * per_step for r in logged], rtol=1e-9)
+  assert cli.main(["eval", str(tmp_path / "w")]) == 0
   result = json.loads((tmp_path / "w" / "eval_val.json").read_text())
   for key in ("oracle_bpb", "l2", "contrastive_accuracy", "flops_per_byte_encoder_forward",
               "flops_per_byte_backbone_forward", "flops_per_byte_decoder_forward"):
