@@ -112,18 +112,21 @@ def test_batched_decoder_bits_per_byte_equals_step_by_step_decoding(units, bpe):
                      positions=jnp.zeros((1, C), jnp.int32)), "backbone")
   dcache0 = init(dict(inputs=jnp.zeros((1, L + 1), jnp.int32), positions=jnp.zeros((1, L + 1), jnp.int32),
                       context=jnp.zeros((1, c.model.decoder.d_model))), "decoder")
+  backbone_step = jax.jit(lambda cache, b: decoder.apply({"params": params, "cache": cache}, b, step="backbone",
+                                                          mutable=["cache"]))
+  decoder_step = jax.jit(lambda cache, b: decoder.apply({"params": params, "cache": cache}, b, step="decoder",
+                                                         mutable=["cache"]))
   stepwise = 0.0
   for ci in range(int(rows["chunk_mask"][0].sum())):
     given = np.full((1, 1, L), tok.pad_id, np.int32) if ci == 0 else units_np[:, ci - 1:ci]
-    out, mut = decoder.apply({"params": params, "cache": bcache},
-                             dict(units=jnp.asarray(given), unit_mask=jnp.asarray((given != tok.pad_id).astype(np.int32)),
-                                  positions=jnp.full((1, 1), ci, jnp.int32)), step="backbone", mutable=["cache"])
+    out, mut = backbone_step(bcache, dict(units=jnp.asarray(given),
+                                          unit_mask=jnp.asarray((given != tok.pad_id).astype(np.int32)),
+                                          positions=jnp.full((1, 1), ci, jnp.int32)))
     bcache, context = mut["cache"], out.aux["context"]
     dcache, prev = dcache0, 0
     for j in range(int(mask_np[0, ci].sum()) + 1):
-      out, mut = decoder.apply({"params": params, "cache": dcache},
-                               dict(inputs=jnp.full((1, 1), prev, jnp.int32), positions=jnp.full((1, 1), j, jnp.int32),
-                                    context=context), step="decoder", mutable=["cache"])
+      out, mut = decoder_step(dcache, dict(inputs=jnp.full((1, 1), prev, jnp.int32),
+                                           positions=jnp.full((1, 1), j, jnp.int32), context=context))
       dcache, logits = mut["cache"], out.logits[0, 0]
       target = int(batch["targets"][0, ci, j])
       stepwise += float(jax.nn.logsumexp(logits) - logits[target])
