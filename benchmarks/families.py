@@ -57,6 +57,7 @@ def main(argv=None) -> dict:
   p.add_argument("--seeds", default="0")
   p.add_argument("--budget", type=float, default=0.0, help="training FLOPs per run (0: byte_flat's own)")
   p.add_argument("--eval-max-bytes", type=int, default=120)
+  p.add_argument("--curve-points", type=int, default=4, help="validation evals during each run (for the plot)")
   p.add_argument("--quick", action="store_true")
   p.add_argument("--out", help="JSON path (default benchmarks/results/SET.json)")
   args = p.parse_args(argv)
@@ -84,6 +85,7 @@ def main(argv=None) -> dict:
     steps = max(int(budget // per_step[name]), 1)
     for seed in seeds:
       config_lib.apply_overrides(c, [f"train.steps={steps}", f"train.seed={seed}",
+                                     f"train.eval_every={max(steps // max(args.curve_points, 1), 1) if args.curve_points else 0}",
                                      f"optim.warmup_steps={min(c.optim.warmup_steps, max(steps // 10, 1))}"])
       workdir = root / f"{name}-{seed}"
       print(f"== {name} seed {seed}: {steps} steps, {per_step[name]:.3g} FLOPs/step", flush=True)

@@ -73,7 +73,11 @@ def plot(rows: list[dict], path: str) -> None:
   for r in rows:
     xs, ys = zip(*r["curve"])
     ax.plot(xs, ys, marker="o", label=f"{r['name']} ({r['family']})")
-  ax.set_xscale("log")
+  xs_all = [x for r in rows for x, _ in r["curve"] if x > 0]
+  if xs_all and max(xs_all) > 10 * min(xs_all):  # log only where the runs span decades
+    ax.set_xscale("log")
+  else:
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
   ax.set_xlabel("training FLOPs")
   ax.set_ylabel("validation bits per byte")
   ax.legend(fontsize=8)
