@@ -325,7 +325,8 @@ def flops_per_byte(config, vocab_size: int, n_bytes: float, n_units: float, n_ch
   if config.model.family in ("hierarchical", "concept"):
     d = config.data
     flops = bpb_lib.chunk_flops_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units,
-                                         n_chunks, decoder_passes=1 + len(heads), with_encoder=with_encoder)
+                                         n_chunks, decoder_passes=1 + sum(kind == "recon" for kind, _ in heads),
+                                         with_encoder=with_encoder)
     return dict(flops_per_byte_inference=flops["forward"], flops_per_byte_train=flops["train"],
                 bytes_per_chunk=n_bytes / max(n_chunks, 1),
                 **{f"flops_per_byte_{k}": v for k, v in flops.items() if k.endswith("_forward")})
