@@ -13,9 +13,9 @@ in-batch contrastive accuracy.
 
 Every run gets the same training budget in FLOPs (`--budget`, default: what the set's reference run spends
 in its configured steps: byte_flat for families, token_bpe for concepts): steps = budget / (FLOPs per
-training step), with FLOPs per step from the same formulas
-the training loop logs (`loop.train_flops_per_step`: FLOPs per byte x the training data's bytes per step). All runs are scored on the same
-held-out segments (`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds).
+training step), with FLOPs per step as the training loop logs them (`loop.train_flops_per_step`: FLOPs per
+byte x the training data's bytes per step). All runs are scored on the same held-out segments
+(`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds).
 """
 
 from __future__ import annotations

@@ -107,8 +107,7 @@ def test_batched_decoder_bits_per_byte_equals_step_by_step_decoding(units, bpe):
     shapes = jax.eval_shape(lambda: decoder.init(jax.random.PRNGKey(0), b, step=step))["cache"]
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   units_np, mask_np = np.asarray(batch["units"]), np.asarray(batch["unit_mask"])
-  bb = dict(units=jnp.asarray(units_np[:, :1]), unit_mask=jnp.asarray(mask_np[:, :1]), positions=jnp.zeros((1, 1), jnp.int32))
-  bcache = init(dict(bb, units=jnp.zeros((1, C, L), jnp.int32), unit_mask=jnp.zeros((1, C, L), jnp.int32),
+  bcache = init(dict(units=jnp.zeros((1, C, L), jnp.int32), unit_mask=jnp.zeros((1, C, L), jnp.int32),
                      positions=jnp.zeros((1, C), jnp.int32)), "backbone")
   dcache0 = init(dict(inputs=jnp.zeros((1, L + 1), jnp.int32), positions=jnp.zeros((1, L + 1), jnp.int32),
                       context=jnp.zeros((1, c.model.decoder.d_model))), "decoder")

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from lm.errors import ConfigError
 from lm.models.base import ModelOutputs, register_family, transformer_config
-from lm.models.hierarchical import _sub_config, decode_chunks, decode_step, dense, encode_chunks, norm, shift_right_chunks
+from lm.models.hierarchical import (_sub_config, decode_chunks, decode_step, dense, encode_chunks, norm,
+                                    shift_right_chunks)
 from lm.models.layers import Array, TransformerConfig, _init, constrain, dtype_of
 from lm.models.transformer import Transformer
 
