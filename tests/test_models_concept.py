@@ -300,6 +300,10 @@ def test_precomputed_concepts_train_without_an_encoder_and_errors(tmp_path):
   np.testing.assert_array_equal(rows["concepts"].reshape(-1, 12)[:n], table)
   summary = loop.train(c, str(tmp_path / "w"))
   assert math.isfinite(summary["val_bpb"]) and "encoder" not in summary["state"].params
+  from lm import cli
+  # Sampling feeds the predicted concept back (no encoder); noised text has no precomputed concepts.
+  assert cli.main(["sample", str(tmp_path / "w"), "--prompt", "The", "--max-new", "20", "--temperature", "0"]) == 0
+  assert cli.main(["eval", str(tmp_path / "w"), "--noise", "swap:0.1"]) == 2
   # The MSE target is the table itself, so its loss is measured against the given vectors.
   np.save(tmp_path / "emb_val.npy", table[:5])
   with pytest.raises(DataError, match="the val table has shape"):
