@@ -118,33 +118,28 @@ def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top
 
   tok = run.tokenizer
   d = run.config.data
-  if run.config.model.family == "hierarchical":
+  family = run.config.model.family
+  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
+  params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound
+  sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+  if family == "hierarchical":  # word by word
     from lm.eval.generate import generate_words
-    decoder = build_model(run.config.model, tok.vocab_size, decode=True)
-    params = jax.device_put(params, jax.local_devices()[0])
     out = generate_words(decoder, params, prompt.encode("utf-8"), max_new=max_new, chunk_len=d.chunk_len,
                          max_words=max(d.num_chunks, len(prompt) + max_new + 2), rng=jax.random.PRNGKey(seed),
-                         eod_id=tok.eos_id, eow_id=tok.vocab_size, temperature=float(temperature),
-                         top_k=int(top_k), top_p=float(top_p))
+                         eod_id=tok.eos_id, eow_id=tok.vocab_size, **sampling)
     return out.decode("utf-8", errors="replace")
-  if run.config.model.family == "concept":  # sentence by sentence
+  if family == "concept":  # sentence by sentence
     from lm.data.pipeline import sentence_chunks
     from lm.eval.generate import generate_chunks
-    decoder = build_model(run.config.model, tok.vocab_size, decode=True)
-    params = jax.device_put(params, jax.local_devices()[0])
     chunks = [ids.tolist() for _, ids in sentence_chunks(prompt.encode("utf-8"), d.chunk_len, tok)]
     out = generate_chunks(decoder, params, chunks, max_new=max_new, chunk_len=d.chunk_len,
                           max_chunks=max(d.num_chunks, len(chunks) + max_new + 2), rng=jax.random.PRNGKey(seed),
                           eod_id=tok.eos_id, end_id=tok.vocab_size, pad_id=tok.pad_id,
-                          stop_ids=(tok.pad_id, tok.bos_id), feed_predicted=bool(d.concept_embeddings),
-                          temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+                          stop_ids=(tok.pad_id, tok.bos_id), feed_predicted=bool(d.concept_embeddings), **sampling)
     return tok.decode_bytes(out).decode("utf-8", errors="replace")
   ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
-  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
-  params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound
   out, lengths = generate(decoder, params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed), max_new=max_new,
-                          temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                          eos_id=tok.eos_id)
+                          eos_id=tok.eos_id, **sampling)
   out = np.asarray(out[0][: int(lengths[0])])
   return tok.decode(out[out != tok.eos_id])
 

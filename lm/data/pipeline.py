@@ -410,13 +410,10 @@ class ChunkData(TokenData):
   def unit_bytes(self) -> np.ndarray:
     return np.append(self.tokenizer.unit_bytes(), 0).astype(np.int32)  # end-of-chunk adds no byte
 
-  def _pack_train(self) -> dict[str, np.ndarray]:
-    return pack_chunk_rows(self.splits["train"], self.num_chunks, self.chunk_len, self.chunker,
-                           self.tokenizer.pad_id)
-
   @functools.cached_property
   def train_rows(self) -> dict[str, np.ndarray]:
-    return chunk_targets(self._pack_train(), self.tokenizer.eos_id, self.eow_id, self.tokenizer.pad_id)
+    rows = pack_chunk_rows(self.splits["train"], self.num_chunks, self.chunk_len, self.chunker, self.tokenizer.pad_id)
+    return chunk_targets(rows, self.tokenizer.eos_id, self.eow_id, self.tokenizer.pad_id)
 
   def eval_segments(self, docs: list[bytes]) -> list[bytes]:
     return [s for d in docs for s in segment.cut_segments(d, self.eval_max_bytes)]

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.objectives.concept import contrastive_scores
 from lm.objectives.token import token_nll
 
 
@@ -29,7 +30,6 @@ def make_eval_step(model: nn.Module) -> Callable:
     nll, _ = token_nll(outputs.logits, batch["targets"])
     sums = dict(nll_sum=jnp.sum(nll * mask), count=jnp.sum(mask))
     if concept:
-      from lm.objectives.concept import contrastive_scores
       oracle, _ = token_nll(outputs.aux["recon_logits"], batch["targets"])
       pred, true = outputs.aux["concept_pred"], outputs.aux["concept_target"]
       chunk_mask = batch["chunk_mask"].astype(jnp.float32)

@@ -1,17 +1,15 @@
 """`lm compare DIR...`: one table of trained runs (family, parameters, FLOPs per byte, val/test bits per byte,
-throughput) and, with `-o FILE.png`, bits per byte against training FLOPs.
+bytes per second) and, with `-o FILE.png`, bits per byte against training FLOPs.
 
 Reads what the runs wrote: the newest checkpoint's config and parameter shapes, `eval_val.json` /
-`eval_test.json` from `lm eval` (FLOPs per byte and bits per byte) and `metrics.jsonl` (throughput, the
-validation curve). Training FLOPs of a point = its step x units per step x FLOPs per unit, with units per byte
-from the run's own evaluation.
+`eval_test.json` from `lm eval` (FLOPs per byte by component, bits per byte, concept metrics) and
+`metrics.jsonl` (bytes per second, the validation curve, and the training FLOPs the loop counted per step).
 """
 
 from __future__ import annotations
 
 import json
 import math
-
 
 from lm.errors import CheckpointError, LMError
 
