@@ -17,39 +17,36 @@ Results (python-prose, 2-core CPU, 2026-11-25, `benchmarks/families.py --set con
          eval_max_bytes=120); BPE tokens 2.515. Contrastive accuracy at chance: see BUILD_NOTES.md (issue 7).
 """
 
-from lm.config import base_config
-from lm.errors import ConfigError
+from lm import config as config_lib
+from lm import families
+
+SIZES = {
+    "tiny": dict(model=dict(d_model=128, num_layers=2, num_heads=4, num_kv_heads=4, d_ff=384, concept_dim=64,
+                            encoder=dict(d_model=64, num_layers=1, num_heads=4, d_ff=192),
+                            decoder=dict(d_model=64, num_layers=2, num_heads=4, d_ff=192)),
+                 data=dict(num_chunks=8, chunk_len=40, batch_size=16, eval_max_bytes=192),
+                 optim=dict(lr=3e-3, warmup_steps=30),
+                 train=dict(steps=250, log_every=50, eval_every=0, checkpoint_every=125, eval_batches=4),
+                 eval=dict(max_batches=8), sample=dict(max_new=120)),
+    "small": dict(model=dict(d_model=192, num_layers=4, num_heads=6, num_kv_heads=3, d_ff=512, concept_dim=128,
+                             encoder=dict(d_model=128, num_layers=2, num_heads=4, d_ff=384),
+                             decoder=dict(d_model=128, num_layers=3, num_heads=4, d_ff=384)),
+                  data=dict(num_chunks=16, chunk_len=64, batch_size=24, eval_max_bytes=400),
+                  optim=dict(lr=2e-3, warmup_steps=50),
+                  train=dict(steps=800, log_every=50, eval_every=200, checkpoint_every=200, eval_batches=8)),
+    "base": dict(  # accelerator-sized: BPE sentences
+        model=dict(d_model=1024, num_layers=16, num_heads=16, num_kv_heads=8, d_ff=4096, concept_dim=1024,
+                   encoder=dict(d_model=512, num_layers=4, num_heads=8, d_ff=2048),
+                   decoder=dict(d_model=512, num_layers=6, num_heads=8, d_ff=2048)),
+        data=dict(source="python-prose,python-code", tokenizer="bpe", vocab_size=8192, num_chunks=128, chunk_len=48,
+                  batch_size=64),
+        optim=dict(lr=6e-4, warmup_steps=500),
+        train=dict(steps=20000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=16)),
+}
 
 
 def get_config(arg: str | None = None):
-  config = base_config()
-  config.model.family = "concept"
+  config = families.base_config("concept")
   config.objectives = [dict(name="concept_decode", weight=1.0)]
   config.data.tokenizer = "bytes"
-  if arg == "tiny":
-    config.model.update(d_model=128, num_layers=2, num_heads=4, num_kv_heads=4, d_ff=384, concept_dim=64)
-    config.model.encoder.update(d_model=64, num_layers=1, num_heads=4, d_ff=192)
-    config.model.decoder.update(d_model=64, num_layers=2, num_heads=4, d_ff=192)
-    config.data.update(num_chunks=8, chunk_len=40, batch_size=16, eval_max_bytes=192)
-    config.optim.update(lr=3e-3, warmup_steps=30)
-    config.train.update(steps=250, log_every=50, eval_every=0, checkpoint_every=125, eval_batches=4)
-    config.eval.max_batches = 8
-    config.sample.max_new = 120
-  elif arg == "small":
-    config.model.update(d_model=192, num_layers=4, num_heads=6, num_kv_heads=3, d_ff=512, concept_dim=128)
-    config.model.encoder.update(d_model=128, num_layers=2, num_heads=4, d_ff=384)
-    config.model.decoder.update(d_model=128, num_layers=3, num_heads=4, d_ff=384)
-    config.data.update(num_chunks=16, chunk_len=64, batch_size=24, eval_max_bytes=400)
-    config.optim.update(lr=2e-3, warmup_steps=50)
-    config.train.update(steps=800, log_every=50, eval_every=200, checkpoint_every=200, eval_batches=8)
-  elif arg in (None, "", "base"):  # accelerator-sized: BPE sentences
-    config.model.update(d_model=1024, num_layers=16, num_heads=16, num_kv_heads=8, d_ff=4096, concept_dim=1024)
-    config.model.encoder.update(d_model=512, num_layers=4, num_heads=8, d_ff=2048)
-    config.model.decoder.update(d_model=512, num_layers=6, num_heads=8, d_ff=2048)
-    config.data.update(source="python-prose,python-code", tokenizer="bpe", vocab_size=8192, num_chunks=128,
-                       chunk_len=48, batch_size=64)
-    config.optim.update(lr=6e-4, warmup_steps=500)
-    config.train.update(steps=20000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=16)
-  else:
-    raise ConfigError(f"concept_sllm: unknown variant {arg!r}; choose tiny, small or leave it out")
-  return config
+  return config_lib.update(config, config_lib.variant(SIZES, arg, "concept_sllm"))

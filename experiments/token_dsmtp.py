@@ -16,15 +16,14 @@ Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
 """
 
 from lm import config as config_lib
-from lm.errors import ConfigError
+
+# On top of token_ntp's variant of the same name.
+SIZES = {"tiny": dict(train=dict(steps=200)), "small": {}, "base": {}}
 
 
 def get_config(arg: str | None = None):
-  if arg not in ("tiny", "small", None, "", "base"):
-    raise ConfigError(f"token_dsmtp: unknown variant {arg!r}; choose tiny, small or leave it out")
-  config = config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp")
-  if arg == "tiny":
-    config.train.steps = 200
+  sizes = config_lib.variant(SIZES, arg, "token_dsmtp")
+  config = config_lib.update(config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp"), sizes)
   switch = int(config.train.steps * 0.9)  # the paper switches lambda from 0.3 to 0.1 late in training
   config.objectives = [dict(name="ntp", weight=1.0),
                        dict(name="dsmtp", depth=1, weight=dict(kind="step", values=[0.3, 0.1], boundaries=[switch]))]

@@ -17,14 +17,14 @@ Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
 """
 
 from lm import config as config_lib
-from lm.errors import ConfigError
+
+# On top of token_ntp's variant of the same name.
+SIZES = {"tiny": dict(train=dict(steps=200)), "small": {}, "base": {}}
 
 
 def get_config(arg: str | None = None):
-  if arg not in ("tiny", "small", None, "", "base"):
-    raise ConfigError(f"token_ftp: unknown variant {arg!r}; choose tiny, small or leave it out")
+  sizes = config_lib.variant(SIZES, arg, "token_ftp")
   config = config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp")
-  config.objectives = [dict(name="ntp", weight=1.0), dict(name="ftp", weight=1.0, n=4, gamma=0.8, pseudo=4, layers=1)]
-  if arg == "tiny":
-    config.train.steps = 200
-  return config
+  config.objectives = [dict(name="ntp", weight=1.0),
+                       dict(name="ftp", weight=1.0, n=4, gamma=0.8, pseudo=4, layers=1)]
+  return config_lib.update(config, sizes)

@@ -11,31 +11,27 @@ Results (python-prose val split, bits per byte; 2-core CPU, 2026-11-25, see BUIL
   base   not run yet (needs an accelerator)
 """
 
-from lm.config import base_config
-from lm.errors import ConfigError
+from lm import config as config_lib
+
+SIZES = {
+    "tiny": dict(model=dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384),
+                 data=dict(tokenizer="bytes", seq_len=64, batch_size=16),
+                 optim=dict(lr=4e-3, warmup_steps=30),
+                 train=dict(steps=300, log_every=50, eval_every=0, checkpoint_every=150, eval_batches=4),
+                 sample=dict(max_new=120)),
+    "small": dict(model=dict(d_model=192, num_layers=4, num_heads=6, num_kv_heads=3, d_ff=512),
+                  data=dict(tokenizer="bytes", seq_len=128, batch_size=24),
+                  optim=dict(lr=3e-3, warmup_steps=50),
+                  train=dict(steps=800, log_every=50, eval_every=200, checkpoint_every=200, eval_batches=8)),
+    "base": dict(model=dict(d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, d_ff=3072, tie_embeddings=True),
+                 data=dict(source="python-prose,python-code", tokenizer="bpe", vocab_size=16384, seq_len=1024,
+                           batch_size=64),
+                 optim=dict(lr=6e-4, warmup_steps=500),
+                 train=dict(steps=20000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=16)),
+}
 
 
 def get_config(arg: str | None = None):
-  config = base_config()
+  config = config_lib.base_config()
   config.objectives = [dict(name="ntp", weight=1.0)]
-  if arg == "tiny":
-    config.model.update(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
-    config.data.update(tokenizer="bytes", seq_len=64, batch_size=16)
-    config.optim.update(lr=4e-3, warmup_steps=30)
-    config.train.update(steps=300, log_every=50, eval_every=0, checkpoint_every=150, eval_batches=4)
-    config.sample.max_new = 120
-  elif arg == "small":
-    config.model.update(d_model=192, num_layers=4, num_heads=6, num_kv_heads=3, d_ff=512)
-    config.data.update(tokenizer="bytes", seq_len=128, batch_size=24)
-    config.optim.update(lr=3e-3, warmup_steps=50)
-    config.train.update(steps=800, log_every=50, eval_every=200, checkpoint_every=200, eval_batches=8)
-  elif arg in (None, "", "base"):
-    config.model.update(d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, d_ff=3072,
-                        tie_embeddings=True)
-    config.data.update(source="python-prose,python-code", tokenizer="bpe", vocab_size=16384, seq_len=1024,
-                       batch_size=64)
-    config.optim.update(lr=6e-4, warmup_steps=500)
-    config.train.update(steps=20000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=16)
-  else:
-    raise ConfigError(f"token_ntp: unknown variant {arg!r}; choose tiny, small or leave it out")
-  return config
+  return config_lib.update(config, config_lib.variant(SIZES, arg, "token_ntp"))

@@ -15,14 +15,13 @@ Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
 """
 
 from lm import config as config_lib
-from lm.errors import ConfigError
+
+# On top of token_ntp's variant of the same name.
+SIZES = {"tiny": dict(train=dict(steps=200)), "small": {}, "base": {}}
 
 
 def get_config(arg: str | None = None):
-  if arg not in ("tiny", "small", None, "", "base"):
-    raise ConfigError(f"token_top: unknown variant {arg!r}; choose tiny, small or leave it out")
+  sizes = config_lib.variant(SIZES, arg, "token_top")
   config = config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp")
   config.objectives = [dict(name="ntp", weight=1.0), dict(name="top", weight=1.0, window=16)]
-  if arg == "tiny":
-    config.train.steps = 200
-  return config
+  return config_lib.update(config, sizes)

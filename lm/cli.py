@@ -57,16 +57,13 @@ def _cmd_list(args) -> int:
 
 
 def _load_config(args, overrides: list[str], spec: str | None, command: str = "lm train"):
-  from lm import config as config_lib
+  from lm import families
   experiment = args.experiment or spec
   if not experiment:
     raise LMError(f"{command} needs an experiment: `{command} token_ntp:tiny --workdir DIR` (`lm list` shows all)")
   if args.experiment and spec:
     raise LMError(f"give the experiment once: either {args.experiment!r} or --config={spec!r}")
-  config = config_lib.load_experiment(experiment)
-  config_lib.apply_overrides(config, overrides)
-  config_lib.validate(config)
-  return config
+  return families.load_config(experiment, overrides)
 
 
 def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
@@ -99,97 +96,27 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   if jax.process_index() == 0:
     print(f"bpb: {summary['val_bpb']:.4f}  (val split, {summary['val_n_bytes']} bytes; "
           f"{summary['seconds']:.1f}s)", flush=True)
-    if config.sample.max_new > 0:
-      text = _sample_text(summary["run"], params, config.sample.prompt, config.sample.max_new,
-                          config.sample.temperature, config.sample.top_k, config.sample.top_p,
-                          config.sample.seed)
-      print(f"sample: {config.sample.prompt}{text}", flush=True)
+    s = config.sample
+    if s.max_new > 0:
+      text = summary["run"].sample(params, s.prompt, s.max_new, s.temperature, s.top_k, s.top_p, s.seed)
+      print(f"sample: {s.prompt}{text}", flush=True)
   return 0
-
-
-def _sample_text(run, params, prompt: str, max_new: int, temperature: float, top_k: int, top_p: float,
-                 seed: int) -> str:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from lm.eval.generate import generate
-  from lm.models.base import build_model
-
-  tok = run.tokenizer
-  d = run.config.data
-  family = run.config.model.family
-  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
-  params = jax.device_put(params, jax.local_devices()[0])  # one device: decoding is latency-bound
-  sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-  if family == "hierarchical":  # word by word
-    from lm.eval.generate import generate_words
-    out = generate_words(decoder, params, prompt.encode("utf-8"), max_new=max_new, chunk_len=d.chunk_len,
-                         max_words=max(d.num_chunks, len(prompt) + max_new + 2), rng=jax.random.PRNGKey(seed),
-                         eod_id=tok.eos_id, eow_id=tok.vocab_size, **sampling)
-    return out.decode("utf-8", errors="replace")
-  if family == "concept":  # sentence by sentence
-    from lm.data.pipeline import sentence_chunks
-    from lm.eval.generate import generate_chunks
-    chunks = [ids.tolist() for _, ids in sentence_chunks(prompt.encode("utf-8"), d.chunk_len, tok)]
-    out = generate_chunks(decoder, params, chunks, max_new=max_new, chunk_len=d.chunk_len,
-                          max_chunks=max(d.num_chunks, len(chunks) + max_new + 2), rng=jax.random.PRNGKey(seed),
-                          eod_id=tok.eos_id, end_id=tok.vocab_size, pad_id=tok.pad_id,
-                          stop_ids=(tok.pad_id, tok.bos_id), feed_predicted=bool(d.concept_embeddings), **sampling)
-    return tok.decode_bytes(out).decode("utf-8", errors="replace")
-  ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
-  out, lengths = generate(decoder, params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed), max_new=max_new,
-                          eos_id=tok.eos_id, **sampling)
-  out = np.asarray(out[0][: int(lengths[0])])
-  return tok.decode(out[out != tok.eos_id])
 
 
 def _cmd_eval(args) -> int:
   from etils import epath
 
-  from lm.data import corpus, noise
-  from lm.train import checkpoint, loop
+  import lm
+  from lm.data import noise
+  from lm.train import checkpoint
   if args.noise:
     noise.parse(args.noise)  # a bad spec fails before anything loads
-  run, params, config = loop.restore_for_inference(args.workdir)
-  data = loop.load_data(config, tokenizer=run.tokenizer)
-  docs = corpus.load_documents(args.data) if args.data else None
-  if args.noise:
-    docs = noise.noised(docs if docs is not None else data.splits[args.split], args.noise)
-  batches = data.eval_batches(args.split, loop.eval_batch_size(run.config),
-                              max_batches=config.eval.max_batches or None, docs=docs)
-  result = loop.make_evaluator(run)(params, batches)
-  result.update(split=args.split, data=args.data or config.data.source, noise=args.noise or None)
-  result.update(loop.eval_flops_per_byte(run, result, batches))
+  result = lm.load(args.workdir).evaluate(split=args.split, data=args.data, noise=args.noise)
   name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")
   print(json.dumps({k: result[k] for k in ("bpb", "n_bytes", "nll_sum")}))
   return 0
-
-
-def _speculative_text(run, params, prompt: str, max_new: int) -> tuple[str, dict]:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from lm.eval.generate import draft_heads, speculative_greedy
-  from lm.models.base import build_model
-
-  tok = run.tokenizer
-  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
-  if draft_heads(decoder) < 1:
-    raise LMError(f"--speculative drafts with the run's `mtp` heads or `dsmtp` modules, and "
-                  f"{run.config.experiment!r} was trained without them; train with one (e.g. token_mtp) or drop "
-                  "--speculative")
-  ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
-  params = jax.device_put(params, jax.local_devices()[0])
-  out, lengths, passes = speculative_greedy(decoder, params, jnp.asarray(ids)[None], max_new=max_new,
-                                            eos_id=tok.eos_id)
-  out = np.asarray(out[0][: int(lengths[0])])
-  n, passes = int(lengths[0]), int(passes)
-  stats = dict(units=n, forward_passes=passes, units_per_pass=n / max(passes, 1))
-  return tok.decode(out[out != tok.eos_id]), stats
 
 
 def _cmd_compare(args) -> int:
@@ -206,33 +133,28 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-  from lm.train import loop
-  run, params, _ = loop.restore_for_inference(args.workdir)
+  import lm
+  if args.speculative and (args.top_k or args.top_p < 1.0 or args.temperature):
+    raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
+  r = lm.load(args.workdir)
   if args.speculative:
-    if args.top_k or args.top_p < 1.0 or args.temperature:
-      raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
-    text, stats = _speculative_text(run, params, args.prompt, args.max_new)
+    text, stats = r.speculative(args.prompt, args.max_new)
     print(args.prompt + text)
     print(f"speculative: {stats['units_per_pass']:.2f} accepted units per forward pass ({stats['units']} units "
           f"in {stats['forward_passes']} passes)")
     return 0
   temperature = 0.8 if args.temperature is None else args.temperature
-  print(args.prompt + _sample_text(run, params, args.prompt, args.max_new, temperature, args.top_k,
-                                   args.top_p, args.seed))
+  print(args.prompt + r.sample(args.prompt, args.max_new, temperature, args.top_k, args.top_p, args.seed))
   return 0
 
 
 def _cmd_sentences(args, overrides: list[str], spec: str | None) -> int:
-  """The concept family's chunk texts of one split, one JSON string per line: what an external sentence
+  """A concept experiment's chunk texts of one split, one JSON string per line: what an external sentence
   encoder embeds, row for row, for `data.concept_embeddings`."""
-  from lm.train import loop
+  from lm import families
   config = _load_config(args, overrides, spec, command="lm sentences")
-  if config.model.family != "concept":
-    raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the sentences of "
-                  "a concept-family experiment")
-  config.data.concept_embeddings = ""  # listing the sentences must not need their embeddings
-  data = loop.load_data(config)
-  lines = [json.dumps(text.decode("utf-8", errors="replace")) for text in data.sentences(args.split)]
+  texts = families.get(config.model.family).sentences(config, args.split)
+  lines = [json.dumps(text.decode("utf-8", errors="replace")) for text in texts]
   if args.output:
     with open(args.output, "w", encoding="utf-8") as f:
       f.write("\n".join(lines) + ("\n" if lines else ""))
@@ -246,9 +168,9 @@ def _cmd_probe(args) -> int:
   from etils import epath
 
   from lm.eval import probes
-  from lm.train import checkpoint, loop
+  from lm.train import checkpoint, run as run_lib
   probes.get(args.name)  # an unknown name fails before the checkpoint is read
-  run, params, _ = loop.restore_for_inference(args.workdir)
+  run, params = run_lib.restore_for_inference(args.workdir)
   result = probes.run_probe(args.name, run, params, n=args.n, seed=args.seed)
   checkpoint.write_json(epath.Path(args.workdir) / f"probe_{args.name}.json", result)
   print(f"accuracy: {result['accuracy']:.4f}")

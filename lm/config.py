@@ -21,7 +21,8 @@ SECTIONS = ("model", "data", "objectives", "optim", "train", "mesh", "eval", "sa
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field any experiment may set; experiments change values, never add keys."""
+  """The fields every run has. A family adds its own section (`lm.families.base_config(NAME)`); experiments
+  change values, never add keys."""
   c = ml_collections.ConfigDict()
   c.experiment = ""  # filled in by `load_experiment`: NAME[:ARG]
 
@@ -36,10 +37,6 @@ def base_config() -> ml_collections.ConfigDict:
       attention_impl="auto",    # auto | xla | cudnn
       dtype="auto",             # activations: auto = bfloat16 on TPU/GPU, float32 on CPU
       param_dtype="float32",
-      # Byte-hierarchical family (HAT): the backbone is the fields above; word encoder and byte decoder here.
-      encoder=dict(d_model=64, num_layers=1, num_heads=4, d_ff=192),
-      decoder=dict(d_model=64, num_layers=2, num_heads=4, d_ff=192),
-      concept_dim=0,            # concept family: concept vector size; 0 = d_model (precomputed: their width)
   )
   c.data = dict(
       source="python-prose",    # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD, comma-joined
@@ -48,9 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
       seq_len=256,
       batch_size=32,            # global batch, in rows of seq_len units
       val_fraction=0.02, test_fraction=0.02, split_seed=0,
-      eval_max_bytes=0,         # held-out segment length in bytes; 0: seq_len - 1 (hierarchical: C * L / 2)
-      num_chunks=64, chunk_len=16,  # hierarchical/concept: C words/sentences per row, at most L units each
-      concept_embeddings="",    # concept family: precomputed targets, one .npy per split, e.g. 'emb/{split}.npy'
+      eval_max_bytes=0,         # held-out segment length in bytes; 0: the family's default (token: seq_len - 1)
   )
   c.objectives = [dict(name="ntp", weight=1.0)]
   c.optim = dict(
@@ -112,6 +107,28 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"experiment {str(path)!r} has no get_config(arg) function")
   config = module.get_config(arg or None)
   config.experiment = f"{path.stem}:{arg}" if arg else path.stem
+  return config
+
+
+def variant(sizes: dict[str, dict], arg: str | None, experiment: str, default: str | None = "base") -> dict:
+  """The entry of an experiment's `SIZES` table named by `arg` (`default` when no arg is given)."""
+  key = arg or default
+  if key not in sizes:
+    names = [k for k in sizes if k != default]
+    choices = f"{', '.join(names)} or leave it out" if default in sizes else " or ".join(names)
+    raise ConfigError(f"{experiment}: unknown variant {arg!r}; choose {choices}")
+  return sizes[key]
+
+
+def update(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Nested update of existing fields (`{"model": {"d_model": 64, "encoder": {...}}}`); returns `config`."""
+  for key, value in values.items():
+    if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+      update(config[key], value)
+    else:
+      if key not in config:
+        raise _unknown(config, key)
+      config[key] = value
   return config
 
 
@@ -278,10 +295,14 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-  """A saved run config, merged onto the base config so later-added fields get their defaults."""
+def from_json(text: str, extend=None) -> ml_collections.ConfigDict:
+  """A saved run config, merged onto the base config (and, with `extend(config)`, its family's section) so
+  later-added fields get their defaults."""
   saved = json.loads(text)
   config = base_config()
+  if extend is not None:
+    config.model.family = saved.get("model", {}).get("family", config.model.family)
+    extend(config)
   for section, value in saved.items():
     if isinstance(value, dict) and section in config and isinstance(config[section], ml_collections.ConfigDict):
       for k, v in value.items():

@@ -59,12 +59,11 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def check_divisibility(config, mesh: Mesh) -> None:
-  """Errors before compile for shapes the mesh cannot split evenly."""
+def check_divisibility(config, mesh: Mesh, extra: dict[str, int] | None = None) -> None:
+  """Errors before compile for shapes the mesh cannot split evenly; `extra` names a family's own fields
+  (`Family.tensor_split_fields`) that `mesh.tensor` must divide."""
   m, tensor = config.model, mesh.shape["tensor"]
-  checks = [(f"model.{k}", m[k]) for k in ("num_heads", "num_kv_heads", "d_ff")]
-  if m.family in ("hierarchical", "concept"):  # their chunk encoder and decoder split by the same rules
-    checks += [(f"model.{part}.{k}", m[part][k]) for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")]
+  checks = [(f"model.{k}", m[k]) for k in ("num_heads", "num_kv_heads", "d_ff")] + list((extra or {}).items())
   for key, value in checks:
     if value % tensor:
       raise ConfigError(f"{key}={value} is not divisible by mesh.tensor={tensor}; use a tensor size dividing it")

@@ -21,8 +21,7 @@ import numpy as np
 
 from lm.data import synthetic
 from lm.errors import ConfigError, DataError
-from lm.eval.generate import generate
-from lm.models.base import build_model
+from lm.models.decode import generate
 
 LETTERS = 26  # names are random letters: the chance of guessing one
 
@@ -101,8 +100,7 @@ def greedy_continuations(run, params, prompts: list[bytes], max_new: int, batch_
   `batch_size` rows by repeating a row, so every batch of one length compiles once.
   """
   tok = run.tokenizer
-  # The run's heads too: heads that take trunk layers change the trunk's parameter shapes.
-  decoder = build_model(run.config.model, tok.vocab_size, decode=True, heads=getattr(run.model, "heads", ()))
+  decoder = run.decode_model()  # with the run's heads: heads that take trunk layers change the trunk's shapes
   params = jax.device_put(params, jax.local_devices()[0])
   encoded = [np.concatenate([[tok.bos_id], tok.encode(p)]).astype(np.int32) for p in prompts]
   by_length: dict[int, list[int]] = {}

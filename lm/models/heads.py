@@ -4,8 +4,9 @@ Each head is a module that reads the trunk's outputs and returns entries for `Mo
 its own parameter subtree (`mtp_head`, `dsmtp_head`, `top_head`, `ftp_head`), so evaluation, which uses the
 next-unit head only, and export can drop it. Heads that predict units reuse the model's unembedding.
 
-A head is requested by the objective that trains it (see `lm/objectives`), as a hashable spec
-`(kind, ((option, value), ...))`; `HEADS[kind]` builds it.
+A head is requested by the objective that trains it (`lm.objectives.Head`: module class and options). Each
+module here also gives its forward FLOPs per unit (`flops_per_unit(cfg, seq_len, **options)`), which the
+token family adds to the training FLOPs.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.models import flops
 from lm.models.layers import Array, RMSNorm, TransformerConfig, _init, constrain, dtype_of, mask_padded_vocab
 from lm.models.transformer import Block
-
-HeadSpec = tuple[str, tuple[tuple[str, Any], ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,10 @@ class MTPHead(nn.Module):
       out.append(trunk.unembed(_norm(self.cfg, f"norm_{k}")(y_BxTxD)))
     return {"mtp_logits": jnp.stack(out)}
 
+  @staticmethod
+  def flops_per_unit(cfg: TransformerConfig, seq_len: int, n: int = 4) -> float:
+    return (n - 1) * (flops.block_per_position(cfg, seq_len / 2) + flops.unembed_per_position(cfg))
+
 
 class DSMTPHead(nn.Module):
   """Sequential MTP modules (DeepSeek-V3 report §2.2, eqs. 21-23): depth k combines RMSNorm(h^{k-1}_t) with
@@ -92,6 +96,11 @@ class DSMTPHead(nn.Module):
       out.append(trunk.unembed(_norm(cfg, f"out_norm_{k}")(h_BxTxD)))
     return {"dsmtp_logits": jnp.stack(out)}
 
+  @staticmethod
+  def flops_per_unit(cfg: TransformerConfig, seq_len: int, depth: int = 1) -> float:
+    D = cfg.d_model
+    return depth * (flops.block_per_position(cfg, seq_len / 2) + 2 * 2 * D * D + flops.unembed_per_position(cfg))
+
 
 class TOPHead(nn.Module):
   """Token order prediction (Zuhri et al. 2025): one extra unembedding of the final hidden state whose
@@ -108,6 +117,10 @@ class TOPHead(nn.Module):
     logits_BxTxV = jnp.einsum("btd,dv->btv", h_BxTxD, kernel_DxV.astype(h_BxTxD.dtype))
     logits_BxTxV = mask_padded_vocab(logits_BxTxV.astype(jnp.float32), cfg.vocab_size)
     return {"top_logits": constrain(logits_BxTxV, ("batch", "length", "vocab"))}
+
+  @staticmethod
+  def flops_per_unit(cfg: TransformerConfig, seq_len: int) -> float:  # pylint: disable=unused-argument
+    return flops.unembed_per_position(cfg)
 
 
 def _heads_attention(q_NxJxD: Array, kv_NxSxD: Array, mask_JxS: Array | None, num_heads: int, names: str,
@@ -174,5 +187,11 @@ class FTPHead(nn.Module):
     logits_NxJxV = trunk.unembed(_norm(cfg, "out_norm")(y_NxJxD))
     return {"ftp_logits": jnp.moveaxis(logits_NxJxV.reshape(B, T, J, -1), 2, 0)}
 
-
-HEADS: dict[str, type[nn.Module]] = {"mtp": MTPHead, "dsmtp": DSMTPHead, "top": TOPHead, "ftp": FTPHead}
+  @staticmethod
+  def flops_per_unit(cfg: TransformerConfig, seq_len: int, n: int = 4, pseudo: int = 4,  # pylint: disable=unused-argument
+                     layers: int = 1, num_heads: int = 4) -> float:
+    D, J, P = cfg.d_model, n, pseudo
+    per_layer = (2 * 4 * D * D * J + 2 * D * J * J              # self-attention: projections, QK^T + AV (causal)
+                 + 2 * 2 * D * D * (J + P) + 2 * 2 * D * J * P    # cross-attention to the pseudo-sequence
+                 + 2 * 2 * D * cfg.d_ff * J)                      # MLP
+    return 2 * D * P * D + layers * per_layer + J * flops.unembed_per_position(cfg)

@@ -1,4 +1,5 @@
-"""Objectives are pure functions returning sums and counts; `build(config.objectives)` composes them."""
+"""Objectives are pure functions returning sums and counts; `build(config.objectives)` composes them, and one
+`register(name, head=..., reference=..., decoder_passes=...)` call is everything an objective needs."""
 
-from lm.objectives.base import (LossContext, LossTerms, build, heads, register, registered, schedule,  # noqa: F401
-                                summarize)
+from lm.objectives.base import (Head, LossContext, LossTerms, Objective, Requirements, build, get,  # noqa: F401
+                                masked_nll, register, registered, requirements, schedule, summarize, token_nll)

@@ -1,16 +1,24 @@
-"""The loss protocol: objectives return sums and counts, composed from the `config.objectives` list.
+"""The loss protocol and the objective registry: one registration per objective.
 
-Sums (never means) combine exactly across microbatches, devices and hosts; bits per byte falls out as
-`nll_sum / (ln 2 * n_bytes)`.
+An objective returns sums and counts (never means), which combine exactly across microbatches, devices and
+hosts; bits per byte falls out as `nll_sum / (ln 2 * n_bytes)`. A registration names everything the rest of
+the code asks about an objective: its loss factory, the head it trains (a `Head`: module class, options,
+FLOPs), and what it needs from the training loop (a reference run, extra decoder passes).
+
+A name with a dot (`mypkg.myloss`) that is not registered yet is imported: first the module `mypkg.myloss`,
+then `mypkg`; whichever registers it wins. So a user objective is one file and one `register` call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib
 import inspect
 import math
 from typing import Any, Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -38,28 +46,108 @@ class LossContext:
 
 Loss = Callable[[ModelOutputs, Batch, LossContext], LossTerms]
 
-_REGISTRY: dict[str, Callable[..., Loss]] = {}
-_HEADS: dict[str, Callable[..., tuple]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """A head an objective trains on the token family's trunk, in its own parameter subtree `<kind>_head`.
+
+  Built as `module(cfg, decode=decode, **dict(options))` (the family names it `<kind>_head`); its call takes a
+  `lm.models.heads.TrunkOutputs` and returns entries for `ModelOutputs.aux`. FLOPs per unit come from the
+  module's `flops_per_unit(cfg, seq_len, **options)` when it has one, else from its parameter count (2 per
+  weight). `give_up_layers` takes layers from the trunk (equal-parameter variants).
+  """
+  kind: str
+  module: type[nn.Module]
+  options: tuple[tuple[str, Any], ...] = ()
+  give_up_layers: int = 0
+
+  def build(self, cfg, decode: bool = False) -> nn.Module:
+    return self.module(cfg, decode=decode, **dict(self.options))
+
+  def flops_per_unit(self, cfg, seq_len: int) -> float:
+    """Forward matmul FLOPs of this head per unit (`cfg` is the trunk's TransformerConfig)."""
+    formula = getattr(self.module, "flops_per_unit", None)
+    if formula is not None:
+      return float(formula(cfg, seq_len, **dict(self.options)))
+    from lm.models.heads import TrunkOutputs  # default: every weight used once per unit
+    T, D = 2, cfg.d_model
+    x = jnp.zeros((1, T, D), jnp.float32)
+    ids = jnp.zeros((1, T), jnp.int32)
+    trunk = TrunkOutputs(x, x, ids, ids, ids + 1, lambda i: jnp.zeros(i.shape + (D,)),
+                         lambda h: jnp.zeros(h.shape[:-1] + (cfg.padded_vocab,)))
+    shapes = jax.eval_shape(lambda: self.build(cfg).init(jax.random.PRNGKey(0), trunk))
+    return 2.0 * sum(math.prod(s.shape) for s in jax.tree.leaves(nn.unbox(shapes)))
 
 
-def register(name: str, head: Callable[..., tuple] | None = None):
-  """Register a factory `f(**options) -> Loss` under `name` (the objective's config `name`).
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One registration: `factory(**options) -> Loss`, and what the objective asks of model and loop."""
+  name: str
+  factory: Callable[..., Loss]
+  head: Callable[..., Head] | None = None    # options -> the Head it trains
+  reference: bool = False                    # frozen logits of another run (option `reference`: its workdir)
+  decoder_passes: int = 0                    # extra decoder passes of a chunked family (concept reconstruction)
 
-  `head(**options)` gives the model head the objective trains, as `(kind, ((option, value), ...))`
-  (see `lm/models/heads.py`); it receives the objective's options with the factory's defaults filled in.
+  def defaults(self) -> dict[str, Any]:
+    params = inspect.signature(self.factory).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+  """What a list of objectives asks of the model and the loop (hashable: a static model attribute)."""
+  heads: tuple[Head, ...] = ()
+  reference: str | None = None               # a reference run's workdir ("" when asked for but not given)
+  reference_objective: str = ""
+  decoder_passes: int = 0
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register(name: str, head: Callable[..., Head] | None = None, reference: bool = False,
+             decoder_passes: int = 0):
+  """Register `factory(**options) -> Loss` under `name` (the objective's config `name`).
+
+  `head(**options)` gives the `Head` the objective trains; it receives the objective's options with the
+  factory's defaults filled in. `reference` asks the loop for a frozen reference model's logits
+  (`LossContext.reference_logits`); `decoder_passes` for extra decoder passes (the concept family's `recon`).
   """
   def wrap(factory):
-    _REGISTRY[name] = factory
-    if head is not None:
-      _HEADS[name] = head
+    _REGISTRY[name] = Objective(name, factory, head, reference, decoder_passes)
     return factory
   return wrap
 
 
-def registered() -> list[str]:
-  import lm.objectives.concept  # noqa: F401  (registers the objectives)
+def _builtins() -> None:
+  import lm.objectives.concept  # noqa: F401  (registers the built-in objectives)
   import lm.objectives.token  # noqa: F401
+
+
+def registered() -> list[str]:
+  _builtins()
   return sorted(_REGISTRY)
+
+
+def get(name: str) -> Objective:
+  """The registration of `name`; a dotted name is imported from the user's module if needed."""
+  _builtins()
+  if name not in _REGISTRY and "." in name:
+    for module in (name, name.rpartition(".")[0]):
+      try:
+        importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+          raise  # the module exists but imports something missing: show that
+      if name in _REGISTRY:
+        break
+  if name not in _REGISTRY:
+    names = sorted(_REGISTRY)
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise ConfigError(f"unknown objective {name!r}; {hint}registered: {names} (a user objective: a dotted "
+                      "module path whose module calls lm.objectives.register)")
+  return _REGISTRY[name]
 
 
 def schedule(spec: Any) -> Callable[[Array], Array]:
@@ -81,54 +169,50 @@ def schedule(spec: Any) -> Callable[[Array], Array]:
   raise ConfigError(f"loss weight {spec!r}: use a number or a dict with kind 'linear' or 'step'")
 
 
-def _options(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-  params = inspect.signature(_REGISTRY[name]).parameters
-  options = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-  options.update({k: v for k, v in spec.items() if k not in ("name", "weight", "label")})
-  return options
+def _options(objective: Objective, spec: Mapping[str, Any]) -> dict[str, Any]:
+  """The objective's options from its config entry, checked against its factory's signature."""
+  accepted = inspect.signature(objective.factory).parameters
+  given = {k: v for k, v in spec.items() if k not in ("name", "weight", "label")}
+  for key in given:
+    if key not in accepted:
+      near = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.0)
+      hint = f"; did you mean {near[0]!r}?" if near else "; it takes no options"
+      raise ConfigError(f"objective {objective.name!r} has no option {key!r}{hint}")
+  return {**objective.defaults(), **given}
 
 
-def heads(objectives: list[Mapping[str, Any]]) -> tuple:
-  """The model heads the listed objectives train, each once; two objectives that need one head kind with
-  different options are an error."""
-  registered()
-  found: dict[str, tuple] = {}
+def requirements(objectives: list[Mapping[str, Any]]) -> Requirements:
+  """The heads the listed objectives train (each once), the reference run and the extra decoder passes they
+  need. Two objectives that need one head kind with different options are an error."""
+  heads: dict[str, Head] = {}
+  reference, reference_objective, passes = None, "", 0
   for spec in objectives:
-    name = spec["name"]
-    if name not in _HEADS:
-      continue
-    head = _HEADS[name](**_options(name, spec))
-    if head[0] in found and found[head[0]] != head:
-      raise ConfigError(f"objectives need the {head[0]!r} head twice with different options ({found[head[0]][1]} "
-                        f"vs {head[1]}); give them the same options")
-    found[head[0]] = head
-  return tuple(found.values())
+    objective = get(spec["name"])
+    options = _options(objective, spec)
+    if objective.head is not None:
+      head = objective.head(**options)
+      if head.kind in heads and heads[head.kind] != head:
+        raise ConfigError(f"objectives need the {head.kind!r} head twice with different options "
+                          f"({heads[head.kind].options} vs {head.options}); give them the same options")
+      heads[head.kind] = head
+    if objective.reference and reference is None:
+      reference, reference_objective = str(options.get("reference", "")), objective.name
+    passes += objective.decoder_passes
+  return Requirements(tuple(heads.values()), reference, reference_objective, passes)
 
 
 def build(objectives: list[Mapping[str, Any]]) -> Loss:
   """One Loss summing `weight * term.total` over the listed objectives.
 
   The sum is normalised by the first objective's event count, so every term keeps its per-event scale and
-  gradient accumulation stays exact; each term's metrics are kept under `<name>/`.
+  gradient accumulation stays exact; each term's metrics are kept under `<label>/`.
   """
-  names = registered()
   parts = []
   for spec in objectives:
-    spec = dict(spec)
-    name = spec.pop("name")
-    weight = schedule(spec.pop("weight", 1.0))
-    label = spec.pop("label", name)
-    if name not in _REGISTRY:
-      near = difflib.get_close_matches(name, names, n=1, cutoff=0.0)
-      raise ConfigError(f"unknown objective {name!r}; did you mean {near[0]!r}? registered: {names}")
-    factory = _REGISTRY[name]
-    accepted = inspect.signature(factory).parameters
-    for key in spec:
-      if key not in accepted:
-        near = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.0)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; it takes no options"
-        raise ConfigError(f"objective {name!r} has no option {key!r}{hint}")
-    parts.append((label, weight, factory(**spec)))
+    objective = get(spec["name"])
+    options = {k: v for k, v in spec.items() if k not in ("name", "weight", "label")}
+    _options(objective, spec)  # unknown options fail here, with the nearest one named
+    parts.append((spec.get("label", objective.name), schedule(spec.get("weight", 1.0)), objective.factory(**options)))
 
   def loss(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> LossTerms:
     total, count, metrics = 0.0, None, {}
@@ -158,3 +242,22 @@ def summarize(sums: Mapping[str, Any]) -> dict[str, float]:
     elif not leaf.endswith(("_sum", "_count")) and leaf not in ("count", "n_bytes"):
       out[key] = float(value)
   return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The one masked negative log-likelihood every objective and the evaluator share.
+
+def token_nll(logits_BxTxV: Array, targets_BxT: Array) -> tuple[Array, Array]:
+  """Per-position negative log-likelihood and log-partition, in float32 (any leading shape)."""
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return logz_BxT - target_logit_BxT, logz_BxT
+
+
+def masked_nll(logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array) -> tuple[Array, Array, Array]:
+  """(summed NLL, summed correct argmaxes, summed mask) of logits against targets where `mask` is 1."""
+  mask_BxT = mask_BxT.astype(jnp.float32)
+  nll_BxT, _ = token_nll(logits_BxTxV, targets_BxT)
+  correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+  return jnp.sum(nll_BxT * mask_BxT), jnp.sum(correct_BxT * mask_BxT), jnp.sum(mask_BxT)

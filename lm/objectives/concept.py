@@ -1,9 +1,9 @@
-"""Concept-family objectives (`lm/models/concept.py`), composable like every other:
+"""Concept-family objectives (`lm/families/concept.py`), composable like every other:
 
 - `concept_decode`: decoder NLL of each sentence given the *predicted* concept; the language-model loss, and
   what bits per byte measures.
 - `concept_recon`: decoder NLL given the *true* concept (the autoencoder; asks the model for a second decoder
-  pass, the `recon` head).
+  pass).
 - `concept_mse`: Base-LCM regression of the predicted concept onto the true next one (mean squared error per
   dimension), with the target under a stop-gradient by default.
 - `concept_contrastive`: InfoNCE of predicted against true concepts, the other sentences of the batch (or of
@@ -19,19 +19,16 @@ import jax.numpy as jnp
 
 from lm.errors import ConfigError
 from lm.models.base import ModelOutputs
-from lm.objectives.base import Batch, LossContext, LossTerms, register
-from lm.objectives.token import token_nll
+from lm.objectives.base import Batch, LossContext, LossTerms, masked_nll, register
 
 
 def decoder_terms(logits, batch: Batch, ctx: LossContext) -> LossTerms:
   """Summed unit NLL of chunk-decoder logits [B, C, L + 1, V] against the batch's targets."""
-  targets, mask = batch["targets"], batch["loss_mask"].astype(jnp.float32)
-  nll, _ = token_nll(logits, targets)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  nll_sum = jnp.sum(nll * mask)
-  return LossTerms(total=nll_sum, count=jnp.sum(mask),
-                   metrics=dict(nll_sum=nll_sum, accuracy_sum=jnp.sum(correct * mask),
-                                n_bytes=jnp.sum(ctx.unit_bytes[targets] * mask)))
+  targets, mask = batch["targets"], batch["loss_mask"]
+  nll_sum, correct, count = masked_nll(logits, targets, mask)
+  return LossTerms(total=nll_sum, count=count,
+                   metrics=dict(nll_sum=nll_sum, accuracy_sum=correct,
+                                n_bytes=jnp.sum(ctx.unit_bytes[targets] * mask.astype(jnp.float32))))
 
 
 def _concepts(outputs: ModelOutputs, name: str):
@@ -51,7 +48,7 @@ def concept_decode():
   return loss
 
 
-@register("concept_recon", head=lambda: ("recon", ()))
+@register("concept_recon", decoder_passes=1)
 def concept_recon():
   """p(units of sentence c | true concept of c): the sentence autoencoder (SentenceVAE without the KL)."""
 

@@ -7,17 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from lm.errors import ConfigError
+from lm.models import heads
 from lm.models.base import ModelOutputs
 from lm.models.heads import shift_left
-from lm.objectives.base import Batch, LossContext, LossTerms, register
-
-
-def token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array):
-  """Per-position negative log-likelihood and log-partition, in float32."""
-  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-  logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return logz_BxT - target_logit_BxT, logz_BxT
+from lm.objectives.base import Batch, Head, LossContext, LossTerms, masked_nll, register, token_nll
 
 
 @register("ntp")
@@ -64,22 +57,16 @@ def future_targets(batch: Batch, k: int) -> tuple[jax.Array, jax.Array]:
   return ahead_BxT, valid_BxT.astype(jnp.float32)
 
 
-def _head_terms(logits_BxTxV, targets_BxT, mask_BxT):
-  nll_BxT, _ = token_nll(logits_BxTxV, targets_BxT)
-  correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
-  return jnp.sum(nll_BxT * mask_BxT), jnp.sum(correct_BxT * mask_BxT), jnp.sum(mask_BxT)
-
-
 def _next_unit_metrics(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> tuple[jax.Array, dict]:
   """The next-unit head's summed NLL and its metrics (bits per byte comes from these)."""
   mask_BxT = batch["loss_mask"].astype(jnp.float32)
-  nll, correct, count = _head_terms(outputs.logits, batch["targets"], mask_BxT)
+  nll, correct, count = masked_nll(outputs.logits, batch["targets"], mask_BxT)
   n_bytes = jnp.sum(ctx.unit_bytes[batch["targets"]] * mask_BxT)
   return nll, dict(nll_sum=nll, accuracy_sum=correct, n_bytes=n_bytes, nll_count=count, accuracy_count=count)
 
 
-def _mtp_head(n: int = 4, equal_params: bool = False):
-  return ("mtp", (("n", int(n)), ("give_up_layers", int(n) - 1 if equal_params else 0)))
+def _mtp_head(n: int = 4, equal_params: bool = False) -> Head:
+  return Head("mtp", heads.MTPHead, (("n", int(n)),), give_up_layers=int(n) - 1 if equal_params else 0)
 
 
 @register("mtp", head=_mtp_head)
@@ -93,7 +80,7 @@ def mtp(n: int = 4, equal_params: bool = False):  # pylint: disable=unused-argum
     count = metrics["nll_count"]
     for k in range(2, n + 1):
       targets_BxT, mask_BxT = future_targets(batch, k)
-      nll, correct, events = _head_terms(outputs.aux["mtp_logits"][k - 2], targets_BxT, mask_BxT)
+      nll, correct, events = masked_nll(outputs.aux["mtp_logits"][k - 2], targets_BxT, mask_BxT)
       total = total + nll
       metrics.update({f"nll_{k}_sum": nll, f"nll_{k}_count": events, f"accuracy_{k}_sum": correct,
                       f"accuracy_{k}_count": events})
@@ -102,7 +89,7 @@ def mtp(n: int = 4, equal_params: bool = False):  # pylint: disable=unused-argum
   return loss
 
 
-@register("dsmtp", head=lambda depth=1: ("dsmtp", (("depth", int(depth)),)))
+@register("dsmtp", head=lambda depth=1: Head("dsmtp", heads.DSMTPHead, (("depth", int(depth)),)))
 def dsmtp(depth: int = 1):
   """Sequential MTP modules (DeepSeek-V3 report, eqs. 24-25): L = (1/D) sum_{k=1..D} CE_k, where module k
   predicts unit t+k+1. The paper's lambda (0.3, later 0.1) is this objective's `weight`, schedulable.
@@ -112,7 +99,7 @@ def dsmtp(depth: int = 1):
     total, metrics = 0.0, {}
     for k in range(1, depth + 1):
       targets_BxT, mask_BxT = future_targets(batch, k + 1)
-      nll, correct, events = _head_terms(outputs.aux["dsmtp_logits"][k - 1], targets_BxT, mask_BxT)
+      nll, correct, events = masked_nll(outputs.aux["dsmtp_logits"][k - 1], targets_BxT, mask_BxT)
       total = total + nll / depth
       metrics.update({f"nll_{k + 1}_sum": nll, f"nll_{k + 1}_count": events, f"accuracy_{k + 1}_sum": correct,
                       f"accuracy_{k + 1}_count": events})
@@ -148,7 +135,7 @@ def top_targets(targets_BxT: jax.Array, mask_BxT: jax.Array, segment_ids_BxT: ja
   return jnp.swapaxes(scores_TxBxV, 0, 1)
 
 
-@register("top", head=lambda window=16: ("top", ()))
+@register("top", head=lambda window=16: Head("top", heads.TOPHead))
 def top(window: int = 16):
   """Token order prediction (Zuhri et al. 2025, eq. 3): ListNet top-one loss
   -sum_v softmax(y_t)_v log softmax(top_logits_t)_v with y_t(v) = window - d_t(v) for units occurring d <= window
@@ -169,8 +156,8 @@ def top(window: int = 16):
   return loss
 
 
-@register("ftp", head=lambda n=4, gamma=0.8, pseudo=4, layers=1: (
-    "ftp", (("n", int(n)), ("pseudo", int(pseudo)), ("layers", int(layers)))))
+@register("ftp", head=lambda n=4, gamma=0.8, pseudo=4, layers=1: Head(
+    "ftp", heads.FTPHead, (("n", int(n)), ("pseudo", int(pseudo)), ("layers", int(layers)))))
 def ftp(n: int = 4, gamma: float = 0.8, pseudo: int = 4, layers: int = 1):  # pylint: disable=unused-argument
   """Future token prediction (Walker 2024): L = sum_t sum_{j=1..n} gamma^(j-1) CE(ftp_j(t), x_{t+j}), the
   decoder's step j predicting the unit j ahead. Count: next-unit events."""
@@ -179,7 +166,7 @@ def ftp(n: int = 4, gamma: float = 0.8, pseudo: int = 4, layers: int = 1):  # py
     total, metrics = 0.0, {}
     for j in range(1, n + 1):
       targets_BxT, mask_BxT = future_targets(batch, j)
-      nll, correct, events = _head_terms(outputs.aux["ftp_logits"][j - 1], targets_BxT, mask_BxT)
+      nll, correct, events = masked_nll(outputs.aux["ftp_logits"][j - 1], targets_BxT, mask_BxT)
       total = total + gamma ** (j - 1) * nll
       metrics.update({f"nll_{j}_sum": nll, f"nll_{j}_count": events, f"accuracy_{j}_sum": correct,
                       f"accuracy_{j}_count": events})
@@ -189,7 +176,7 @@ def ftp(n: int = 4, gamma: float = 0.8, pseudo: int = 4, layers: int = 1):  # py
   return loss
 
 
-@register("rho")
+@register("rho", reference=True)
 def rho(keep: float = 0.6, reference: str = ""):  # pylint: disable=unused-argument
   """Reference-weighted next-unit loss (Rho-1, Lin et al. 2024, eq. 3): train only on the `keep` fraction of
   the batch's scored units with the largest excess loss nll_model - nll_reference, the reference a frozen

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lm.data import tokenizers as tokenizers_lib
+from lm.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt-checkpoints"
@@ -148,3 +150,87 @@ def write_json(path, obj) -> None:
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
   tmp.replace(path)
+
+
+def first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def _disk_full(e: BaseException) -> bool:
+  return any(t in str(e) for t in ("No space left", "File too large", "quota", "os_error_code='28'",
+                                   "os_error_code='27'"))
+
+
+class Checkpoints:
+  """A workdir's checkpoints: the steps there, reading a step (its JSON items, its state), saving
+  asynchronously, and moving an unreadable step aside (to `corrupt-checkpoints/`, never deleted).
+
+  Reads report an unreadable step by returning None after a warning naming it, so a caller walks `steps()`
+  newest first and takes the first step that reads. Save errors (disk full, permissions) become one line
+  naming the last good step; orbax renames a step into place only when complete, so that step stays intact.
+  """
+
+  def __init__(self, workdir, keep: int = 3, read_only: bool = True, quarantine: bool = False):
+    self.workdir = workdir_path(workdir)
+    self.read_only, self.quarantine_unreadable = read_only, quarantine and not read_only
+    self.primary = jax.process_index() == 0
+    self.exists = (self.workdir / CHECKPOINT_DIR).exists()
+    self.mngr = manager(self.workdir, keep=keep, read_only=read_only) if self.exists or not read_only else None
+    self.requested: int | None = None
+
+  def steps(self) -> list[int]:
+    """Saved steps, newest first (none when the workdir has no checkpoint directory)."""
+    return sorted(self.mngr.all_steps(), reverse=True) if self.mngr is not None else []
+
+  def latest_step(self) -> int | None:
+    return self.mngr.latest_step() if self.mngr is not None else None
+
+  def _unreadable(self, step: int, e: BaseException) -> None:
+    where = ""
+    if self.quarantine_unreadable and self.primary:
+      where = f"; moved it to {quarantine(self.workdir, step)}"
+      self.mngr.reload()  # forget the moved step, so this run can save it again
+    if self.primary:
+      print(f"warning: checkpoint step {step} in {self.workdir} cannot be restored ({first_line(e)}){where}; "
+            "trying the previous one", file=sys.stderr, flush=True)
+
+  def read_meta(self, step: int) -> dict | None:
+    """{'config', 'data', 'tokenizer'} of a step, or None (warned, and moved aside if asked) if unreadable."""
+    try:
+      return restore_meta(self.mngr, step)
+    except Exception as e:  # pylint: disable=broad-except  # unreadable files: the caller tries an older step
+      self._unreadable(step, e)
+      return None
+
+  def read_state(self, step: int, abstract_state):
+    """The step's train state on the shardings `abstract_state` carries, or None if its files do not read."""
+    try:
+      return restore_state(self.mngr, step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      self._unreadable(step, e)
+      return None
+
+  def saved_shapes(self, step: int) -> dict[str, tuple]:
+    return saved_shapes(self.mngr, step)
+
+  def save(self, step: int, state, data_state, config_dict: dict, tokenizer) -> None:
+    try:
+      self.mngr.wait_until_finished()  # surfaces a failure of the previous asynchronous save
+      self.requested = step
+      save(self.mngr, step, state, data_state, config_dict, tokenizer)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e) from None
+
+  def wait(self) -> None:
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e) from None
+
+  def _save_failed(self, e: BaseException) -> CheckpointError:
+    why = "the disk is full" if _disk_full(e) else first_line(e)
+    return CheckpointError(
+        f"saving checkpoint step {self.requested} in {self.workdir} failed ({why}); the last good checkpoint "
+        f"(step {latest_step(self.workdir)}) is intact: free space or fix the directory, then rerun the same "
+        "command to resume")

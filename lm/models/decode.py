@@ -1,13 +1,15 @@
 """Autoregressive decoding with a KV cache inside one jitted `jax.lax.while_loop`.
 
 Greedy (temperature 0), temperature, top-k and top-p (nucleus) sampling, and self-speculative greedy decoding
-with the model's own multi-token heads. The model is a family module built with `decode=True`: it keeps keys
-and values in the `cache` collection and appends at the cache index.
+with the model's own multi-token heads, and chunk-by-chunk decoding for the chunked families. The model is a
+family module built with `decode=True`: it keeps keys and values in the `cache` collection (made by its
+`init_cache` method) and appends at the cache index.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import numpy as np
@@ -34,10 +36,9 @@ def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-def init_cache(model: nn.Module, batch: int, length: int, with_heads: bool = False):
-  """Zeroed KV cache for `batch` rows of up to `length` units (and for the heads' blocks if asked)."""
-  ids = jnp.zeros((batch, length), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"inputs": ids}, with_heads=with_heads))["cache"]
+def zero_cache(init: Callable) -> Any:
+  """The `cache` collection that `init()` (a `model.init(...)` call) creates, as zeros, without running it."""
+  shapes = jax.eval_shape(init)["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -47,7 +48,7 @@ def generate(model: nn.Module, params, prompt_BxP: jax.Array, rng: jax.Array, *,
   """Continue every prompt row by up to `max_new` units. Returns (ids [B, max_new], lengths [B]);
   a row stops after emitting `eos_id` (kept in its ids, padded with eos after)."""
   B, P = prompt_BxP.shape
-  cache = init_cache(model, B, P + max_new)
+  cache = model.init_cache(B, P + max_new)
 
   def forward(cache, ids_BxT, start):
     positions_BxT = start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
@@ -94,9 +95,9 @@ def _set_cache_index(cache, index):
 def draft_heads(model: nn.Module) -> int:
   """How many units one step drafts beyond the next one: the `mtp` head's n - 1, or 1 with `dsmtp`
   modules (the first module drafts; deeper ones would need units not yet drafted)."""
-  kinds = dict(getattr(model, "heads", ()))
+  kinds = {head.kind: dict(head.options) for head in getattr(model, "heads", ())}
   if "mtp" in kinds:
-    return int(dict(kinds["mtp"])["n"]) - 1
+    return int(kinds["mtp"]["n"]) - 1
   return 1 if "dsmtp" in kinds else 0
 
 
@@ -114,10 +115,10 @@ def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_n
   K = draft_heads(model)
   if K < 1:
     raise ValueError("speculative decoding needs a model trained with the `mtp` or `dsmtp` objective")
-  sequential = "mtp" not in dict(model.heads)
+  sequential = "mtp" not in {head.kind for head in model.heads}
   B, P = prompt_BxP.shape
   N = K + 1
-  cache = init_cache(model, B, P + max_new + N, with_heads=True)
+  cache = model.init_cache(B, P + max_new + N, with_heads=True)
 
   def positions(ids_BxT, start):
     return start + jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
@@ -137,10 +138,9 @@ def speculative_greedy(model: nn.Module, params, prompt_BxP: jax.Array, *, max_n
       drafts_BxTxK = jnp.moveaxis(jnp.argmax(outputs.aux["mtp_logits"], axis=-1), 0, -1).astype(jnp.int32)
       return next_BxT, drafts_BxTxK, mutated["cache"]
     ahead_BxT = jnp.concatenate([ids_BxT[:, 1:], next_BxT[:, -1:]], axis=1) if is_prompt else next_BxT
-    heads, mutated = model.apply({"params": params, "cache": mutated["cache"]},
-                                 {"inputs": ids_BxT, "positions": pos_BxT, "trunk_out": outputs.aux["trunk_out"],
-                                  "next_inputs": ahead_BxT}, heads_only=True, mutable=["cache"])
-    drafts_BxTxK = jnp.argmax(heads.aux["dsmtp_logits"][0], axis=-1).astype(jnp.int32)[..., None]
+    aux, mutated = model.apply({"params": params, "cache": mutated["cache"]}, outputs.aux["trunk_out"], ids_BxT,
+                               pos_BxT, ahead_BxT, method=model.run_heads, mutable=["cache"])
+    drafts_BxTxK = jnp.argmax(aux["dsmtp_logits"][0], axis=-1).astype(jnp.int32)[..., None]
     return next_BxT, drafts_BxTxK, mutated["cache"]
 
   next_BxP, drafts_BxPxK, cache = forward(cache, prompt_BxP, 0, is_prompt=True)
@@ -189,52 +189,42 @@ def generate_chunks(model: nn.Module, params, prompt_chunks: list, *, max_new: i
   The decoder emits units (its KV cache reset per chunk) until an end-of-chunk (`end_id`) or end-of-document
   event; the finished chunk is fed to the backbone (its own KV cache), whose output conditions the next chunk.
   `prompt_chunks` are unit-id lists; the last is a prefix the model may extend. `model` is built with
-  `decode=True`. With `feed_predicted` (concept models on precomputed concepts, which have no encoder) the
-  backbone reads its own predicted concept instead of an encoding of the chunk. Units in `stop_ids` (special
-  ids that are not text) stop decoding. Returns up to `max_new` new units.
+  `decode=True` and has the methods `init_cache(batch, max_chunks, L)`, `backbone_step(chunk)` (a dict with
+  `context` and, for concept models, `concept_pred`) and `decoder_step(context, inputs, positions)`. With
+  `feed_predicted` (concept models on precomputed concepts, which have no encoder) the backbone reads its own
+  predicted concept instead of an encoding of the chunk. Units in `stop_ids` (special ids that are not text)
+  stop decoding. Returns up to `max_new` new units.
   """
   L = chunk_len
   complete, prefix = prompt_chunks[:-1], list(prompt_chunks[-1]) if prompt_chunks else []
   if len(complete) + 2 > max_chunks:
     raise ValueError(f"the prompt has {len(complete) + 1} chunks; the backbone holds {max_chunks}")
-  Dd = model.decoder.d_model
-  K = getattr(model, "concept_dim", None)
-
-  def init(batch, step):
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, step=step))["cache"]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-  def chunk_batch(units, position, concept=None):
-    batch = dict(units=units, unit_mask=(units != pad_id).astype(jnp.int32), positions=position)
-    if feed_predicted:
-      batch["concepts"] = concept
-    return batch
-
-  z = jnp.zeros
-  backbone_cache = init(chunk_batch(z((1, max_chunks, L), jnp.int32), z((1, max_chunks), jnp.int32),
-                                    z((1, max_chunks, K or 1))), "backbone")
-  decoder_cache = init(dict(inputs=z((1, L + 1), jnp.int32), positions=z((1, L + 1), jnp.int32),
-                            context=z((1, Dd))), "decoder")
+  K = getattr(model, "concept_dim", None) or 1
+  backbone_cache, decoder_cache = model.init_cache(1, max_chunks, L)
 
   @jax.jit
   def backbone_step(cache, units_1x1xL, position, concept_1x1xK):
-    batch = chunk_batch(units_1x1xL, jnp.full((1, 1), position, jnp.int32), concept_1x1xK)
-    out, mutated = model.apply({"params": params, "cache": cache}, batch, step="backbone", mutable=["cache"])
-    return out.aux["context"], out.aux.get("concept_pred", jnp.zeros((1, K or 1))), mutated["cache"]
+    chunk = dict(units=units_1x1xL, unit_mask=(units_1x1xL != pad_id).astype(jnp.int32),
+                 positions=jnp.full((1, 1), position, jnp.int32))
+    if feed_predicted:
+      chunk["concepts"] = concept_1x1xK
+    out, mutated = model.apply({"params": params, "cache": cache}, chunk, method=model.backbone_step,
+                               mutable=["cache"])
+    return out["context"], out.get("concept_pred", jnp.zeros((1, K))), mutated["cache"]
 
   @jax.jit
   def decoder_step(cache, context_1xDd, unit, position):
-    batch = dict(inputs=jnp.full((1, 1), unit, jnp.int32), positions=jnp.full((1, 1), position, jnp.int32),
-                 context=context_1xDd)
-    out, mutated = model.apply({"params": params, "cache": cache}, batch, step="decoder", mutable=["cache"])
-    return out.logits[:, 0], mutated["cache"]
+    logits, mutated = model.apply({"params": params, "cache": cache}, context_1xDd, jnp.full((1, 1), unit, jnp.int32),
+                                  jnp.full((1, 1), position, jnp.int32), method=model.decoder_step,
+                                  mutable=["cache"])
+    return logits[:, 0], mutated["cache"]
 
   def chunk_units(ids) -> jax.Array:
     units = np.full((1, 1, L), pad_id, np.int32)
     units[0, 0, :len(ids)] = ids
     return jnp.asarray(units)
 
-  concept = jnp.zeros((1, 1, K or 1))
+  concept = jnp.zeros((1, 1, K))
   context, pred, backbone_cache = backbone_step(backbone_cache, chunk_units([]), 0, concept)  # the start vector
   position = 0
   for ids in complete:
@@ -244,7 +234,7 @@ def generate_chunks(model: nn.Module, params, prompt_chunks: list, *, max_new: i
                        "give a prompt of one unfinished sentence")
     context, pred, backbone_cache = backbone_step(backbone_cache, chunk_units(ids), position, concept)
   out: list[int] = []
-  ends = jnp.zeros((model.decoder.padded_vocab,), bool).at[jnp.array([eod_id, end_id])].set(True)
+  ends = jnp.zeros((model.decoder_cfg.padded_vocab,), bool).at[jnp.array([eod_id, end_id])].set(True)
   stops = {eod_id, end_id, *stop_ids}
   unit = end_id
   while len(out) < max_new:
@@ -268,17 +258,3 @@ def generate_chunks(model: nn.Module, params, prompt_chunks: list, *, max_new: i
     position += 1
     context, pred, backbone_cache = backbone_step(backbone_cache, chunk_units(chunk), position, pred[:, None])
   return out
-
-
-def generate_words(model: nn.Module, params, prompt: bytes, *, max_new: int, chunk_len: int, max_words: int,
-                   rng: jax.Array, eod_id: int, eow_id: int, temperature: float = 0.0, top_k: int = 0,
-                   top_p: float = 1.0) -> bytes:
-  """Byte-hierarchical decoding, word by word (`generate_chunks` on HAT words of bytes): the prompt's last
-  word is a prefix the model may extend. Returns up to `max_new` new bytes."""
-  from lm.data import pipeline  # the model side never imports data; decoding needs the same word split
-  chunks = [ids.tolist() for _, ids in pipeline.word_chunks(prompt, chunk_len)] if prompt else []
-  out = generate_chunks(model, params, chunks, max_new=max_new, chunk_len=chunk_len, max_chunks=max_words,
-                        rng=rng, eod_id=eod_id, end_id=eow_id, pad_id=pipeline.BYTE_PAD,
-                        stop_ids=range(256, model.decoder.padded_vocab), temperature=temperature, top_k=top_k,
-                        top_p=top_p)
-  return bytes(out)

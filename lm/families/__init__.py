@@ -1,0 +1,164 @@
+"""Model families, one file each, found by module name.
+
+`config.model.family = "token"` is the module `lm.families.token`; any other dotted path (`mypkg.spacebyte`)
+is imported as given. A family module defines `FAMILY`, an instance of a `Family` subclass, which answers
+everything the rest of the code asks about the family: its config section and checks, its model (train and
+decode modes), its data, its batch spec, FLOPs per byte, evaluation extras and sampler. Nothing outside this
+package asks which family a run is. To fork a family, copy its file: the copy's family name is its module's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lm import config as config_lib
+from lm.errors import ConfigError, LMError
+from lm.objectives.base import Requirements, masked_nll
+
+BUILTIN = ("token", "hierarchical", "concept")
+
+
+class Family:
+  """What a family is asked. Subclass it in the family's module and set `FAMILY = MyFamily()`."""
+
+  # The family's own config fields, merged into the base config when a run names this family:
+  # {"model": {...}, "data": {...}}. Experiments and overrides then set them like any other field.
+  config: dict[str, dict[str, Any]] = {}
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """One-line `ConfigError`s for values of the family's fields that cannot work (no devices, no data)."""
+
+  def tensor_split_fields(self, config: ml_collections.ConfigDict) -> dict[str, int]:
+    """Extra `config` fields (dotted name -> value) that `mesh.tensor` must divide."""
+    return {}
+
+  def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, decode: bool = False,
+                  needs: Requirements = Requirements()) -> nn.Module:
+    raise NotImplementedError
+
+  def load_data(self, config: ml_collections.ConfigDict, tokenizer=None):
+    """The run's data (splits, tokenizer, train iterator, eval batches); `tokenizer` reuses a trained one."""
+    raise NotImplementedError
+
+  def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of a batch of `rows` rows: what `init` traces the model with."""
+    raise NotImplementedError
+
+  def units_per_row(self, config: ml_collections.ConfigDict) -> int:
+    """What the progress line's tokens/s counts per row (units for the token family, chunks otherwise)."""
+    return int(config.data.seq_len)
+
+  def flops_per_byte(self, config: ml_collections.ConfigDict, vocab_size: int, n_bytes: float,
+                     rows: list[dict[str, np.ndarray]], needs: Requirements) -> dict[str, float]:
+    """`flops_per_byte_train`, `flops_per_byte_inference` (and per component) of text holding `n_bytes` bytes
+    packed into `rows` (host batches); training counts the objectives' heads and extra passes."""
+    raise NotImplementedError
+
+  def eval_step(self, model: nn.Module):
+    """(params, batch) -> sums: `nll_sum` and `count` of the main next-unit head, plus any extras."""
+    def step(params, batch):
+      outputs = model.apply({"params": params}, batch, with_heads=False)
+      nll, _, count = masked_nll(outputs.logits, batch["targets"], batch["loss_mask"])
+      return dict(nll_sum=nll, count=count)
+    return step
+
+  def eval_summary(self, sums: dict[str, float], n_bytes: int) -> dict[str, float]:  # pylint: disable=unused-argument
+    """Extra entries of the evaluation result from the extra sums of `eval_step`."""
+    return {}
+
+  def sample(self, run, params, prompt: str, *, max_new: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0) -> str:
+    """Continue `prompt` (text) by up to `max_new` units with a trained run's params."""
+    raise NotImplementedError
+
+  def speculative(self, run, params, prompt: str, max_new: int) -> tuple[str, dict]:  # pylint: disable=unused-argument
+    raise LMError(f"{run.config.experiment!r} ({run.config.model.family} family) has no speculative decoding; "
+                  "drop --speculative")
+
+  def sentences(self, config: ml_collections.ConfigDict, split: str) -> list[bytes]:  # pylint: disable=unused-argument
+    raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the chunks of a "
+                  "model whose chunks are sentences (the concept family)")
+
+
+def module_name(name: str) -> str:
+  return f"lm.families.{name}" if "." not in name else name
+
+
+def get(name: str) -> Family:
+  """The family of `config.model.family`: the module `lm.families.NAME`, or NAME itself when dotted."""
+  module_path = module_name(name)
+  try:
+    module = importlib.import_module(module_path)
+  except ModuleNotFoundError as e:
+    if e.name is None or not module_path.startswith(e.name):
+      raise  # the family's module exists but imports something that does not
+    raise ConfigError(f"model.family={name!r} is unknown: no module {module_path!r}; choose one of "
+                      f"{list(BUILTIN)} or a dotted path to a module on sys.path that defines FAMILY") from None
+  family = getattr(module, "FAMILY", None)
+  if not isinstance(family, Family):
+    raise ConfigError(f"module {module_path!r} (model.family={name!r}) defines no FAMILY = a lm.families.Family "
+                      "instance; add one at the end of the module")
+  return family
+
+
+def _merge_missing(node: ml_collections.ConfigDict, section: dict) -> None:
+  for key, value in section.items():
+    if key not in node:
+      node[key] = value
+    elif isinstance(value, dict) and isinstance(node[key], ml_collections.ConfigDict):
+      _merge_missing(node[key], value)
+
+
+def extend_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Add the fields of the run's family (its `Family.config`) that `config` does not have yet."""
+  family = get(config.model.family)
+  for section, fields in family.config.items():
+    _merge_missing(config[section], fields)
+  return config
+
+
+def base_config(family: str = "token") -> ml_collections.ConfigDict:
+  """The base config with `family`'s section: what an experiment of that family starts from."""
+  config = config_lib.base_config()
+  config.model.family = family
+  return extend_config(config)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+  """Dotted overrides, `model.family` first so that the new family's fields exist for the others."""
+  family = [o for o in overrides if o.partition("=")[0].removeprefix("config.") == "model.family"]
+  config_lib.apply_overrides(config, family)
+  extend_config(config)
+  return config_lib.apply_overrides(config, [o for o in overrides if o not in family])
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The base checks, then the family's own."""
+  config_lib.validate(config)
+  get(config.model.family).validate(config)
+
+
+def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+  """`NAME[:ARG]` (or a file path) with dotted overrides applied and validated: what every command runs."""
+  config = config_lib.load_experiment(spec)
+  extend_config(config)
+  apply_overrides(config, list(overrides))
+  validate(config)
+  return config
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A saved run config on top of the base config and its family's section (later-added fields default)."""
+  return config_lib.from_json(text, extend=extend_config)
+
+
+def zeros(spec: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
+  """A batch of zeros of a `batch_spec` (what `init` traces with)."""
+  return {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}

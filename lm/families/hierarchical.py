@@ -1,0 +1,162 @@
+"""Byte-hierarchical family (HAT, Neitemeier et al. 2025): bytes -> words -> bytes.
+
+A word (chunk) of at most L bytes is encoded by a small bidirectional transformer into one vector, read from
+a slot prepended to its bytes; the causal backbone steps over words; a small causal decoder, conditioned on
+the backbone's output for word c (which has seen words < c), emits the bytes of word c and then an
+end-of-word event, or an end-of-document event after a document's last word. A document's first word is
+predicted from a learned start vector.
+
+Batch (`lm.data.chunks.ChunkData`): `units [B, C, L]` (bytes, pad 256), `unit_mask [B, C, L]`, `chunk_mask`,
+`segment_ids`, `positions` `[B, C]`, and the decoder's `targets`, `loss_mask` `[B, C, L + 1]`. Logits are
+`[B, C, L + 1, V]` over bytes, pad, bos, end-of-document (the byte tokenizer's eos) and end-of-word (one more
+id), so the `ntp` objective scores them unchanged. Sampling goes word by word with KV caches.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm.data.chunks import BYTE_PAD, ChunkData, word_chunks
+from lm.errors import ConfigError
+from lm.families import Family
+from lm.models import chunked, decode, flops
+from lm.models.base import ModelOutputs, transformer_config
+from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
+from lm.models.transformer import Transformer
+from lm.objectives.base import Requirements
+
+
+class HierarchicalLM(nn.Module):
+  cfg: TransformerConfig          # the backbone over words; `vocab_size` includes end-of-word
+  encoder_cfg: TransformerConfig
+  decoder_cfg: TransformerConfig
+  decode: bool = False
+
+  def setup(self):
+    cfg = self.cfg
+    chunked.setup_encoder(self, self.encoder_cfg)
+    self.encoder_to_backbone = chunked.dense(cfg, cfg.d_model, (None, "embed"))
+    self.backbone_start = chunked.learned_vector(self, "backbone_start", cfg)
+    self.backbone = Transformer(cfg, causal=True, decode=self.decode)
+    self.backbone_norm = chunked.norm(cfg)
+    self.backbone_to_decoder = chunked.dense(cfg, self.decoder_cfg.d_model, ("embed", None))
+    chunked.setup_decoder(self, self.decoder_cfg, self.decode)
+
+  def _words(self, units_BxCxL: Array, unit_mask_BxCxL: Array) -> Array:
+    B, C, L = units_BxCxL.shape
+    word_NxDe = chunked.encode_chunks(self, self.encoder_cfg, units_BxCxL.reshape(B * C, L),
+                                      unit_mask_BxCxL.reshape(B * C, L))
+    return self.encoder_to_backbone(word_NxDe).reshape(B, C, self.cfg.d_model)
+
+  def __call__(self, batch: dict[str, Array], with_heads: bool = True) -> ModelOutputs:  # pylint: disable=unused-argument
+    cfg = self.cfg
+    units_BxCxL, unit_mask_BxCxL = batch["units"], batch["unit_mask"]
+    B, C, L = units_BxCxL.shape
+    word_BxCxD = self._words(units_BxCxL, unit_mask_BxCxL)
+    # Backbone: position c reads word c - 1 (a learned start vector where a document's row segment begins)
+    # and predicts word c.
+    start_D = self.backbone_start.astype(dtype_of(cfg.dtype))
+    x_BxCxD = jnp.where((batch["positions"] > 0)[..., None], chunked.shift_right_chunks(word_BxCxD), start_D)
+    x_BxCxD = constrain(x_BxCxD, ("batch", "length", "embed"))
+    x_BxCxD = self.backbone(x_BxCxD, batch["positions"], batch["segment_ids"])
+    context_BxCxD = self.backbone_norm(x_BxCxD)
+    # Decoder: [context of word c, bytes of word c] -> [bytes of word c, end of word / document].
+    ctx_NxDd = self.backbone_to_decoder(context_BxCxD.reshape(B * C, cfg.d_model))
+    logits = chunked.decode_chunks(self, self.decoder_cfg, ctx_NxDd, units_BxCxL.reshape(B * C, L),
+                                   unit_mask_BxCxL.reshape(B * C, L))
+    return ModelOutputs(logits=logits.reshape(B, C, L + 1, -1), aux={"words": word_BxCxD, "context": context_BxCxD})
+
+  def backbone_step(self, chunk: dict[str, Array]) -> dict[str, Array]:
+    """Decoding: read one word (`units`, `unit_mask` [B, 1, L]) at `positions` [B, 1] (the start vector at 0)
+    into the backbone's KV cache; returns the decoder context [B, Dd] for the next word."""
+    x_BxCxD = jnp.where((chunk["positions"] > 0)[..., None], self._words(chunk["units"], chunk["unit_mask"]),
+                        self.backbone_start.astype(dtype_of(self.cfg.dtype)))
+    x_BxCxD = self.backbone(x_BxCxD, chunk["positions"], None)
+    return {"context": self.backbone_to_decoder(self.backbone_norm(x_BxCxD)[:, -1])}
+
+  def decoder_step(self, context_BxDd: Array, inputs_Bx1: Array, positions_Bx1: Array) -> Array:
+    """Decoding: one byte with the decoder's KV cache; logits [B, 1, V]."""
+    return chunked.decode_one(self, self.decoder_cfg, context_BxDd, inputs_Bx1, positions_Bx1)
+
+  @nn.nowrap
+  def init_cache(self, batch_size: int, max_chunks: int, chunk_len: int):
+    """Zeroed (backbone, decoder) KV caches: `max_chunks` words, a word of up to `chunk_len` bytes."""
+    z = jnp.zeros
+    chunk = dict(units=z((batch_size, max_chunks, 1), jnp.int32), unit_mask=z((batch_size, max_chunks, 1), jnp.int32),
+                 positions=z((batch_size, max_chunks), jnp.int32))
+    rng = jax.random.PRNGKey(0)
+    backbone = decode.zero_cache(lambda: self.init(rng, chunk, method=self.backbone_step))
+    ids = z((batch_size, chunk_len + 1), jnp.int32)
+    decoder = decode.zero_cache(lambda: self.init(rng, z((batch_size, self.decoder_cfg.d_model)), ids, ids,
+                                                  method=self.decoder_step))
+    return backbone, decoder
+
+
+class HierarchicalFamily(Family):
+  config = dict(
+      model=dict(encoder=dict(d_model=64, num_layers=1, num_heads=4, d_ff=192),   # word encoder
+                 decoder=dict(d_model=64, num_layers=2, num_heads=4, d_ff=192)),  # byte decoder
+      data=dict(num_chunks=64, chunk_len=16),  # C words per row, at most L bytes each (longer words split)
+  )
+
+  def validate(self, config) -> None:
+    if config.data.tokenizer != "bytes":
+      raise ConfigError(f"model.family={config.model.family!r} reads raw bytes; set data.tokenizer='bytes' "
+                        f"(got {config.data.tokenizer!r})")
+    sizes = {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder")
+             for k in ("d_model", "num_layers", "num_heads", "d_ff")}
+    sizes.update({f"data.{k}": config.data[k] for k in ("num_chunks", "chunk_len")})
+    for key, value in sizes.items():
+      if value <= 0:
+        raise ConfigError(f"config.{key}={value} must be positive")
+
+  def tensor_split_fields(self, config) -> dict[str, int]:
+    return {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")}
+
+  def build_model(self, config, vocab_size: int, decode: bool = False,
+                  needs: Requirements = Requirements()) -> HierarchicalLM:
+    """`vocab_size` is the byte tokenizer's; one more id is the end-of-word event."""
+    if needs.heads:
+      raise ConfigError(f"model.family={config.model.family!r} has no auxiliary heads; objectives asked for "
+                        f"{[h.kind for h in needs.heads]}")
+    backbone = transformer_config(config.model, vocab_size + 1)
+    return HierarchicalLM(backbone, chunked.sub_config(backbone, config.model.encoder),
+                          chunked.sub_config(backbone, config.model.decoder), decode=decode)
+
+  def load_data(self, config, tokenizer=None) -> ChunkData:  # pylint: disable=unused-argument
+    d = config.data  # raw bytes in word grids: the tokenizer is always bytes
+    return ChunkData.build(d.source, d.num_chunks, d.chunk_len, val_fraction=d.val_fraction,
+                           test_fraction=d.test_fraction, split_seed=d.split_seed,
+                           eval_max_bytes=d.eval_max_bytes or None)
+
+  def batch_spec(self, config, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return chunked.batch_spec(rows, config.data.num_chunks, config.data.chunk_len)
+
+  def units_per_row(self, config) -> int:
+    return int(config.data.num_chunks)
+
+  def flops_per_byte(self, config, vocab_size: int, n_bytes: float, rows, needs: Requirements) -> dict[str, float]:
+    n_units = sum(float(r["unit_mask"].sum()) for r in rows)
+    n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
+    d = config.data
+    per_byte = flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units,
+                                      n_chunks, decoder_passes=1 + needs.decoder_passes)
+    return flops.chunked_result(per_byte, n_bytes, n_chunks)
+
+  def sample(self, run, params, prompt: str, *, max_new: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0) -> str:
+    """Word by word: the prompt's last word is a prefix the model may extend."""
+    d, tok, model = run.config.data, run.tokenizer, run.decode_model()
+    text = prompt.encode("utf-8")
+    chunks = [ids.tolist() for _, ids in word_chunks(text, d.chunk_len)] if text else []
+    out = decode.generate_chunks(
+        model, params, chunks, max_new=max_new, chunk_len=d.chunk_len,
+        max_chunks=max(d.num_chunks, len(text) + max_new + 2), rng=jax.random.PRNGKey(seed), eod_id=tok.eos_id,
+        end_id=tok.vocab_size, pad_id=BYTE_PAD, stop_ids=range(256, model.decoder_cfg.padded_vocab),
+        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    return bytes(out).decode("utf-8", errors="replace")
+
+
+FAMILY = HierarchicalFamily()

@@ -1,0 +1,210 @@
+"""Build a run whole (config -> family, mesh, model, optimizer, state layout), restore one for inference, and
+evaluate it. Training (`loop.py`), `lm eval`, `lm sample`, probes and the Python API all start here."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from lm import config as config_lib
+from lm import families, objectives, parallel
+from lm.data.tokenizers import Tokenizer
+from lm.errors import CheckpointError, ConfigError
+from lm.eval import bpb as bpb_lib
+from lm.families import Family
+from lm.objectives.base import Requirements
+from lm.train import checkpoint
+from lm.train.optim import make_optimizer
+from lm.train.state import TrainState, init_state
+
+
+@dataclasses.dataclass
+class Run:
+  """What train, eval and sample share: the resolved config, its family, mesh, model and state layout."""
+  config: ml_collections.ConfigDict
+  family: Family
+  needs: Requirements
+  mesh: jax.sharding.Mesh
+  tokenizer: Tokenizer
+  model: nn.Module
+  tx: Any
+  state_shardings: Any = None
+  abstract_state: Any = None
+
+  @property
+  def param_shardings(self):
+    return self.state_shardings.params
+
+  def put_batch(self, batch: dict) -> dict:
+    return parallel.global_batch(batch, self.mesh)
+
+  def example_batch(self, rows: int) -> dict:
+    return families.zeros(self.family.batch_spec(self.config, rows))
+
+  def init(self, seed: int) -> TrainState:
+    fn = functools.partial(init_state, self.model, self.tx, example_batch=self.example_batch(1))
+    with parallel.activation_context(self.mesh):
+      return jax.jit(fn, out_shardings=self.state_shardings)(jax.random.PRNGKey(seed))
+
+  def decode_model(self) -> nn.Module:
+    """The model in decoding mode (KV caches), with the same heads, so trained params fit it."""
+    return self.family.build_model(self.config, self.tokenizer.vocab_size, decode=True, needs=self.needs)
+
+  def load_data(self):
+    """The config's data with this run's tokenizer (never retrained)."""
+    return self.family.load_data(self.config, tokenizer=self.tokenizer)
+
+  def sample(self, params, prompt: str, max_new: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0) -> str:
+    """Text continuing `prompt`, decoded on one device (decoding is latency-bound)."""
+    params = jax.device_put(params, jax.local_devices()[0])
+    return self.family.sample(self, params, prompt, max_new=max_new, temperature=temperature, top_k=top_k,
+                              top_p=top_p, seed=seed)
+
+  def flops_per_byte(self, n_bytes: float, rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    return self.family.flops_per_byte(self.config, self.tokenizer.vocab_size, n_bytes, rows, self.needs)
+
+
+def build_run(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Run:
+  """Resolve per-backend defaults, validate, build mesh, model, optimizer and state shardings (no compile)."""
+  config = config_lib.resolve_backend_defaults(config, jax.default_backend())
+  families.validate(config)
+  family = families.get(config.model.family)
+  mesh = parallel.make_mesh(config.mesh, devices)
+  parallel.check_divisibility(config, mesh, family.tensor_split_fields(config))
+  needs = objectives.requirements(config.objectives)
+  objectives.build(config.objectives)  # unknown options fail here
+  model = family.build_model(config, tokenizer.vocab_size, needs=needs)
+  tx = make_optimizer(config.optim, config.train.steps)
+  run = Run(config, family, needs, mesh, tokenizer, model, tx)
+  boxed = jax.eval_shape(functools.partial(init_state, model, tx, example_batch=run.example_batch(1),
+                                           unbox=False), jax.random.PRNGKey(0))
+  run.state_shardings = parallel.logical_sharding(boxed, mesh)
+  run.abstract_state = checkpoint.abstract_with_shardings(nn.unbox(boxed), run.state_shardings)
+  return run
+
+
+def eval_batch_size(config) -> int:
+  return config.eval.batch_size or config.data.batch_size // config.train.grad_accum
+
+
+def make_evaluator(run: Run):
+  """(params, batches) -> the evaluation dict (`bpb`, `nll_sum`, `n_bytes`, ... and the family's extras)."""
+  step = jax.jit(run.family.eval_step(run.model),
+                 in_shardings=(run.param_shardings, parallel.batch_sharding(run.mesh)))
+
+  def evaluate(params, batches):  # batches are global; each process puts its own block of rows
+    with parallel.activation_context(run.mesh):
+      return bpb_lib.evaluate(step, params, batches, lambda b: run.put_batch(parallel.process_rows(b)),
+                              summary=run.family.eval_summary)
+  return evaluate
+
+
+def evaluate(run: Run, params, data, split: str = "val", docs: list[bytes] | None = None) -> dict:
+  """Bits per byte (and FLOPs per byte) of `split`, or of `docs` cut into held-out segments."""
+  batches = data.eval_batches(split, eval_batch_size(run.config), max_batches=run.config.eval.max_batches or None,
+                              docs=docs)
+  result = make_evaluator(run)(params, batches)
+  result.update(run.flops_per_byte(result["n_bytes"], [b for b, _ in batches]))
+  return result
+
+
+def train_flops_per_step(run: Run, data) -> dict:
+  """FLOPs per byte of the training data and FLOPs per training step (global batch), from the packed rows:
+  bytes are what the scored targets stand for (`unit_bytes`), as in the training bits per byte."""
+  rows = data.train_rows
+  n_bytes = float((data.unit_bytes()[rows["targets"]] * rows["loss_mask"]).sum())
+  flops = run.flops_per_byte(n_bytes, [rows])
+  bytes_per_step = n_bytes / max(len(rows["loss_mask"]), 1) * run.config.data.batch_size
+  return dict(flops, bytes_per_step=bytes_per_step, flops_per_step=flops["flops_per_byte_train"] * bytes_per_step)
+
+
+# Model fields that never change a parameter's shape, so never the reason a checkpoint does not fit.
+_SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attention_impl", "dtype", "param_dtype",
+                                         "rope_base", "norm_eps", "init_std")}
+
+
+def check_compatible(ckpts: checkpoint.Checkpoints, step: int, run: Run, saved_config: dict) -> None:
+  """One line naming the config fields that make the saved state a different shape from this run's."""
+  differences = checkpoint.shape_differences(ckpts.saved_shapes(step), checkpoint.leaf_shapes(run.abstract_state))
+  if not differences:
+    return
+  where = f"checkpoint step {step} in {ckpts.workdir}"
+  current = run.config.to_dict()
+  if any(d.startswith("params/") for d in differences):
+    differences = [d for d in differences if d.startswith("params/")]
+    fields = [d for d in checkpoint.config_differences(saved_config, current, ("model", "data", "objectives"))
+              if d.startswith(("model.", "data.tokenizer", "data.vocab_size", "objectives"))
+              and d.split(":")[0] not in _SHAPE_NEUTRAL]
+    what = "the model's shape"
+  else:
+    fields = checkpoint.config_differences(saved_config, current, ("optim",))
+    what = "the optimizer state's structure"
+  detail = "; ".join(fields) if fields else "; ".join(differences[:4]) + (" ..." if len(differences) > 4 else "")
+  raise CheckpointError(f"this config changes {what} against {where} ({detail}); restore with the "
+                        "checkpoint's values or pass --restart to start over (old checkpoints are kept)")
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint that restored: its step, state, data iterator state and saved config, and its run."""
+  step: int
+  state: Any
+  data_state: Any
+  saved_config: dict
+  run: Run
+
+
+def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: int | None = None) -> Restored | None:
+  """The newest step of `workdir` that restores, as its own saved config describes it, on `devices` with
+  `mesh` (default: all data parallel); None when the workdir has no checkpoint."""
+  ckpts = checkpoint.Checkpoints(workdir)
+  for step in ckpts.steps():
+    meta = ckpts.read_meta(step)
+    if meta is None:
+      continue
+    config = families.from_json(json.dumps(meta["config"]))
+    config.mesh = ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1))
+    if batch_size is not None:
+      config.data.batch_size = batch_size
+    run = build_run(config, meta["tokenizer"], devices)
+    check_compatible(ckpts, step, run, meta["config"])
+    state = ckpts.read_state(step, run.abstract_state)
+    if state is not None:
+      return Restored(step, state, meta["data"], meta["config"], run)
+  return None
+
+
+def restore_for_inference(workdir) -> tuple[Run, Any]:
+  """The newest good checkpoint's run (its config and tokenizer) and params, on the current devices."""
+  restored = restore_saved(workdir)
+  if restored is None:
+    raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
+                          f"`lm train EXPERIMENT --workdir {workdir}`")
+  return restored.run, restored.state.params
+
+
+def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
+  """The frozen reference model an objective asks for (`reference=WORKDIR`, e.g. `rho`), restored onto this
+  run's mesh; it must share this run's tokenizer."""
+  if run.needs.reference is None:
+    return None
+  workdir = run.needs.reference
+  if not workdir:
+    raise ConfigError(f"objective {run.needs.reference_objective!r} needs a reference run: set "
+                      "--config.objectives.N.reference=WORKDIR of a trained run with the same tokenizer")
+  restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size)
+  if restored is None:
+    raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
+  if restored.run.tokenizer.files() != run.tokenizer.files():
+    raise CheckpointError(
+        f"reference run {workdir!r} has a tokenizer of {restored.run.tokenizer.vocab_size} ids, this run's has "
+        f"{run.tokenizer.vocab_size} (or a different vocabulary); train the reference with this data.tokenizer")
+  return restored.run, restored.state.params
