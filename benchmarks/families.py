@@ -13,7 +13,7 @@ in-batch contrastive accuracy.
 
 Every run gets the same training budget in FLOPs (`--budget`, default: what the set's reference run spends
 in its configured steps: byte_flat for families, token_bpe for concepts): steps = budget / (FLOPs per
-training step), with FLOPs per step as the training loop logs them (`loop.train_flops_per_step`: FLOPs per
+training step), with FLOPs per step as the training loop logs them (`run.train_flops_per_step`: FLOPs per
 byte x the training data's bytes per step). All runs are scored on the same held-out segments
 (`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds).
 """
@@ -34,10 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from lm import config as config_lib  # noqa: E402
-from lm.data import noise  # noqa: E402
+import lm.api  # noqa: E402
+from lm import config as config_lib, families  # noqa: E402
 from lm.eval import compare  # noqa: E402
-from lm.train import loop  # noqa: E402
+from lm.train import loop, run as run_lib  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TOKEN_BPE = ("token_ntp", ["data.tokenizer=bpe", "data.vocab_size=2048"])
@@ -69,13 +69,14 @@ def main(argv=None) -> dict:
 
   configs = {}
   for name, (experiment, overrides) in runs.items():
-    c = config_lib.load_experiment(f"{experiment}:{variant}")
-    config_lib.apply_overrides(c, [*overrides, f"data.eval_max_bytes={args.eval_max_bytes}", "sample.max_new=0",
-                                   "train.eval_every=0", "train.checkpoint_every=0"])
-    if args.quick:
-      config_lib.apply_overrides(c, ["eval.max_batches=2"])
+    c = families.load_config(f"{experiment}:{variant}", [
+        *overrides, f"data.eval_max_bytes={args.eval_max_bytes}", "sample.max_new=0", "train.eval_every=0",
+        "train.checkpoint_every=0", *(["eval.max_batches=2"] if args.quick else [])])
     configs[name] = c
-  per_step = {name: loop.train_flops_per_step(c, loop.load_data(c))["flops_per_step"] for name, c in configs.items()}
+  per_step = {}
+  for name, c in configs.items():
+    data = run_lib.load_data(c)
+    per_step[name] = run_lib.train_flops_per_step(run_lib.build_run(c, data.tokenizer), data)["flops_per_step"]
   budget = args.budget or per_step[reference] * configs[reference].train.steps
   if args.quick:
     budget = per_step[reference] * 10
@@ -92,18 +93,14 @@ def main(argv=None) -> dict:
       t0 = time.time()
       summary = loop.train(c, str(workdir))
       seconds = time.time() - t0
-      run, data = summary["run"], loop.load_data(c, tokenizer=summary["run"].tokenizer)
-      evaluate = loop.make_evaluator(run)
+      r = lm.api.LM(summary["run"], summary["state"].params)
       scores, extra = {}, {}
       for split in ("val", "test"):
-        result = evaluate(summary["state"].params, data.eval_batches(
-            split, loop.eval_batch_size(c), max_batches=c.eval.max_batches or None))
+        result = r.evaluate(split=split)
         scores[split] = result["bpb"]
         extra.update({f"{split}_{k}": result[k] for k in CONCEPT_METRICS if k in result})
       for spec in NOISE:
-        docs = noise.noised(data.splits["val"], spec)
-        scores[spec] = evaluate(summary["state"].params, data.eval_batches(
-            "val", loop.eval_batch_size(c), max_batches=c.eval.max_batches or None, docs=docs))["bpb"]
+        scores[spec] = r.evaluate(noise=spec)["bpb"]
       info = compare.summarize_run(workdir)
       rows.append(dict(run=name, seed=seed, steps=steps, seconds=seconds, params=info["params"],
                        train_flops=steps * per_step[name], flops_per_byte_train=info["flops_per_byte_train"],

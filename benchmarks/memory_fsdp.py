@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from lm import config as config_lib  # noqa: E402
 from lm import objectives, parallel  # noqa: E402
 from lm.data.tokenizers import ByteTokenizer  # noqa: E402
-from lm.train import loop  # noqa: E402
+from lm.train import run as run_lib  # noqa: E402
 from lm.train.optim import learning_rate  # noqa: E402
 from lm.train.step import make_train_step  # noqa: E402
 
@@ -32,7 +32,7 @@ def state_bytes_per_device(config, fsdp: int) -> dict:
   """Compile the train step on a (1, fsdp, 1) mesh; report per-device argument bytes of the state."""
   config.mesh.update(data=1, fsdp=fsdp, tensor=1)
   tok = ByteTokenizer()
-  run = loop.prepare(config, tok, devices=jax.devices()[:fsdp])
+  run = run_lib.build_run(config, tok, devices=jax.devices()[:fsdp])
   B, T = config.data.batch_size, config.data.seq_len
   step = make_train_step(run.model, objectives.build(config.objectives), run.tx,
                          learning_rate(run.config.optim, config.train.steps), jnp.ones(tok.vocab_size))

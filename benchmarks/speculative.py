@@ -26,17 +26,16 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from lm import config as config_lib  # noqa: E402
-from lm.eval.generate import draft_heads, generate, speculative_greedy  # noqa: E402
-from lm.models.base import build_model  # noqa: E402
-from lm.train import loop  # noqa: E402
+from lm import families  # noqa: E402
+from lm.models.decode import draft_heads, generate, speculative_greedy  # noqa: E402
+from lm.train import run as run_lib  # noqa: E402
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "speculative.json"
 
 
 def prompts_from(run, config, n: int, prompt_bytes: int) -> list[np.ndarray]:
   """The first `prompt_bytes` of val documents (of paragraphs within them), tokenized with a leading bos."""
-  data = loop.load_data(config, tokenizer=run.tokenizer)
+  data = run.load_data()
   tok = run.tokenizer
   out = []
   for doc in data.splits["val"]:
@@ -69,14 +68,14 @@ def main(argv=None) -> dict:
   if args.workdir is None:
     if not args.quick:
       p.error("give --workdir of a run trained with mtp heads, or --quick")
-    config = config_lib.load_experiment("token_mtp:tiny")  # untrained: exercises the machinery only
-    config_lib.apply_overrides(config, ["model.d_model=64", "model.num_layers=2", "model.d_ff=128"])
-    from lm.data.tokenizers import ByteTokenizer
-    run = loop.prepare(config, ByteTokenizer())
+    config = families.load_config("token_mtp:tiny", ["model.d_model=64", "model.num_layers=2", "model.d_ff=128"])
+    from lm.data.tokenizers import ByteTokenizer  # untrained: exercises the machinery only
+    run = run_lib.build_run(config, ByteTokenizer())
     params = jax.tree.map(lambda x: x * 3.0, run.init(0).params)
   else:
-    run, params, config = loop.restore_for_inference(args.workdir)
-  decoder = build_model(run.config.model, run.tokenizer.vocab_size, decode=True, heads=run.model.heads)
+    run, params = run_lib.restore_for_inference(args.workdir)
+    config = run.config
+  decoder = run.decode_model()
   if draft_heads(decoder) < 1:
     raise SystemExit(f"{args.workdir} was trained without mtp heads; nothing to draft with")
   prompts = prompts_from(run, config, args.prompts, args.prompt_bytes)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from lm import config as config_lib  # noqa: E402
 from lm import objectives, parallel  # noqa: E402
 from lm.data.tokenizers import ByteTokenizer  # noqa: E402
-from lm.train import loop  # noqa: E402
+from lm.train import run as run_lib  # noqa: E402
 from lm.train.optim import learning_rate  # noqa: E402
 from lm.train.step import make_train_step  # noqa: E402
 
@@ -102,7 +102,7 @@ def random_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
 def framework_step(config):
   """-> (step_fn, state, run): the jitted, donating step from `lm.train.step` on a fresh state."""
   tokenizer = ByteTokenizer()
-  run = loop.prepare(config, tokenizer)
+  run = run_lib.build_run(config, tokenizer)
   cfg = run.config
   unit_bytes = jnp.asarray(tokenizer.unit_bytes(), jnp.float32)
   step = make_train_step(run.model, objectives.build(cfg.objectives), run.tx,

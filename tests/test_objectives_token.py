@@ -16,6 +16,7 @@ from lm.models.base import ModelOutputs
 from lm.objectives.base import LossContext
 from lm.objectives.token import future_targets, top_targets
 from lm.train import loop
+from lm.train import run as run_lib
 
 B, T, V = 3, 12, 11
 
@@ -182,12 +183,12 @@ def test_a_head_that_takes_every_layer_fails_before_compiling():
   c = config_lib.load_experiment("token_ntp:tiny")
   c.objectives = [dict(name="mtp", n=5, equal_params=True)]
   with pytest.raises(ConfigError, match=r"heads take 4 of model.num_layers=4 layers"):
-    loop.prepare(c, ByteTokenizer())
+    run_lib.build_run(c, ByteTokenizer())
 
 
 def test_conflicting_heads_are_one_line():
   with pytest.raises(ConfigError, match="'mtp' head twice with different options"):
-    objectives.heads([dict(name="mtp", n=2), dict(name="mtp", n=3)])
+    objectives.requirements([dict(name="mtp", n=2), dict(name="mtp", n=3)])
 
 
 @pytest.mark.parametrize("spec, subtree, layers", [
@@ -202,7 +203,7 @@ def test_heads_train_with_finite_gradients_and_eval_ignores_them(spec, subtree, 
   config_lib.apply_overrides(c, ["model.num_layers=3", "model.d_model=32", "model.d_ff=64", "model.num_heads=2",
                                  "model.num_kv_heads=2", "data.seq_len=12", "data.batch_size=3"])
   c.objectives = [dict(name="ntp"), spec]
-  run = loop.prepare(c, ByteTokenizer())
+  run = run_lib.build_run(c, ByteTokenizer())
   params = run.init(0).params
   assert subtree in params and params["decoder"]["layers"]["mlp"]["wo"]["kernel"].shape[0] == layers
   batch = packed_batch()

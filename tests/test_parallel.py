@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from lm import config as config_lib
-from lm import parallel
+from lm import families, parallel
 from lm.errors import ConfigError
 
 
@@ -68,7 +68,7 @@ def test_hierarchical_encoder_heads_must_divide_tensor():
   config = config_lib.load_experiment("byte_hat:tiny")
   config_lib.apply_overrides(config, ["model.encoder.num_heads=3", "model.encoder.d_model=48"])
   with pytest.raises(ConfigError, match=r"model.encoder.num_heads=3 is not divisible by mesh.tensor=2"):
-    parallel.check_divisibility(config, _FakeMesh(1, 1, 2))
+    parallel.check_divisibility(config, _FakeMesh(1, 1, 2), families.get("hierarchical").tensor_split_fields(config))
 
 
 def test_checkpoint_from_mesh_1x8x1_continues_on_one_device(sharded_results):

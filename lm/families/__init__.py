@@ -87,6 +87,13 @@ class Family:
                   "model whose chunks are sentences (the concept family)")
 
 
+def no_extra_passes(config, needs: Requirements) -> None:
+  """For families without a chunk decoder to run twice: objectives asking for extra passes are an error."""
+  if needs.decoder_passes:
+    raise ConfigError(f"model.family={config.model.family!r} has no chunk decoder for the {needs.decoder_passes} "
+                      "extra decoder pass(es) the objectives ask for (concept_recon); use a concept-family experiment")
+
+
 def module_name(name: str) -> str:
   return f"lm.families.{name}" if "." not in name else name
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from lm.data.chunks import BYTE_PAD, ChunkData, word_chunks
 from lm.errors import ConfigError
-from lm.families import Family
+from lm.families import Family, no_extra_passes
 from lm.models import chunked, decode, flops
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
@@ -121,6 +121,7 @@ class HierarchicalFamily(Family):
     if needs.heads:
       raise ConfigError(f"model.family={config.model.family!r} has no auxiliary heads; objectives asked for "
                         f"{[h.kind for h in needs.heads]}")
+    no_extra_passes(config, needs)
     backbone = transformer_config(config.model, vocab_size + 1)
     return HierarchicalLM(backbone, chunked.sub_config(backbone, config.model.encoder),
                           chunked.sub_config(backbone, config.model.decoder), decode=decode)

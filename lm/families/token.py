@@ -19,7 +19,7 @@ import numpy as np
 
 from lm.data.pipeline import TokenData
 from lm.errors import ConfigError, LMError
-from lm.families import Family
+from lm.families import Family, no_extra_passes
 from lm.models import decode, flops
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.heads import TrunkOutputs
@@ -112,6 +112,7 @@ class TokenFamily(Family):
 
   def build_model(self, config, vocab_size: int, decode: bool = False,
                   needs: Requirements = Requirements()) -> TokenLM:
+    no_extra_passes(config, needs)
     cfg = transformer_config(config.model, vocab_size)
     trunk_layers(cfg, needs.heads)  # a head that takes every layer fails here, before any compile
     return TokenLM(cfg, decode=decode, heads=tuple(needs.heads))

@@ -12,7 +12,7 @@ token family adds to the training FLOPs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax

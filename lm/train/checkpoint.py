@@ -211,8 +211,13 @@ class Checkpoints:
       self._unreadable(step, e)
       return None
 
-  def saved_shapes(self, step: int) -> dict[str, tuple]:
-    return saved_shapes(self.mngr, step)
+  def read_shapes(self, step: int) -> dict[str, tuple] | None:
+    """`leaf_shapes` of the step's saved state from its metadata (no array read), or None if unreadable."""
+    try:
+      return saved_shapes(self.mngr, step)
+    except Exception as e:  # pylint: disable=broad-except
+      self._unreadable(step, e)
+      return None
 
   def save(self, step: int, state, data_state, config_dict: dict, tokenizer) -> None:
     try:

@@ -52,7 +52,10 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
       continue
     data = _resume_data(family, config, meta["config"], meta["tokenizer"], step, ckpts.workdir)
     run = build_run(config, data.tokenizer, devices)
-    check_compatible(ckpts, step, run, meta["config"])
+    shapes = ckpts.read_shapes(step)
+    if shapes is None:
+      continue
+    check_compatible(ckpts, step, shapes, run, meta["config"])
     state = ckpts.read_state(step, run.abstract_state)
     if state is not None:
       found = Restored(step, state, meta["data"], meta["config"], run), data
@@ -143,6 +146,21 @@ class LogWindow:
     self._reset()
 
 
+def train_step(run: Run, data, devices=None):
+  """The jitted `(state, batch, *extra) -> (state, metrics)` of a run and the `extra` arguments it takes
+  (a reference model's params, for objectives that ask for one)."""
+  config, mesh = run.config, run.mesh
+  reference = load_reference(run, devices)
+  extra_args, extra_shardings = ((reference[1],), (reference[0].param_shardings,)) if reference else ((), ())
+  step_fn = jax.jit(
+      make_train_step(run.model, objectives.build(config.objectives), run.tx,
+                      learning_rate(config.optim, config.train.steps), jnp.asarray(data.unit_bytes(), jnp.float32),
+                      config.train.grad_accum, reference_model=reference[0].model if reference else None),
+      in_shardings=(run.state_shardings, parallel.batch_sharding(mesh), *extra_shardings),
+      out_shardings=(run.state_shardings, parallel.replicated(mesh)), donate_argnums=0)
+  return step_fn, extra_args
+
+
 def _check_writable(workdir) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -182,14 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     if primary:
       print(f"resumed from step {start} in {workdir}", flush=True)
 
-  reference = load_reference(run, devices)
-  extra_args, extra_shardings = ((reference[1],), (reference[0].param_shardings,)) if reference else ((), ())
-  step_fn = jax.jit(
-      make_train_step(run.model, objectives.build(config.objectives), run.tx,
-                      learning_rate(config.optim, config.train.steps), jnp.asarray(data.unit_bytes(), jnp.float32),
-                      config.train.grad_accum, reference_model=reference[0].model if reference else None),
-      in_shardings=(run.state_shardings, parallel.batch_sharding(mesh), *extra_shardings),
-      out_shardings=(run.state_shardings, parallel.replicated(mesh)), donate_argnums=0)
+  step_fn, extra_args = train_step(run, data, devices)
   evaluator = make_evaluator(run)
   val_batches = data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches)
 

@@ -91,6 +91,11 @@ def build_run(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=N
   return run
 
 
+def load_data(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None):
+  """The config's data as its family packs it; `tokenizer` reuses a trained one instead of building one."""
+  return families.get(config.model.family).load_data(config, tokenizer)
+
+
 def eval_batch_size(config) -> int:
   return config.eval.batch_size or config.data.batch_size // config.train.grad_accum
 
@@ -131,9 +136,10 @@ _SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attenti
                                          "rope_base", "norm_eps", "init_std")}
 
 
-def check_compatible(ckpts: checkpoint.Checkpoints, step: int, run: Run, saved_config: dict) -> None:
+def check_compatible(ckpts: checkpoint.Checkpoints, step: int, saved_shapes: dict, run: Run,
+                     saved_config: dict) -> None:
   """One line naming the config fields that make the saved state a different shape from this run's."""
-  differences = checkpoint.shape_differences(ckpts.saved_shapes(step), checkpoint.leaf_shapes(run.abstract_state))
+  differences = checkpoint.shape_differences(saved_shapes, checkpoint.leaf_shapes(run.abstract_state))
   if not differences:
     return
   where = f"checkpoint step {step} in {ckpts.workdir}"
@@ -175,7 +181,10 @@ def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: i
     if batch_size is not None:
       config.data.batch_size = batch_size
     run = build_run(config, meta["tokenizer"], devices)
-    check_compatible(ckpts, step, run, meta["config"])
+    shapes = ckpts.read_shapes(step)
+    if shapes is None:
+      continue
+    check_compatible(ckpts, step, shapes, run, meta["config"])
     state = ckpts.read_state(step, run.abstract_state)
     if state is not None:
       return Restored(step, state, meta["data"], meta["config"], run)

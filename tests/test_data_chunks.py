@@ -1,11 +1,12 @@
-"""Tests for the byte-hierarchical data path: HAT word splitting (lm/data/segment.py) and [N, C, L] packing."""
+"""The chunked families' data (`lm/data/chunks.py`): HAT words and sentences packed into [N, C, L] grids."""
 
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from lm.data import pipeline, segment
+from lm.data import chunks, segment, tokenizers
+from lm.data.tokenizers import ByteTokenizer
 from lm.errors import DataError
 
 # Bytes biased towards what the splitter cares about: spaces, newlines, punctuation, digits, multi-byte
@@ -85,11 +86,11 @@ def _doc_bytes(rows, n_docs_expected):
     for c in range(C):
       if not rows["chunk_mask"][n, c]:
         assert rows["segment_ids"][n, c] == 0 and not rows["unit_mask"][n, c].any() and not rows["doc_end"][n, c]
-        assert (rows["units"][n, c] == pipeline.BYTE_PAD).all()
+        assert (rows["units"][n, c] == chunks.BYTE_PAD).all()
         continue
       mask = rows["unit_mask"][n, c].astype(bool)
       assert mask.any() and mask[: mask.sum()].all()  # Units are left-aligned, at least one per chunk.
-      assert (rows["units"][n, c][~mask] == pipeline.BYTE_PAD).all()
+      assert (rows["units"][n, c][~mask] == chunks.BYTE_PAD).all()
       current += rows["units"][n, c][mask].astype(np.uint8).tobytes()
       if rows["doc_end"][n, c]:
         docs.append(current)
@@ -100,8 +101,8 @@ def _doc_bytes(rows, n_docs_expected):
 
 def test_pack_chunk_rows_shapes_masks_and_ids():
   docs = [b"Hello, world! 12 ab", b"", b"x\xff\xfe yyyyyyy"]
-  rows = pipeline.pack_chunk_rows(docs, num_chunks=4, chunk_len=3)
-  assert set(rows) == set(pipeline.CHUNK_KEYS)
+  rows = chunks.pack_chunk_rows(docs, num_chunks=4, chunk_len=3)
+  assert set(rows) == set(chunks.CHUNK_KEYS)
   assert rows["units"].shape == rows["unit_mask"].shape == (3, 4, 3)
   for k in ("chunk_mask", "segment_ids", "positions", "doc_end"):
     assert rows[k].shape == (3, 4) and rows[k].dtype == np.int32
@@ -118,7 +119,7 @@ def test_pack_chunk_rows_shapes_masks_and_ids():
 @hypothesis.given(st.lists(_text, max_size=6), st.integers(1, 5), st.integers(1, 6))
 @hypothesis.settings(max_examples=100, deadline=None, database=None)
 def test_pack_chunk_rows_round_trips(docs, num_chunks, chunk_len):
-  rows = pipeline.pack_chunk_rows(docs, num_chunks, chunk_len)
+  rows = chunks.pack_chunk_rows(docs, num_chunks, chunk_len)
   kept = [d for d in docs if d]
   assert _doc_bytes(rows, len(kept)) == kept
   n_chunks = sum(len(segment.chunk_words(segment.split_hat_words(d), chunk_len)) for d in docs)
@@ -128,7 +129,7 @@ def test_pack_chunk_rows_round_trips(docs, num_chunks, chunk_len):
 
 def test_pack_chunk_rows_long_document_continues_in_next_row():
   doc = b" ".join([b"w%d" % i for i in range(10)]) + b" " + b"z" * 9 + "é".encode()
-  rows = pipeline.pack_chunk_rows([doc], num_chunks=4, chunk_len=4)
+  rows = chunks.pack_chunk_rows([doc], num_chunks=4, chunk_len=4)
   assert len(rows["units"]) > 2
   assert (rows["positions"][:, 0] == 0).all()  # Positions restart in each row of a continued document.
   assert rows["doc_end"].sum() == 1
@@ -137,8 +138,55 @@ def test_pack_chunk_rows_long_document_continues_in_next_row():
 
 def test_pack_chunk_rows_rejects_bad_sizes_and_handles_no_documents():
   with pytest.raises(DataError):
-    pipeline.pack_chunk_rows([b"a"], 0, 4)
+    chunks.pack_chunk_rows([b"a"], 0, 4)
   with pytest.raises(DataError):
-    pipeline.pack_chunk_rows([b"a"], 4, 0)
-  rows = pipeline.pack_chunk_rows([], 4, 3)
+    chunks.pack_chunk_rows([b"a"], 4, 0)
+  rows = chunks.pack_chunk_rows([], 4, 3)
   assert rows["units"].shape == (0, 4, 3) and rows["chunk_mask"].shape == (0, 4)
+
+
+# --- Sentence chunks (the concept family's) ---------------------------------------------------------------
+
+TEXT = [b"The cat sat. It was warm!\nThen it left? Yes. " * 3, b"A dog barked.  Loudly and for a long while.",
+        "Caf\u00e9 s\u00e4tze. \u4f60\u597d\u3002\u518d\u89c1\uff01 ok".encode()]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+  docs = [b"the cat sat on the mat. the dog sat on the log! " * 4, b"a bird flew over the tree. " * 5]
+  return tokenizers.train_bpe(docs, 300)
+
+
+@pytest.mark.parametrize("units", ["bytes", "bpe"])
+def test_sentence_chunks_are_lossless_and_fit(units, bpe):
+  tok = ByteTokenizer() if units == "bytes" else bpe
+  for doc in TEXT:
+    pieces = chunks.sentence_chunks(doc, 7, tok)
+    assert b"".join(text for text, _ in pieces) == doc
+    assert all(1 <= len(ids) <= 7 for _, ids in pieces)
+    assert b"".join(tok.decode_bytes(ids) for _, ids in pieces) == doc
+    # Chunks never straddle sentences: every sentence is the concatenation of consecutive chunks.
+    ends = np.cumsum([len(t) for t, _ in pieces])
+    assert set(np.cumsum([len(s) for s in segment.split_sentences(doc)])) <= set(ends)
+
+
+def test_sentence_split_is_deterministic_on_cjk_and_newlines():
+  assert segment.split_sentences("\u4f60\u597d\u3002\u518d\u89c1\uff01 ok".encode()) == [
+      "\u4f60\u597d\u3002".encode(), "\u518d\u89c1\uff01 ".encode(), b"ok"]
+  assert segment.split_sentences(b"a\n\nb. c") == [b"a\n\n", b"b. ", b"c"]
+
+
+@pytest.mark.parametrize("units", ["bytes", "bpe"])
+def test_eval_rows_score_every_unit_sentence_end_and_segment_end(units, bpe):
+  tok = ByteTokenizer() if units == "bytes" else bpe
+  data = chunks.ConceptData({"train": TEXT, "val": TEXT}, tok, num_chunks=4, chunk_len=8, eval_max_bytes=60)
+  segments = data.eval_segments(TEXT)
+  rows, bytes_per_row = data._eval_rows(segments, "val")
+  eos, eow = tok.eos_id, tok.vocab_size
+  n_pieces = sum(-(-len(chunks.sentence_chunks(s, 8, tok)) // 4) for s in segments)
+  assert int(bytes_per_row.sum()) == sum(map(len, segments)) + n_pieces
+  t, m = rows["targets"], rows["loss_mask"] > 0
+  assert int((t[m] == eos).sum()) == n_pieces and int((t[m] == eow).sum()) == int(rows["chunk_mask"].sum()) - n_pieces
+  text_units = t[m & (t != eos) & (t != eow)]
+  assert tok.decode_bytes(text_units) == b"".join(segments)  # row-major order = text order
+  assert data.sentences("val") == [c for s in segments for c, _ in chunks.sentence_chunks(s, 8, tok)]

@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.eval.generate import generate, sample_logits
+from lm.models.decode import generate, sample_logits
 from lm.models.layers import TransformerConfig
-from lm.models.token import TokenLM
+from lm.families.token import TokenLM
+from lm.models.heads import DSMTPHead, MTPHead
+from lm.objectives import Head
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
@@ -57,7 +59,7 @@ def test_top_k_and_top_p_restrict_the_support():
 
 
 def _mtp_decoder(n=4, seed=0, layers=2, kind="mtp"):
-  heads = (("mtp", (("n", n), ("give_up_layers", 0))),) if kind == "mtp" else (("dsmtp", (("depth", n),)),)
+  heads = (Head("mtp", MTPHead, (("n", n),)),) if kind == "mtp" else (Head("dsmtp", DSMTPHead, (("depth", n),)),)
   cfg = TransformerConfig(vocab_size=40, d_model=32, num_layers=layers, num_heads=2, num_kv_heads=2, d_ff=64,
                           scan_unroll=layers)
   model = TokenLM(cfg, decode=True, heads=heads)
@@ -68,7 +70,7 @@ def _mtp_decoder(n=4, seed=0, layers=2, kind="mtp"):
 
 @pytest.mark.parametrize("kind, n, seed", [("mtp", 2, 0), ("mtp", 4, 1), ("dsmtp", 1, 2)])
 def test_self_speculative_greedy_equals_plain_greedy(kind, n, seed):
-  from lm.eval.generate import speculative_greedy
+  from lm.models.decode import speculative_greedy
   model, params = _mtp_decoder(n, seed, kind=kind)
   # Scale the weights up so random models make confident, varied predictions (drafts sometimes agree).
   params = jax.tree.map(lambda p: p * 4.0, params)
@@ -87,8 +89,7 @@ def test_speculative_decoding_accepts_drafts_of_a_predictable_model(tmp_path, ex
   """Trained with `mtp` (or `dsmtp`) on a periodic text, the heads draft correctly: well over one unit per
   pass (at most 4 with mtp n=4, 2 with one dsmtp module)."""
   from lm import config as config_lib
-  from lm.eval.generate import speculative_greedy
-  from lm.models.base import build_model
+  from lm.models.decode import speculative_greedy
   from lm.train import loop
   for i in range(8):
     (tmp_path / f"{i}.txt").write_text(f"{i} " + "the cat sat on the mat. " * 60)
@@ -100,7 +101,7 @@ def test_speculative_decoding_accepts_drafts_of_a_predictable_model(tmp_path, ex
       "train.checkpoint_every=0", "eval.max_batches=1", "sample.max_new=0"])
   summary = loop.train(c, str(tmp_path / "w"))
   run, params = summary["run"], summary["state"].params
-  decoder = build_model(run.config.model, run.tokenizer.vocab_size, decode=True, heads=run.model.heads)
+  decoder = run.decode_model()
   prompt = jnp.asarray([[run.tokenizer.bos_id, *b"the cat "]], jnp.int32)
   plain, _ = generate(decoder, params, prompt, jax.random.PRNGKey(0), max_new=48)
   spec, lengths, passes = speculative_greedy(decoder, params, prompt, max_new=48)

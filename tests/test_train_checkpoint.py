@@ -17,6 +17,7 @@ from lm.errors import CheckpointError
 from lm.objectives.base import register
 from lm.objectives.token import ntp
 from lm.train import checkpoint, loop
+from lm.train import run as run_lib
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_a_checkpoint_is_self_contained(corpus, trained, tmp_path):
   saved_tok = tokenizers.load_tokenizer(workdir / "tokenizer")
   shutil.rmtree(workdir / "tokenizer")
   (workdir / "config.json").unlink()
-  run, params, config = loop.restore_for_inference(workdir)
+  run, params, config = run_lib.restore_for_inference(workdir)
   assert run.tokenizer.files() == saved_tok.files() and config.data.source == str(corpus)
   mngr = checkpoint.manager(workdir, read_only=True)
   meta = checkpoint.restore_meta(mngr, 30)
@@ -123,7 +124,7 @@ def test_a_checkpoint_is_self_contained(corpus, trained, tmp_path):
 
 def test_no_checkpoint_for_inference_names_the_workdir(tmp_path):
   with pytest.raises(CheckpointError, match=f"workdir '{tmp_path}' holds no checkpoint"):
-    loop.restore_for_inference(tmp_path)
+    run_lib.restore_for_inference(tmp_path)
 
 
 @register("test_nan_from_step_12")
@@ -143,5 +144,5 @@ def test_non_finite_streak_stops_with_the_last_good_checkpoint_intact(corpus, tm
     loop.train(config, str(tmp_path / "w"))
   logged = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
   assert sum(r.get("skipped_steps", 0) for r in logged) >= 2  # counted in the metrics
-  _, params, _ = loop.restore_for_inference(tmp_path / "w")
+  _, params, _ = run_lib.restore_for_inference(tmp_path / "w")
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

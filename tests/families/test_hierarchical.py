@@ -9,10 +9,13 @@ import numpy as np
 
 from lm import config as config_lib
 from lm.data import segment
-from lm.data.pipeline import BYTE_PAD, chunk_targets, pack_chunk_eval
+from lm.data.chunks import BYTE_PAD, chunk_targets, pack_chunk_eval, word_chunks
 from lm.data.tokenizers import ByteTokenizer
-from lm.objectives.token import token_nll
+from lm.models import flops
+from lm.models.decode import generate_chunks
+from lm.objectives import token_nll
 from lm.train import loop
+from lm.train import run as run_lib
 
 EOD, EOW = 258, 259
 
@@ -42,7 +45,7 @@ def test_eval_rows_score_every_byte_word_end_and_segment_end():
 
 def test_batched_bits_per_byte_equals_decoding_one_byte_at_a_time():
   c = config_lib.resolve_backend_defaults(small_config(), "cpu")
-  run = loop.prepare(c, ByteTokenizer())
+  run = run_lib.build_run(c, ByteTokenizer())
   params = run.init(0).params
   text = b"The cat sat. On a mat!"
   rows, _ = pack_chunk_eval([text], 8, 6)
@@ -82,19 +85,18 @@ def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path):
   resumed = loop.train(small_config(*overrides[:-3], "train.steps=10", "train.log_every=1",
                                     "train.checkpoint_every=4", "eval.max_batches=2"), str(tmp_path / "w"))
   assert resumed["step"] == 10
-  run, params, _ = loop.restore_for_inference(tmp_path / "w")
+  run, params = run_lib.restore_for_inference(tmp_path / "w")
   assert run.config.model.family == "hierarchical" and "encoder" in params and "decoder" in params
 
 
 def test_flops_per_byte_by_component():
-  from lm.eval.bpb import chunk_flops_per_byte, transformer_flops_per_position
   c = small_config()
-  f = chunk_flops_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_units=100, n_chunks=20)
+  f = flops.chunked_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_units=100, n_chunks=20)
   assert abs(f["forward"] - (f["encoder_forward"] + f["backbone_forward"] + f["decoder_forward"])) < 1e-6 * f["forward"]
   assert f["train"] == 3 * f["forward"]
   config_lib.apply_overrides(c, ["model.decoder.num_layers=4"])
-  g = chunk_flops_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_units=100, n_chunks=20)
-  one_layer = transformer_flops_per_position(16, 1, 2, 2, 32, keys=3.5)  # decoder width 16, (L + 1) / 2 keys
+  g = flops.chunked_per_byte(c.model, 259, chunk_len=6, num_chunks=8, n_bytes=100, n_units=100, n_chunks=20)
+  one_layer = flops.transformer_per_position(16, 1, 2, 2, 32, keys=3.5)  # decoder width 16, (L + 1) / 2 keys
   assert abs((g["decoder_forward"] - f["decoder_forward"]) - 2 * one_layer * 120 / 100) < 1e-6 * g["forward"]
   assert g["encoder_forward"] == f["encoder_forward"] and g["backbone_forward"] == f["backbone_forward"]
 
@@ -102,16 +104,15 @@ def test_flops_per_byte_by_component():
 def test_word_by_word_greedy_decoding_equals_full_forward_greedy():
   """Cached word-by-word greedy decoding picks, at every step, the argmax of the full (training) forward pass
   over the words so far: the same model read two ways."""
-  from lm.eval.generate import generate_words
-  from lm.models.base import build_model
   c = config_lib.resolve_backend_defaults(small_config(), "cpu")
-  run = loop.prepare(c, ByteTokenizer())
+  run = run_lib.build_run(c, ByteTokenizer())
   params = jax.tree.map(lambda p: p * 3.0, run.init(1).params)  # confident, varied predictions
   C, L = c.data.num_chunks, c.data.chunk_len
-  decoder = build_model(c.model, 259, decode=True)
+  decoder = run.decode_model()
   prompt = b"The cat sat"
-  got = generate_words(decoder, params, prompt, max_new=14, chunk_len=L, max_words=C, rng=jax.random.PRNGKey(0),
-                       eod_id=EOD, eow_id=EOW)
+  got = bytes(generate_chunks(decoder, params, [ids.tolist() for _, ids in word_chunks(prompt, L)], max_new=14,
+                              chunk_len=L, max_chunks=C, rng=jax.random.PRNGKey(0), eod_id=EOD, end_id=EOW,
+                              pad_id=BYTE_PAD, stop_ids=range(256, decoder.decoder_cfg.padded_vocab)))
   apply = jax.jit(lambda b: run.model.apply({"params": params}, b).logits)
 
   def logits_after(chunks):  # chunks: finished words then the current (possibly empty) word

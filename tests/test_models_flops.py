@@ -1,0 +1,34 @@
+"""FLOP formulas (`lm/models/flops.py`, and the token family's per-unit total) against parameter counts."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm import config as config_lib
+from lm import families
+from lm.families.token import flops_per_unit
+from lm.models import flops
+from lm.train.state import param_count
+
+
+def test_flops_count_every_matmul_parameter_once():
+  c = config_lib.load_experiment("token_ntp:tiny")
+  model = families.get("token").build_model(config_lib.resolve_backend_defaults(c, "cpu"), 259)
+  params = model.init(jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 8), jnp.int32)})["params"]
+  norms = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]
+              if "norm" in jax.tree_util.keystr(p))
+  flops = flops_per_unit(c.model, 259, seq_len=1)
+  m = c.model
+  attention = m.num_layers * 2 * m.num_heads * (m.d_model // m.num_heads) * 0.5
+  assert flops["forward"] == 2 * (param_count(params) - norms + attention)
+  assert flops["train"] == 3 * flops["forward"]
+
+
+def test_chunked_flops_add_up_by_component_and_count_the_extra_decoder_pass():
+  c = families.load_config("concept_sllm:tiny")
+  kw = dict(chunk_len=40, num_chunks=8, n_bytes=1000, n_units=900, n_chunks=30, concept_dim=64)
+  one = flops.chunked_per_byte(c.model, 259, **kw)
+  assert one["forward"] == one["encoder_forward"] + one["backbone_forward"] + one["decoder_forward"]
+  two = flops.chunked_per_byte(c.model, 259, decoder_passes=2, **kw)
+  assert two["forward"] == one["forward"] and two["train"] == one["train"] + 3 * one["decoder_forward"]
+  assert flops.chunked_per_byte(c.model, 259, with_encoder=False, **kw)["encoder_forward"] == 0.0
