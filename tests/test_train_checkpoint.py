@@ -114,7 +114,8 @@ def test_a_checkpoint_is_self_contained(corpus, trained, tmp_path):
   saved_tok = tokenizers.load_tokenizer(workdir / "tokenizer")
   shutil.rmtree(workdir / "tokenizer")
   (workdir / "config.json").unlink()
-  run, params, config = run_lib.restore_for_inference(workdir)
+  run, params = run_lib.restore_for_inference(workdir)
+  config = run.config
   assert run.tokenizer.files() == saved_tok.files() and config.data.source == str(corpus)
   mngr = checkpoint.manager(workdir, read_only=True)
   meta = checkpoint.restore_meta(mngr, 30)
@@ -144,5 +145,5 @@ def test_non_finite_streak_stops_with_the_last_good_checkpoint_intact(corpus, tm
     loop.train(config, str(tmp_path / "w"))
   logged = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
   assert sum(r.get("skipped_steps", 0) for r in logged) >= 2  # counted in the metrics
-  _, params, _ = run_lib.restore_for_inference(tmp_path / "w")
+  _, params = run_lib.restore_for_inference(tmp_path / "w")
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

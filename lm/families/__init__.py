@@ -83,8 +83,8 @@ class Family:
                   "drop --speculative")
 
   def sentences(self, config: ml_collections.ConfigDict, split: str) -> list[bytes]:  # pylint: disable=unused-argument
-    raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the chunks of a "
-                  "model whose chunks are sentences (the concept family)")
+    raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the sentences of "
+                  "a concept-family experiment")
 
 
 def no_extra_passes(config, needs: Requirements) -> None:
@@ -94,24 +94,25 @@ def no_extra_passes(config, needs: Requirements) -> None:
                       "extra decoder pass(es) the objectives ask for (concept_recon); use a concept-family experiment")
 
 
-def module_name(name: str) -> str:
-  return f"lm.families.{name}" if "." not in name else name
-
-
 def get(name: str) -> Family:
-  """The family of `config.model.family`: the module `lm.families.NAME`, or NAME itself when dotted."""
-  module_path = module_name(name)
-  try:
-    module = importlib.import_module(module_path)
-  except ModuleNotFoundError as e:
-    if e.name is None or not module_path.startswith(e.name):
-      raise  # the family's module exists but imports something that does not
-    raise ConfigError(f"model.family={name!r} is unknown: no module {module_path!r}; choose one of "
-                      f"{list(BUILTIN)} or a dotted path to a module on sys.path that defines FAMILY") from None
+  """The family of `config.model.family`: the module `lm.families.NAME` if there is one, else the module NAME
+  (a user's module on sys.path, dotted or not)."""
+  candidates = [f"lm.families.{name}", name] if "." not in name else [name]
+  module = None
+  for path in candidates:
+    try:
+      module = importlib.import_module(path)
+      break
+    except ModuleNotFoundError as e:
+      if e.name is None or not path.startswith(e.name):
+        raise  # the family's module exists but imports something that does not
+  if module is None:
+    raise ConfigError(f"model.family={name!r} is unknown: no module {' or '.join(map(repr, candidates))}; choose "
+                      f"one of {list(BUILTIN)} or the name of a module on sys.path that defines FAMILY")
   family = getattr(module, "FAMILY", None)
   if not isinstance(family, Family):
-    raise ConfigError(f"module {module_path!r} (model.family={name!r}) defines no FAMILY = a lm.families.Family "
-                      "instance; add one at the end of the module")
+    raise ConfigError(f"module {module.__name__!r} (model.family={name!r}) defines no FAMILY = a "
+                      "lm.families.Family instance; add one at the end of the module")
   return family
 
 
