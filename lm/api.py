@@ -30,6 +30,7 @@ class LM:
     from lm.train import run as run_lib
     self._run_lib = run_lib
     self.run, self.params, self.step, self.workdir, self._data = run, params, step, workdir, data
+    self._applies = {}
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -58,8 +59,12 @@ class LM:
     return f"<lm.LM {self.config.experiment!r} family={self.config.model.family!r}{where}>"
 
   def __call__(self, batch: dict, **kwargs):
-    """The model's forward on a batch (`ModelOutputs`); kwargs go to `model.apply` (e.g. with_heads)."""
-    return self.model.apply({"params": self.params}, batch, **kwargs)
+    """The model's forward on a batch (`ModelOutputs`), jitted; kwargs go to `model.apply` (e.g. with_heads)."""
+    import jax
+    key = tuple(sorted(kwargs.items()))
+    if key not in self._applies:
+      self._applies[key] = jax.jit(lambda params, b: self.model.apply({"params": params}, b, **kwargs))
+    return self._applies[key](self.params, batch)
 
   def example_batch(self, rows: int = 1) -> dict:
     """A batch of zeros in the family's batch layout."""

@@ -23,7 +23,7 @@ def test_auxiliary_head_flops_count_every_head_matmul_parameter():
     needs = objectives.requirements([dict(name="ntp"), spec])
     heads = needs.heads
     model = families.get("token").build_model(c, V, needs=needs)
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 8), jnp.int32)})["params"])
+    params = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 8), jnp.int32)}))["params"]
     own = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(params[f"{heads[0].kind}_head"])[0]
               if "norm" not in jax.tree_util.keystr(p))
     shared_unembed = 0 if spec["name"] == "top" else offsets * m.d_model * padded  # top owns its kernel
