@@ -7,3 +7,21 @@ os.environ.setdefault("LM_CACHE_DIR", tempfile.mkdtemp(prefix="lm-test-cache-"))
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+PRE_FAMILIES = pathlib.Path(__file__).parent / "data" / "pre_families"
+
+
+@pytest.fixture
+def old_run(tmp_path):
+  """`old_run(name)`: a writable copy of a tiny run the code before `lm/families/` wrote (token_mtp, byte_hat,
+  concept_lcm); `tests/data/pre_families/expected_bpb.json` has the bpb that code evaluated it to."""
+  def copy(name: str) -> pathlib.Path:
+    target = tmp_path / "runs" / name
+    shutil.copytree(PRE_FAMILIES / name, target)
+    return target
+  return copy

@@ -3,7 +3,6 @@
 import json
 import pathlib
 import re
-import shutil
 
 import jax
 import numpy as np
@@ -23,8 +22,8 @@ def _readme_blocks() -> list[str]:
   return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
-def test_readme_notebook_lines_work_as_written(tmp_path, monkeypatch, capsys):
-  shutil.copytree(FIXTURES / "token_mtp", tmp_path / "runs/ntp_tiny")
+def test_readme_notebook_lines_work_as_written(old_run, tmp_path, monkeypatch, capsys):
+  old_run("token_mtp").rename(tmp_path / "runs/ntp_tiny")
   monkeypatch.chdir(tmp_path)
   load, build = _readme_blocks()
   scope: dict = {}
@@ -39,9 +38,8 @@ def test_readme_notebook_lines_work_as_written(tmp_path, monkeypatch, capsys):
   assert outputs.logits.shape == (2, 64, 264)
 
 
-def test_load_evaluates_and_samples_like_the_cli(tmp_path):
-  shutil.copytree(FIXTURES / "byte_hat", tmp_path / "hat")
-  r = lm.load(str(tmp_path / "hat"))
+def test_load_evaluates_and_samples_like_the_cli(old_run, tmp_path):
+  r = lm.load(str(old_run("byte_hat")))
   assert r.step == 3 and r.config.model.family == "hierarchical"
   result = r.evaluate()
   assert result["bpb"] == json.loads((FIXTURES / "expected_bpb.json").read_text())["byte_hat"]
