@@ -94,6 +94,21 @@ def no_extra_passes(config, needs: Requirements) -> None:
                       "extra decoder pass(es) the objectives ask for (concept_recon); use a concept-family experiment")
 
 
+def check_chunked(config) -> None:
+  """The encoder/decoder sizes and chunk grid of a chunked family (hierarchical, concept) are positive."""
+  sizes = {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder")
+           for k in ("d_model", "num_layers", "num_heads", "d_ff")}
+  sizes.update({f"data.{k}": config.data[k] for k in ("num_chunks", "chunk_len")})
+  for key, value in sizes.items():
+    if value <= 0:
+      raise ConfigError(f"config.{key}={value} must be positive")
+
+
+def chunked_split_fields(config) -> dict[str, int]:
+  """A chunked family's encoder and decoder split over `mesh.tensor` by the backbone's rules."""
+  return {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")}
+
+
 def get(name: str) -> Family:
   """The family of `config.model.family`: the module `lm.families.NAME` if there is one, else the module NAME
   (a user's module on sys.path, dotted or not)."""

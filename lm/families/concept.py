@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from lm.data.chunks import ConceptData, sentence_chunks
 from lm.errors import ConfigError
-from lm.families import Family
+from lm.families import Family, check_chunked, chunked_split_fields
 from lm.models import chunked, decode, flops
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
@@ -130,17 +130,7 @@ class ConceptLM(nn.Module):
   @nn.nowrap
   def init_cache(self, batch_size: int, max_chunks: int, chunk_len: int):
     """Zeroed (backbone, decoder) KV caches: `max_chunks` sentences, one of up to `chunk_len` units."""
-    z = jnp.zeros
-    chunk = dict(units=z((batch_size, max_chunks, 1), jnp.int32), unit_mask=z((batch_size, max_chunks, 1), jnp.int32),
-                 positions=z((batch_size, max_chunks), jnp.int32))
-    if self.precomputed:
-      chunk["concepts"] = z((batch_size, max_chunks, self.concept_dim))
-    rng = jax.random.PRNGKey(0)
-    backbone = decode.zero_cache(lambda: self.init(rng, chunk, method=self.backbone_step))
-    ids = z((batch_size, chunk_len + 1), jnp.int32)
-    decoder = decode.zero_cache(lambda: self.init(rng, z((batch_size, self.decoder_cfg.d_model)), ids, ids,
-                                                  method=self.decoder_step))
-    return backbone, decoder
+    return chunked.init_caches(self, batch_size, max_chunks, chunk_len, concept_dim=self.concept_dim if self.precomputed else 0)
 
 
 class ConceptFamily(Family):
@@ -153,17 +143,12 @@ class ConceptFamily(Family):
   )
 
   def validate(self, config) -> None:
-    sizes = {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder")
-             for k in ("d_model", "num_layers", "num_heads", "d_ff")}
-    sizes.update({f"data.{k}": config.data[k] for k in ("num_chunks", "chunk_len")})
-    for key, value in sizes.items():
-      if value <= 0:
-        raise ConfigError(f"config.{key}={value} must be positive")
+    check_chunked(config)
     if config.model.concept_dim < 0:
       raise ConfigError(f"config.model.concept_dim={config.model.concept_dim} must be 0 (= d_model) or positive")
 
   def tensor_split_fields(self, config) -> dict[str, int]:
-    return {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")}
+    return chunked_split_fields(config)
 
   def concept_dim(self, config) -> int:
     return int(config.model.concept_dim) or int(config.model.d_model)

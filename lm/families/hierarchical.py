@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from lm.data.chunks import BYTE_PAD, ChunkData, word_chunks
 from lm.errors import ConfigError
-from lm.families import Family, no_extra_passes
+from lm.families import Family, check_chunked, chunked_split_fields, no_extra_passes
 from lm.models import chunked, decode, flops
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
@@ -82,16 +82,8 @@ class HierarchicalLM(nn.Module):
 
   @nn.nowrap
   def init_cache(self, batch_size: int, max_chunks: int, chunk_len: int):
-    """Zeroed (backbone, decoder) KV caches: `max_chunks` words, a word of up to `chunk_len` bytes."""
-    z = jnp.zeros
-    chunk = dict(units=z((batch_size, max_chunks, 1), jnp.int32), unit_mask=z((batch_size, max_chunks, 1), jnp.int32),
-                 positions=z((batch_size, max_chunks), jnp.int32))
-    rng = jax.random.PRNGKey(0)
-    backbone = decode.zero_cache(lambda: self.init(rng, chunk, method=self.backbone_step))
-    ids = z((batch_size, chunk_len + 1), jnp.int32)
-    decoder = decode.zero_cache(lambda: self.init(rng, z((batch_size, self.decoder_cfg.d_model)), ids, ids,
-                                                  method=self.decoder_step))
-    return backbone, decoder
+    """Zeroed (backbone, decoder) KV caches: `max_chunks` words, one of up to `chunk_len` units."""
+    return chunked.init_caches(self, batch_size, max_chunks, chunk_len)
 
 
 class HierarchicalFamily(Family):
@@ -105,15 +97,10 @@ class HierarchicalFamily(Family):
     if config.data.tokenizer != "bytes":
       raise ConfigError(f"model.family={config.model.family!r} reads raw bytes; set data.tokenizer='bytes' "
                         f"(got {config.data.tokenizer!r})")
-    sizes = {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder")
-             for k in ("d_model", "num_layers", "num_heads", "d_ff")}
-    sizes.update({f"data.{k}": config.data[k] for k in ("num_chunks", "chunk_len")})
-    for key, value in sizes.items():
-      if value <= 0:
-        raise ConfigError(f"config.{key}={value} must be positive")
+    check_chunked(config)
 
   def tensor_split_fields(self, config) -> dict[str, int]:
-    return {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")}
+    return chunked_split_fields(config)
 
   def build_model(self, config, vocab_size: int, decode: bool = False,
                   needs: Requirements = Requirements()) -> HierarchicalLM:

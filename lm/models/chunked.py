@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.models.decode import zero_cache
 from lm.models.layers import (Array, Embedding, RMSNorm, TransformerConfig, _init, dtype_of,
                               mask_padded_vocab)
 from lm.models.transformer import Transformer
@@ -98,6 +99,22 @@ def decode_one(module: nn.Module, dec: TransformerConfig, context_BxDd: Array, i
   y_Bx1xDd = jnp.where((positions_Bx1 == 0)[..., None], context_BxDd[:, None].astype(dtype_of(dec.dtype)),
                        module.decoder_embed(inputs_Bx1))
   return _unembed(module, dec, module.decoder(y_Bx1xDd, positions_Bx1, None))
+
+
+def init_caches(module: nn.Module, batch_size: int, max_chunks: int, chunk_len: int, concept_dim: int = 0):
+  """Zeroed (backbone, decoder) KV caches of a chunked family's module built with `decode=True`: its
+  `backbone_step` over `max_chunks` chunks, its `decoder_step` over a chunk of up to `chunk_len` units."""
+  z = jnp.zeros
+  chunk = dict(units=z((batch_size, max_chunks, 1), jnp.int32), unit_mask=z((batch_size, max_chunks, 1), jnp.int32),
+               positions=z((batch_size, max_chunks), jnp.int32))
+  if concept_dim:
+    chunk["concepts"] = z((batch_size, max_chunks, concept_dim))
+  rng = jax.random.PRNGKey(0)
+  backbone = zero_cache(lambda: module.init(rng, chunk, method=module.backbone_step))
+  ids = z((batch_size, chunk_len + 1), jnp.int32)
+  decoder = zero_cache(lambda: module.init(rng, z((batch_size, module.decoder_cfg.d_model)), ids, ids,
+                                           method=module.decoder_step))
+  return backbone, decoder
 
 
 def batch_spec(rows: int, num_chunks: int, chunk_len: int, concept_dim: int = 0) -> dict:

@@ -17,8 +17,8 @@ from lm import families, objectives, parallel
 from lm.errors import CheckpointError
 from lm.train import checkpoint, metrics as metrics_lib
 from lm.train.optim import learning_rate
-from lm.train.run import (Restored, Run, build_run, check_compatible, eval_batch_size, load_reference,
-                          make_evaluator, train_flops_per_step)
+from lm.train.run import (Restored, Run, build_run, eval_batch_size, load_reference, make_evaluator, restore_step,
+                          train_flops_per_step)
 from lm.train.state import param_count
 from lm.train.step import make_train_step
 
@@ -52,11 +52,7 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
       continue
     data = _resume_data(family, config, meta["config"], meta["tokenizer"], step, ckpts.workdir)
     run = build_run(config, data.tokenizer, devices)
-    shapes = ckpts.read_shapes(step)
-    if shapes is None:
-      continue
-    check_compatible(ckpts, step, shapes, run, meta["config"])
-    state = ckpts.read_state(step, run.abstract_state)
+    state = restore_step(ckpts, step, run, meta["config"])
     if state is not None:
       found = Restored(step, state, meta["data"], meta["config"], run), data
       break

@@ -158,6 +158,16 @@ def check_compatible(ckpts: checkpoint.Checkpoints, step: int, saved_shapes: dic
                         "checkpoint's values or pass --restart to start over (old checkpoints are kept)")
 
 
+def restore_step(ckpts: checkpoint.Checkpoints, step: int, run: Run, saved_config: dict):
+  """The step's train state in `run`'s layout; None if its files do not read (warned), an error naming the
+  config fields if its shapes do not fit `run`."""
+  shapes = ckpts.read_shapes(step)
+  if shapes is None:
+    return None
+  check_compatible(ckpts, step, shapes, run, saved_config)
+  return ckpts.read_state(step, run.abstract_state)
+
+
 @dataclasses.dataclass
 class Restored:
   """A checkpoint that restored: its step, state, data iterator state and saved config, and its run."""
@@ -181,11 +191,7 @@ def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: i
     if batch_size is not None:
       config.data.batch_size = batch_size
     run = build_run(config, meta["tokenizer"], devices)
-    shapes = ckpts.read_shapes(step)
-    if shapes is None:
-      continue
-    check_compatible(ckpts, step, shapes, run, meta["config"])
-    state = ckpts.read_state(step, run.abstract_state)
+    state = restore_step(ckpts, step, run, meta["config"])
     if state is not None:
       return Restored(step, state, meta["data"], meta["config"], run)
   return None
