@@ -21,11 +21,24 @@ def losses(workdir):
     return [r["loss"] for r in map(json.loads, f) if "loss" in r]
 
 
+def small_corpus() -> str:
+  """~120 KB of sentences in 80 files: sharded == unsharded holds on any text, and loading this is fast."""
+  d = tempfile.mkdtemp()
+  rng = np.random.default_rng(0)
+  words = "the a river stone light quiet seven paper north glass among under over with".split()
+  for i in range(80):
+    sentences = [" ".join(rng.choice(words, rng.integers(4, 12))).capitalize() + "." for _ in range(30)]
+    with open(os.path.join(d, f"doc{i:02d}.txt"), "w") as f:
+      f.write(" ".join(sentences) + "\n")
+  return d
+
+
 def main(steps: int):
   out = {}
+  corpus = small_corpus()
   for shape in MESHES:
     config = config_lib.load_experiment("token_ntp:tiny")
-    config_lib.apply_overrides(config, [
+    config_lib.apply_overrides(config, [f"data.source={corpus}",
         f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
         "eval.max_batches=1", "sample.max_new=0", "model.num_kv_heads=4",
         f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
@@ -50,7 +63,7 @@ def main(steps: int):
   for name, experiment in (("hat", "byte_hat:tiny"), ("concept", "concept_lcm:tiny")):
     for shape in [(1, 1, 1), (2, 2, 2)]:
       config = config_lib.load_experiment(experiment)
-      config_lib.apply_overrides(config, [
+      config_lib.apply_overrides(config, [f"data.source={corpus}",
           f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
           "eval.max_batches=1", "data.num_chunks=8", "data.chunk_len=8", "sample.max_new=0",
           f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
@@ -66,7 +79,8 @@ def main(steps: int):
   half = steps // 2
   config = config_lib.load_experiment("token_ntp:tiny")
   config_lib.apply_overrides(config, [
-      f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", f"train.checkpoint_every={half}",
+      f"data.source={corpus}", f"train.steps={steps}", "train.log_every=1", "train.eval_every=0",
+      f"train.checkpoint_every={half}",
       "eval.max_batches=1", "sample.max_new=0", "model.num_kv_heads=4", "mesh.data=1", "mesh.fsdp=8",
       "mesh.tensor=1"])
   workdir = tempfile.mkdtemp()
