@@ -25,3 +25,25 @@ def old_run(tmp_path):
     shutil.copytree(PRE_FAMILIES / name, target)
     return target
   return copy
+
+
+@pytest.fixture
+def first_losses():
+  """`first_losses(config, steps)`: the first training losses of `config` (float32 values in hex), from the
+  training loop's own step function, data order and init."""
+  import numpy as np
+  from lm import parallel
+  from lm.train import loop, run as run_lib
+
+  def losses(config, steps: int) -> list[str]:
+    data = run_lib.load_data(config)
+    run = run_lib.build_run(config, data.tokenizer)
+    step_fn, extra = loop.train_step(run, data)
+    state, batches = run.init(config.train.seed), data.train_iterator(config.data.batch_size, config.train.seed)
+    out = []
+    with parallel.activation_context(run.mesh):
+      for _ in range(steps):
+        state, metrics = step_fn(state, run.put_batch(next(batches)), *extra)
+        out.append(float(np.float32(metrics["loss"])).hex())
+    return out
+  return losses

@@ -56,23 +56,22 @@ def _metrics(workdir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_forked_family_trains_evaluates_resumes_and_samples(tmp_path, monkeypatch):
+def test_forked_family_trains_evaluates_resumes_and_samples(tmp_path, monkeypatch, first_losses):
   """A copy of lm/families/token.py under another module name is a family of its own, with no other edit."""
   shutil.copy(ROOT / "lm/families/token.py", tmp_path / "myfamily.py")
   monkeypatch.syspath_prepend(str(tmp_path))
   fork = families.load_config("token_ntp:tiny", FAST + ["model.family=myfamily"])
   assert families.get("myfamily") is not families.get("token")
+  # The copy is the same code under another name: its first 20 losses on token_ntp:tiny are those the token
+  # family gave before `lm/families/` existed (bit for bit), which checks lm/families/token.py itself too.
+  want = json.loads((ROOT / "tests/data/first_losses.json").read_text())["token_ntp:tiny"]
+  assert first_losses(families.load_config("token_ntp:tiny", ["model.family=myfamily"]), 20) == want
   w = tmp_path / "fork"
   loop.train(fork, str(w))
-  assert checkpoint.latest_step(w) == 6
-  # The same run as the built-in family: the same losses (the copy is the same code under another name).
-  base = tmp_path / "base"
-  loop.train(families.load_config("token_ntp:tiny", FAST), str(base))
-  fork_losses = [r["loss"] for r in _metrics(w) if "loss" in r]
-  assert len(fork_losses) == 6 and fork_losses == [r["loss"] for r in _metrics(base) if "loss" in r]
+  assert checkpoint.latest_step(w) == 6 and len([r for r in _metrics(w) if "loss" in r]) == 6
   r = lm.load(str(w))
   assert r.config.model.family == "myfamily" and type(r.model).__module__ == "myfamily"
-  assert r.evaluate()["bpb"] == lm.load(str(base)).evaluate()["bpb"]
+  assert 0 < r.evaluate()["bpb"] < 8.5  # a few steps below the uniform 8 bits plus specials
   assert isinstance(r.sample("The ", max_new=8, temperature=0.0), str)
   resumed = loop.train(families.load_config("token_ntp:tiny", FAST + ["model.family=myfamily", "train.steps=8"]),
                        str(w))
