@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # `import lm` stays light; jax loads on first use of the API
-  if name in ("load", "build", "configure", "LM"):
+  if name in ("load", "build", "LM"):
     from lm import api
     return getattr(api, name)
   raise AttributeError(f"module 'lm' has no attribute {name!r}")

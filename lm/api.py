@@ -18,17 +18,19 @@ from typing import Any
 
 import ml_collections
 
-from lm import config as config_lib
+import jax
+
 from lm import families
+from lm.data import corpus, noise as noise_lib
 from lm.data.tokenizers import ByteTokenizer
+from lm.errors import CheckpointError
+from lm.train import run as run_lib
 
 
 class LM:
   """A run with its params: evaluate, sample, or call the model on a batch. `data` loads on first use."""
 
   def __init__(self, run, params, step: int = 0, workdir: str | None = None, data=None):
-    from lm.train import run as run_lib
-    self._run_lib = run_lib
     self.run, self.params, self.step, self.workdir, self._data = run, params, step, workdir, data
     self._applies = {}
 
@@ -60,7 +62,6 @@ class LM:
 
   def __call__(self, batch: dict, **kwargs):
     """The model's forward on a batch (`ModelOutputs`), jitted; kwargs go to `model.apply` (e.g. with_heads)."""
-    import jax
     key = tuple(sorted(kwargs.items()))
     if key not in self._applies:
       self._applies[key] = jax.jit(lambda params, b: self.model.apply({"params": params}, b, **kwargs))
@@ -73,13 +74,12 @@ class LM:
   def evaluate(self, split: str = "val", data: str | None = None, noise: str | None = None) -> dict:
     """Bits per byte, FLOPs per byte (and the family's extras) of `split`, of another text source `data`
     (scored with this run's tokenizer), and/or of the text noised by `noise` (`KIND:RATE`)."""
-    from lm.data import corpus, noise as noise_lib
     if noise:
       noise_lib.parse(noise)  # a bad spec fails before anything loads
     docs = corpus.load_documents(data) if data else None
     if noise:
       docs = noise_lib.noised(docs if docs is not None else self.data.splits[split], noise)
-    result = self._run_lib.evaluate(self.run, self.params, self.data, split, docs)
+    result = run_lib.evaluate(self.run, self.params, self.data, split, docs)
     result.update(split=split, data=data or self.config.data.source, noise=noise or None)
     return result
 
@@ -95,15 +95,11 @@ class LM:
 
   def speculative(self, prompt: str, max_new: int = 200) -> tuple[str, dict]:
     """Greedy self-speculative decoding with the run's own heads: (text, accepted-units stats)."""
-    import jax
-    params = jax.device_put(self.params, jax.local_devices()[0])
-    return self.family.speculative(self.run, params, prompt, max_new)
+    return self.run.speculative(self.params, prompt, max_new)
 
 
 def load(workdir: str) -> LM:
   """The newest good checkpoint of a trained run (its own config and tokenizer), on the local devices."""
-  from lm.errors import CheckpointError
-  from lm.train import run as run_lib
   restored = run_lib.restore_saved(workdir)
   if restored is None:
     raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
@@ -111,23 +107,10 @@ def load(workdir: str) -> LM:
   return LM(restored.run, restored.state.params, step=restored.step, workdir=str(workdir))
 
 
-def configure(experiment: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
-  """An experiment's config with Python-valued dotted overrides (`{"model.d_model": 64}`), validated."""
-  config = config_lib.load_experiment(experiment)
-  overrides = dict(overrides or {})
-  if "model.family" in overrides:
-    config.model.family = overrides.pop("model.family")
-  families.extend_config(config)
-  for key, value in overrides.items():
-    config_lib.set_value(config, key, value, parse=isinstance(value, str))
-  families.validate(config)
-  return config
-
-
 def build(experiment: str, seed: int | None = None, **overrides: Any) -> LM:
-  """A fresh (untrained) run of `experiment` with `overrides`, params from its init (`train.seed`)."""
-  from lm.train import run as run_lib
-  config = configure(experiment, overrides)
+  """A fresh (untrained) run of `experiment` with Python-valued dotted `overrides` (`**{"model.d_model": 64}`),
+  params from its init (`train.seed`, or `seed`)."""
+  config = families.load_config(experiment, overrides)
   data = None
   if config.data.tokenizer == "bytes":
     tokenizer = ByteTokenizer()

@@ -4,7 +4,6 @@ import json
 import pathlib
 import re
 
-import jax.numpy as jnp
 import pytest
 
 import lm
@@ -58,7 +57,7 @@ def test_build_is_a_callable_untrained_run():
   batch = r.example_batch(1)
   outputs = r(batch)
   assert outputs.logits.shape == batch["targets"].shape + (264,)  # 259 bytes and specials + end, padded to 8
-  assert float(jnp.abs(outputs.logits - r(batch).logits).max()) == 0.0 and r.params["backbone_start"].shape == (32,)
+  assert r.params["backbone_start"].shape == (32,) and "encoder_slot" in r.params
 
 
 def test_api_errors_are_one_line(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 
 from lm import config as config_lib
 from lm.errors import ConfigError, LMError
+from lm.models import flops
 from lm.objectives.base import Requirements, masked_nll
 
 BUILTIN = ("token", "hierarchical", "concept")
@@ -109,6 +110,18 @@ def chunked_split_fields(config) -> dict[str, int]:
   return {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")}
 
 
+def chunked_flops(config, vocab_size: int, n_bytes: float, rows, needs: Requirements, concept_dim: int = 0,
+                  with_encoder: bool = True) -> dict[str, float]:
+  """`Family.flops_per_byte` of a chunked family: units and chunks counted from the rows' masks."""
+  n_units = sum(float(r["unit_mask"].sum()) for r in rows)
+  n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
+  d = config.data
+  per_byte = flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units, n_chunks,
+                                    concept_dim=concept_dim, decoder_passes=1 + needs.decoder_passes,
+                                    with_encoder=with_encoder)
+  return flops.chunked_result(per_byte, n_bytes, n_chunks)
+
+
 def get(name: str) -> Family:
   """The family of `config.model.family`: the module `lm.families.NAME` if there is one, else the module NAME
   (a user's module on sys.path, dotted or not)."""
@@ -154,12 +167,26 @@ def base_config(family: str = "token") -> ml_collections.ConfigDict:
   return extend_config(config)
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-  """Dotted overrides, `model.family` first so that the new family's fields exist for the others."""
-  family = [o for o in overrides if o.partition("=")[0].removeprefix("config.") == "model.family"]
-  config_lib.apply_overrides(config, family)
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """Dotted overrides, `model.family` first so that the new family's fields exist for the others: strings
+  `["a.b=VALUE", ...]` (parsed by the field's type, as on the command line) or a dict `{"a.b": value}`."""
+  if isinstance(overrides, dict):
+    items = [(k.removeprefix("config."), v) for k, v in overrides.items()]
+  else:
+    items = []
+    for item in overrides:
+      key, sep, value = item.partition("=")
+      if not sep:
+        raise ConfigError(f"override {item!r} has no value; write --config.{key}=VALUE")
+      items.append((key.removeprefix("config."), value))
+  family = [(k, v) for k, v in items if k == "model.family"]
+  for key, value in family:
+    config_lib.set_value(config, key, value)
   extend_config(config)
-  return config_lib.apply_overrides(config, [o for o in overrides if o not in family])
+  for key, value in items:
+    if key != "model.family":
+      config_lib.set_value(config, key, value, parse=isinstance(value, str))
+  return config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -168,11 +195,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   get(config.model.family).validate(config)
 
 
-def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-  """`NAME[:ARG]` (or a file path) with dotted overrides applied and validated: what every command runs."""
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """`NAME[:ARG]` (or a file path) with dotted overrides (`apply_overrides`) applied and validated: what every
+  command and `lm.build` run."""
   config = config_lib.load_experiment(spec)
   extend_config(config)
-  apply_overrides(config, list(overrides))
+  apply_overrides(config, overrides if isinstance(overrides, dict) else list(overrides))
   validate(config)
   return config
 

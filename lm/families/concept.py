@@ -27,8 +27,8 @@ import jax.numpy as jnp
 
 from lm.data.chunks import ConceptData, sentence_chunks
 from lm.errors import ConfigError
-from lm.families import Family, check_chunked, chunked_split_fields
-from lm.models import chunked, decode, flops
+from lm.families import Family, check_chunked, chunked_flops, chunked_split_fields
+from lm.models import chunked, decode
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
 from lm.models.transformer import Transformer
@@ -185,14 +185,8 @@ class ConceptFamily(Family):
     return int(config.data.num_chunks)
 
   def flops_per_byte(self, config, vocab_size: int, n_bytes: float, rows, needs: Requirements) -> dict[str, float]:
-    n_units = sum(float(r["unit_mask"].sum()) for r in rows)
-    n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
-    d = config.data
-    per_byte = flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units,
-                                      n_chunks, concept_dim=self.concept_dim(config),
-                                      decoder_passes=1 + needs.decoder_passes,
-                                      with_encoder=not d.concept_embeddings)
-    return flops.chunked_result(per_byte, n_bytes, n_chunks)
+    return chunked_flops(config, vocab_size, n_bytes, rows, needs, concept_dim=self.concept_dim(config),
+                         with_encoder=not config.data.concept_embeddings)
 
   def eval_step(self, model: ConceptLM):
     """Also the decoder NLL given the true concepts (`oracle_nll_sum`), the L2 distance of predicted to true

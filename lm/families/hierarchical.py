@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from lm.data.chunks import BYTE_PAD, ChunkData, word_chunks
 from lm.errors import ConfigError
-from lm.families import Family, check_chunked, chunked_split_fields, no_extra_passes
-from lm.models import chunked, decode, flops
+from lm.families import Family, check_chunked, chunked_flops, chunked_split_fields, no_extra_passes
+from lm.models import chunked, decode
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
 from lm.models.transformer import Transformer
@@ -126,12 +126,7 @@ class HierarchicalFamily(Family):
     return int(config.data.num_chunks)
 
   def flops_per_byte(self, config, vocab_size: int, n_bytes: float, rows, needs: Requirements) -> dict[str, float]:
-    n_units = sum(float(r["unit_mask"].sum()) for r in rows)
-    n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
-    d = config.data
-    per_byte = flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units,
-                                      n_chunks, decoder_passes=1 + needs.decoder_passes)
-    return flops.chunked_result(per_byte, n_bytes, n_chunks)
+    return chunked_flops(config, vocab_size, n_bytes, rows, needs)
 
   def sample(self, run, params, prompt: str, *, max_new: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0) -> str:

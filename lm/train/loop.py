@@ -54,7 +54,7 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
     run = build_run(config, data.tokenizer, devices)
     state = restore_step(ckpts, step, run, meta["config"])
     if state is not None:
-      found = Restored(step, state, meta["data"], meta["config"], run), data
+      found = Restored(step, state, meta["data"], run), data
       break
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

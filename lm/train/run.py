@@ -68,6 +68,10 @@ class Run:
     return self.family.sample(self, params, prompt, max_new=max_new, temperature=temperature, top_k=top_k,
                               top_p=top_p, seed=seed)
 
+  def speculative(self, params, prompt: str, max_new: int) -> tuple[str, dict]:
+    params = jax.device_put(params, jax.local_devices()[0])
+    return self.family.speculative(self, params, prompt, max_new)
+
   def flops_per_byte(self, n_bytes: float, rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
     return self.family.flops_per_byte(self.config, self.tokenizer.vocab_size, n_bytes, rows, self.needs)
 
@@ -80,7 +84,7 @@ def build_run(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=N
   mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_divisibility(config, mesh, family.tensor_split_fields(config))
   needs = objectives.requirements(config.objectives)
-  objectives.build(config.objectives)  # unknown options fail here
+  objectives.build(config.objectives)  # bad option values (rho's keep, ...) fail here, before any compile
   model = family.build_model(config, tokenizer.vocab_size, needs=needs)
   tx = make_optimizer(config.optim, config.train.steps)
   run = Run(config, family, needs, mesh, tokenizer, model, tx)
@@ -170,22 +174,27 @@ def restore_step(ckpts: checkpoint.Checkpoints, step: int, run: Run, saved_confi
 
 @dataclasses.dataclass
 class Restored:
-  """A checkpoint that restored: its step, state, data iterator state and saved config, and its run."""
+  """A checkpoint that restored: its step, state, data iterator state, and the run built for it."""
   step: int
   state: Any
   data_state: Any
-  saved_config: dict
   run: Run
 
 
-def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: int | None = None) -> Restored | None:
+def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: int | None = None,
+                  tokenizer: Tokenizer | None = None, role: str = "run") -> Restored | None:
   """The newest step of `workdir` that restores, as its own saved config describes it, on `devices` with
-  `mesh` (default: all data parallel); None when the workdir has no checkpoint."""
+  `mesh` (default: all data parallel); None when the workdir has no checkpoint. With `tokenizer`, a
+  checkpoint trained with another one is an error before any array is read."""
   ckpts = checkpoint.Checkpoints(workdir)
   for step in ckpts.steps():
     meta = ckpts.read_meta(step)
     if meta is None:
       continue
+    if tokenizer is not None and meta["tokenizer"].files() != tokenizer.files():
+      raise CheckpointError(
+          f"{role} {str(workdir)!r} has a tokenizer of {meta['tokenizer'].vocab_size} ids, this run's has "
+          f"{tokenizer.vocab_size} (or a different vocabulary); train the {role} with this data.tokenizer")
     config = families.from_json(json.dumps(meta["config"]))
     config.mesh = ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1))
     if batch_size is not None:
@@ -193,7 +202,7 @@ def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: i
     run = build_run(config, meta["tokenizer"], devices)
     state = restore_step(ckpts, step, run, meta["config"])
     if state is not None:
-      return Restored(step, state, meta["data"], meta["config"], run)
+      return Restored(step, state, meta["data"], run)
   return None
 
 
@@ -215,11 +224,8 @@ def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
   if not workdir:
     raise ConfigError(f"objective {run.needs.reference_objective!r} needs a reference run: set "
                       "--config.objectives.N.reference=WORKDIR of a trained run with the same tokenizer")
-  restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size)
+  restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size,
+                           tokenizer=run.tokenizer, role="reference run")
   if restored is None:
     raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
-  if restored.run.tokenizer.files() != run.tokenizer.files():
-    raise CheckpointError(
-        f"reference run {workdir!r} has a tokenizer of {restored.run.tokenizer.vocab_size} ids, this run's has "
-        f"{run.tokenizer.vocab_size} (or a different vocabulary); train the reference with this data.tokenizer")
   return restored.run, restored.state.params
