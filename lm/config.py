@@ -7,7 +7,6 @@ An experiment is `experiments/NAME.py` with `get_config(arg=None) -> ConfigDict`
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import json
 import pathlib
@@ -15,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from lm.errors import ConfigError
+from lm.errors import ConfigError, did_you_mean, plural, type_name
 
 SECTIONS = ("model", "data", "objectives", "optim", "train", "mesh", "eval", "sample")
 
@@ -55,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = dict(
       steps=1000, log_every=50, eval_every=500, eval_batches=8, checkpoint_every=500,
       keep_checkpoints=3, seed=0, grad_accum=1, max_nonfinite_steps=10,
+      trackers=("jsonl", "tensorboard"),  # lm/train/trackers.py: jsonl | tensorboard | wandb | module.Class
   )
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.eval = dict(batch_size=0, max_batches=0)  # batch_size 0: training microbatch; max_batches 0: all
@@ -91,9 +91,7 @@ def _resolve_experiment(name: str) -> pathlib.Path:
   if candidate.exists():
     return candidate
   names = list(list_experiments())
-  near = difflib.get_close_matches(name, names, n=1, cutoff=0.0)
-  hint = f"did you mean {near[0]!r}? " if near else ""
-  raise ConfigError(f"unknown experiment {name!r}; {hint}`lm list` shows all {len(names)}")
+  raise ConfigError(f"unknown experiment {name!r}; {did_you_mean(name, names)}`lm list` shows all {len(names)}")
 
 
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
@@ -147,9 +145,8 @@ def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 
 def _unknown(config, dotted: str) -> ConfigError:
-  near = difflib.get_close_matches(dotted, all_keys(config), n=1, cutoff=0.0)
-  hint = f"; did you mean config.{near[0]}?" if near else ""
-  return ConfigError(f"unknown config key config.{dotted}{hint}")
+  hint = did_you_mean(dotted, all_keys(config), prefix="config.")
+  return ConfigError(f"unknown config key config.{dotted}; " + (hint.rstrip() or "`lm config EXPERIMENT` prints every key"))
 
 
 def _parse(text: str, current: Any, dotted: str) -> Any:
@@ -162,19 +159,20 @@ def _parse(text: str, current: Any, dotted: str) -> Any:
     raise ConfigError(f"config.{dotted}={text!r}: expected true or false")
   if isinstance(current, str):
     return text
+  if isinstance(current, (list, tuple)) and all(isinstance(v, str) for v in current) and text[:1] not in "[(":
+    return type(current)(v.strip() for v in text.split(",") if v.strip())  # names: a,b,c
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     try:
       value = json.loads(text)
     except ValueError:
-      raise ConfigError(f"config.{dotted}={text!r}: expected a {type(current).__name__}") from None
+      raise ConfigError(f"config.{dotted}={text!r}: expected {type_name(current)}") from None
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if current is not None and not isinstance(value, type(current)) and not (
       isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):
-    raise ConfigError(f"config.{dotted}={text!r}: expected a {type(current).__name__}, got "
-                      f"{type(value).__name__}")
+    raise ConfigError(f"config.{dotted}={text!r}: expected {type_name(current)}, got {type_name(value)}")
   return value
 
 
@@ -185,6 +183,10 @@ def set_value(config: ml_collections.ConfigDict, dotted: str, value: Any, parse:
   for i, part in enumerate(parts[:-1]):
     if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
       node = node[int(part)]
+    elif isinstance(node, (list, tuple)):
+      where = ".".join(parts[:i])
+      raise ConfigError(f"config.{dotted}: config.{where} has {plural(len(node), 'entry', 'entries')}, numbered "
+                        f"from 0; {part!r} is not one of them")
     elif isinstance(node, (dict, ml_collections.ConfigDict)) and part in node:
       node = node[part]
     else:
@@ -206,8 +208,8 @@ def set_value(config: ml_collections.ConfigDict, dotted: str, value: Any, parse:
     value = _parse(value, current, dotted)
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
-  if dotted == "objectives" or (isinstance(current, list)):
-    node[last] = [dict(v) for v in value] if dotted == "objectives" else list(value)
+  if dotted == "objectives" or isinstance(current, (list, tuple)):
+    node[last] = [dict(v) for v in value] if dotted == "objectives" else type(current)(value)
     return
   try:
     node[last] = value

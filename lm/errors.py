@@ -15,3 +15,30 @@ class DataError(LMError):
 
 class CheckpointError(LMError):
   """A workdir or checkpoint cannot be used."""
+
+
+class RunFinished(CheckpointError):
+  """`lm train` on a workdir whose run already reached `train.steps`: nothing to train."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Wording helpers, so every message reads as English.
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+  """`1 document`, `2 documents` (`many` for irregular plurals)."""
+  return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def type_name(value_or_type) -> str:
+  """What a value of this type is called in a message: `an integer`, `a number`, `a string`, `a list`."""
+  t = value_or_type if isinstance(value_or_type, type) else type(value_or_type)
+  names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+           tuple: "a list", dict: "a dict", type(None): "nothing (None)"}
+  return names.get(t, f"a {t.__name__}" if t.__name__[:1].lower() not in "aeiou" else f"an {t.__name__}")
+
+
+def did_you_mean(name: str, choices, prefix: str = "", cutoff: float = 0.6) -> str:
+  """`did you mean 'X'? ` when one of `choices` is close to `name` (difflib's default cutoff), else ``."""
+  import difflib
+  near = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+  return f"did you mean {prefix}{near[0]}? " if near and prefix else f"did you mean {near[0]!r}? " if near else ""

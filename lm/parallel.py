@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lm.errors import ConfigError
+from lm.errors import ConfigError, plural
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -45,11 +45,12 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   if free:
     if num_devices % known:
       raise ConfigError(f"mesh (data, fsdp, tensor)={tuple(sizes)}: fixed axes multiply to {known}, which "
-                        f"does not divide the {num_devices} devices; pick sizes whose product divides it")
+                        f"does not divide the {plural(num_devices, 'device')} present; pick sizes whose product "
+                        "divides it")
     sizes[free[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ConfigError(f"mesh (data, fsdp, tensor)={tuple(sizes)} has {math.prod(sizes)} devices but "
-                      f"{num_devices} are present; make the product {num_devices} or set one axis to -1")
+                      f"{plural(num_devices, 'device')} {'is' if num_devices == 1 else 'are'} present; make the product {num_devices} or set one axis to -1")
   return tuple(sizes)
 
 

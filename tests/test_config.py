@@ -2,7 +2,7 @@
 
 import pytest
 
-from lm import config as config_lib
+from lm import config as config_lib, families
 from lm.errors import ConfigError
 
 
@@ -28,6 +28,38 @@ def test_unknown_experiment_names_the_nearest():
     config_lib.load_experiment("token_ntpp")
 
 
+@pytest.mark.parametrize("name, hint", [("token_ntpp", "did you mean 'token_ntp'? "), ("nonexistent", "")])
+def test_experiment_suggestions_only_when_close(name, hint):
+  with pytest.raises(ConfigError) as e:
+    config_lib.load_experiment(name)
+  assert str(e.value).startswith(f"unknown experiment {name!r}; {hint}`lm list` shows all")
+
+
+@pytest.mark.parametrize("override, hint", [("model.d_modle=3", "did you mean config.model.d_model?"),
+                                            ("zzz=1", "`lm config EXPERIMENT` prints every key")])
+def test_key_suggestions_only_when_close(override, hint):
+  with pytest.raises(ConfigError) as e:
+    config_lib.apply_overrides(config_lib.base_config(), [override])
+  assert str(e.value) == f"unknown config key config.{override.split('=')[0]}; {hint}"
+
+
+def test_a_typo_inside_an_experiment_file_fails(tmp_path):
+  (tmp_path / "typo.py").write_text(
+      "from lm import families\n\ndef get_config(arg=None):\n  c = families.base_config()\n"
+      "  c.model.d_modle = 64\n  return c\n")
+  with pytest.raises(ConfigError, match=r"experiment 'typo' sets config.model.d_modle, which no config has; "
+                     r"did you mean config.model.d_model\?"):
+    families.load_config(str(tmp_path / "typo.py"))
+  config = families.load_config("token_ntp:tiny")
+  with pytest.raises(AttributeError):  # locked: code that adds a key by mistake fails too
+    config.model.d_modle = 64
+
+
+def test_list_fields_take_comma_separated_names():
+  c = config_lib.apply_overrides(config_lib.base_config(), ["train.trackers=jsonl,wandb"])
+  assert tuple(c.train.trackers) == ("jsonl", "wandb")
+
+
 def test_overrides_parse_by_type():
   c = config_lib.base_config()
   config_lib.apply_overrides(c, ["model.d_model=64", "optim.lr=1", "model.scan_layers=false",
@@ -41,7 +73,9 @@ def test_overrides_parse_by_type():
 @pytest.mark.parametrize("override, message", [
     ("model.d_modle=3", "did you mean config.model.d_model"),
     ("trian.steps=3", "did you mean config.train.steps"),
-    ("model.d_model=wide", "expected a int"),
+    ("model.d_model=wide", "expected an integer$"),
+    ("optim.lr=fast", "expected a number$"),
+    ("objectives.3.weight=1", "config.objectives has 1 entry, numbered from 0; '3' is not one of them"),
     ("model.scan_layers=maybe", "expected true or false"),
 ])
 def test_bad_overrides_fail_with_one_line(override, message):

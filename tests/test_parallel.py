@@ -19,9 +19,9 @@ def test_mesh_shape_fills_the_free_axis():
   assert parallel.mesh_shape(cfg(-1, 1, 1), 8) == (8, 1, 1)
   assert parallel.mesh_shape(cfg(2, -1, 2), 8) == (2, 2, 2)
   assert parallel.mesh_shape(cfg(1, 2, 4), 8) == (1, 2, 4)
-  with pytest.raises(ConfigError, match="has 6 devices but 8 are present"):
+  with pytest.raises(ConfigError, match="has 6 devices but 8 devices are present"):
     parallel.mesh_shape(cfg(1, 2, 3), 8)
-  with pytest.raises(ConfigError, match="does not divide the 8 devices"):
+  with pytest.raises(ConfigError, match="does not divide the 8 devices present"):
     parallel.mesh_shape(cfg(-1, 3, 1), 8)
   with pytest.raises(ConfigError, match="at most one -1"):
     parallel.mesh_shape(cfg(-1, -1, 1), 8)

@@ -1,5 +1,6 @@
-"""Resume semantics in-process: corrupt steps fall back, shape and tokenizer changes fail in one line, a
-checkpoint is self-contained, and the numerics guard stops with the last good checkpoint intact."""
+"""Resume semantics in-process: corrupt steps fall back, changes a resume may not make fail in one line with the
+fields named, safe ones are printed and recorded in the config history, a finished run says so and writes
+nothing, a checkpoint is self-contained, and the numerics guard stops with the last good checkpoint intact."""
 
 import json
 import pathlib
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 
 from lm import config as config_lib
-from lm.data import tokenizers
-from lm.errors import CheckpointError
+from lm.data import corpus as corpus_lib, tokenizers
+from lm.errors import CheckpointError, RunFinished
 from lm.objectives.base import register
 from lm.objectives.token import ntp
-from lm.train import checkpoint, loop
+from lm.train import checkpoint, history, loop
 from lm.train import run as run_lib
 
 
@@ -79,33 +80,59 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(corpus, trained, tm
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [10, 20, 30]
 
 
-def test_model_shape_change_names_the_fields(corpus, trained, tmp_path):
+def test_a_changed_model_or_learning_rate_is_refused_with_the_fields_named(corpus, trained, tmp_path):
   workdir = copy_run(trained, tmp_path)
-  config = make_config(corpus, "model.d_model=48", "model.num_layers=2")
-  with pytest.raises(CheckpointError, match=r"changes the model's shape against checkpoint step 30 in .*"
-                     r"\(model.d_model: 32 -> 48; model.num_layers: 1 -> 2\); .* --restart"):
-    loop.train(config, str(workdir))
+  before = {name: (workdir / name).read_bytes() for name in ("config.json", "config_history.jsonl")}
+  for overrides, fields in [(("model.d_model=48", "model.num_layers=2"), "model.d_model: 32 -> 48; model.num_layers: 1 -> 2"),
+                            (("optim.lr=1e-5", "train.steps=40"), "optim.lr: 0.004 -> 1e-05")]:
+    with pytest.raises(CheckpointError) as e:
+      loop.train(make_config(corpus, *overrides), str(workdir))
+    assert str(e.value).startswith(f"cannot resume from checkpoint step 30 in {workdir} with {fields}: ")
+    assert str(e.value).endswith("set these back or pass --restart to start over (old checkpoints are kept)")
+  assert {name: (workdir / name).read_bytes() for name in before} == before  # the record is untouched
   assert not (workdir / "corrupt-checkpoints").exists()  # a mismatch is not corruption
 
 
-def test_mesh_or_schedule_changes_still_resume(corpus, trained, tmp_path, capsys):
+def test_a_finished_run_says_so_and_changes_nothing(corpus, trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  with pytest.raises(RunFinished, match=rf"^run finished at step 30 in {workdir} \(train.steps=30\); raise "
+                     r"--config.train.steps or use --restart"):
+    loop.train(make_config(corpus, "train.log_every=5"), str(workdir))  # a safe change does not hide it
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_safe_changes_resume_are_printed_and_recorded(corpus, trained, tmp_path, capsys):
   workdir = copy_run(trained, tmp_path)
   summary = loop.train(make_config(corpus, "train.steps=32", "model.remat_policy=full", "mesh.data=1"), str(workdir))
-  assert summary["step"] == 32 and "resumed from step 30" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert summary["step"] == 32
+  assert (f"resumed from step 30 in {workdir}, with\n  mesh.data: -1 -> 1\n  model.remat_policy: 'none' -> 'full'\n"
+          "  train.steps: 30 -> 32\n") in out
+  records = history.read(workdir)
+  assert [(r["event"], r["step"]) for r in records] == [("start", 0), ("resume", 30)]
+  assert records[1]["changes"]["train.steps"] == [30, 32] and records[1]["changes"]["mesh.data"] == [-1, 1]
+  assert records[0]["config"]["train"]["steps"] == 30  # the past is kept as it was
+  assert json.loads((workdir / "config.json").read_text()) == records[1]["config"]
 
 
-def test_tokenizer_that_does_not_match_the_checkpoint_names_both_sizes(corpus, tmp_path):
+def test_restart_moves_the_old_record_aside(corpus, trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  loop.move_aside(workdir)
+  (previous,) = workdir.glob("previous-*")
+  assert {"checkpoints", "metrics.jsonl", "config.json", "config_history.jsonl"} <= {p.name for p in previous.iterdir()}
+  assert not (workdir / "config.json").exists() and not (workdir / "config_history.jsonl").exists()
+
+
+def test_a_changed_tokenizer_is_refused_before_data_loads(corpus, tmp_path, monkeypatch):
   docs = [p.read_bytes() for p in sorted(corpus.iterdir())]
   paths = {}
   for size in (280, 300):
-    tok = tokenizers.train_bpe(docs, size)
     paths[size] = tmp_path / f"bpe{size}.json"
-    paths[size].write_bytes(tok.files()["tokenizer.json"])
-  sizes = {s: tokenizers.build_tokenizer(str(p), [], 0).vocab_size for s, p in paths.items()}
-  assert sizes[280] != sizes[300]
+    paths[size].write_bytes(tokenizers.train_bpe(docs, size).files()["tokenizer.json"])
   loop.train(make_config(corpus, "train.steps=10", f"data.tokenizer={paths[280]}"), str(tmp_path / "w"))
-  with pytest.raises(CheckpointError, match=rf"tokenizer '.*bpe300.json' has {sizes[300]} ids but the "
-                     rf"checkpoint's has {sizes[280]} .*set data.tokenizer back or pass --restart"):
+  monkeypatch.setattr(corpus_lib, "load_documents", lambda *a: pytest.fail("data loaded before the check"))
+  with pytest.raises(CheckpointError, match=rf"with data.tokenizer: '{paths[280]}' -> '{paths[300]}': "):
     loop.train(make_config(corpus, "train.steps=20", f"data.tokenizer={paths[300]}"), str(tmp_path / "w"))
 
 

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from lm.data import synthetic
-from lm.errors import DataError
+from lm.errors import DataError, plural, type_name
 
 BUILTIN_SOURCES = ("python-prose", "python-code")
 _SOURCE_HELP = "pass a file, directory, glob, 'jsonl:PATH:FIELD', 'python-prose' or 'python-code'"
@@ -200,7 +200,7 @@ def _jsonl_documents(spec: str) -> list[bytes]:
         value = record[field]
         if not isinstance(value, str):
           raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file}: field {field!r} is a {type(value).__name__}, "
+              f"data.source {spec!r}: line {lineno} of {file}: field {field!r} is {type_name(value)}, "
               "not a string; pick a text field"
           )
         docs.append(value.encode("utf-8", errors="surrogatepass"))
@@ -221,6 +221,30 @@ def _load_one(part: str) -> list[bytes]:
   return docs
 
 
+def source_size(source: str) -> tuple[int, int] | None:
+  """(bytes, documents) of `source` from the file system alone (no file is read), or None when a part's size
+  is known only by building it (`python-prose`, `python-code`, `synthetic:`). `bytes + 2 * documents` bounds
+the text's bytes plus a bos and an eos per document: a file is one document; a jsonl file counts as none,
+since JSON spends at least two bytes per record beyond its text. Missing paths and empty globs raise the
+same one-line error as loading them would."""
+  parts = [p.strip() for p in source.split(",") if p.strip()]
+  if not parts:
+    raise DataError(f"data.source {source!r} is empty; {_SOURCE_HELP}")
+  n_bytes = n_docs = 0
+  for part in parts:
+    if part in BUILTIN_SOURCES or part.startswith("synthetic:"):
+      return None
+    pattern = part
+    if part.startswith("jsonl:"):
+      pattern = part[len("jsonl:"):].rpartition(":")[0]
+      if not pattern:
+        raise DataError(f"data.source {part!r}: expected 'jsonl:PATH:FIELD', e.g. 'jsonl:data/*.jsonl:text'")
+    files = _resolve_paths(pattern, part)
+    n_bytes += sum(os.path.getsize(f) for f in files)
+    n_docs += 0 if part.startswith("jsonl:") else len(files)
+  return n_bytes, n_docs
+
+
 def load_documents(source: str = "python-prose") -> list[bytes]:
   """Loads the documents of `source` (comma-separated sources) in a deterministic order; empty ones dropped."""
   parts = [p.strip() for p in source.split(",") if p.strip()]
@@ -234,7 +258,7 @@ def load_documents(source: str = "python-prose") -> list[bytes]:
   docs = [d for d in docs if d]
   if not docs:
     raise DataError(
-        f"data.source {source!r}: corpus is empty ({n_docs} documents, {n_bytes} bytes); point it at non-empty text"
+        f"data.source {source!r}: corpus is empty ({plural(n_docs, 'document')}, {plural(n_bytes, 'byte')}); point it at non-empty text"
     )
   return docs
 
@@ -278,7 +302,7 @@ def split_documents(
   if not splits["train"]:
     where = f"data.source {source!r}" if source is not None else "data split"
     raise DataError(
-        f"{where}: train split is empty ({len(docs)} documents, {sum(map(len, docs))} bytes, "
+        f"{where}: train split is empty ({plural(len(docs), 'document')}, {plural(sum(map(len, docs)), 'byte')}, "
         f"val_fraction={val_fraction}, test_fraction={test_fraction}); add documents or lower the fractions"
     )
   return splits

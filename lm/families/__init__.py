@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from lm import config as config_lib
-from lm.errors import ConfigError, LMError
+from lm.errors import ConfigError, LMError, did_you_mean
 from lm.models import flops
 from lm.objectives.base import Requirements, masked_nll
 
@@ -182,7 +182,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   family = [(k, v) for k, v in items if k == "model.family"]
   for key, value in family:
     config_lib.set_value(config, key, value)
-  extend_config(config)
+  with config.unlocked():  # a new family brings its own fields
+    extend_config(config)
   for key, value in items:
     if key != "model.family":
       config_lib.set_value(config, key, value, parse=isinstance(value, str))
@@ -195,11 +196,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
   get(config.model.family).validate(config)
 
 
+def check_experiment_keys(config: ml_collections.ConfigDict) -> None:
+  """An experiment changes values and never adds keys: a key its `get_config` made up (a typo such as
+  `config.model.d_modle = 64`) is an error naming the nearest real key."""
+  known = set(config_lib.all_keys(base_config(config.model.family)))
+  for key in config_lib.all_keys(config):
+    if key not in known:
+      hint = did_you_mean(key, sorted(known), prefix="config.")
+      raise ConfigError(f"experiment {config.experiment!r} sets config.{key}, which no config has; "
+                        + (hint.rstrip() or "experiments change existing fields, never add new ones"))
+
+
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
   """`NAME[:ARG]` (or a file path) with dotted overrides (`apply_overrides`) applied and validated: what every
   command and `lm.build` run."""
   config = config_lib.load_experiment(spec)
+  check_experiment_keys(config)
   extend_config(config)
+  config.lock()  # from here on a misspelt key is an error, never a new field
   apply_overrides(config, overrides if isinstance(overrides, dict) else list(overrides))
   validate(config)
   return config

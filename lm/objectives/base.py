@@ -12,7 +12,6 @@ then `mypkg`; whichever registers it wins. So a user objective is one file and o
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 import math
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lm.errors import ConfigError
+from lm.errors import ConfigError, did_you_mean, type_name
 from lm.models.base import ModelOutputs
 
 Array = jax.Array
@@ -143,8 +142,7 @@ def get(name: str) -> Objective:
         break
   if name not in _REGISTRY:
     names = sorted(_REGISTRY)
-    near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f"did you mean {near[0]!r}? " if near else ""
+    hint = did_you_mean(name, names)
     raise ConfigError(f"unknown objective {name!r}; {hint}registered: {names} (a user objective: a dotted "
                       "module path whose module calls lm.objectives.register)")
   return _REGISTRY[name]
@@ -175,10 +173,25 @@ def _options(objective: Objective, spec: Mapping[str, Any]) -> dict[str, Any]:
   given = {k: v for k, v in spec.items() if k not in ("name", "weight", "label")}
   for key in given:
     if key not in accepted:
-      near = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.0)
-      hint = f"; did you mean {near[0]!r}?" if near else "; it takes no options"
-      raise ConfigError(f"objective {objective.name!r} has no option {key!r}{hint}")
-  return {**objective.defaults(), **given}
+      options = [k for k in accepted if k not in ("name", "weight", "label")]
+      hint = did_you_mean(key, options) or (f"its options: {', '.join(options)}" if options else "it takes no options")
+      raise ConfigError(f"objective {objective.name!r} has no option {key!r}; {hint.rstrip()}")
+  defaults = objective.defaults()
+  for key, value in given.items():  # an option takes its default's type (ints are numbers too)
+    default = defaults.get(key)
+    expected = type(default) if default is not None else None
+    fits = expected is None or isinstance(value, expected) and not (expected is int and isinstance(value, bool)) \
+        or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+    if not fits:
+      raise ConfigError(f"objective {objective.name!r}: option {key}={value!r} must be {type_name(default)}")
+  return {**defaults, **given}
+
+
+def at_least(objective: str, minimum, **values) -> None:
+  """One-line errors for options below their minimum: `at_least("mtp", 1, n=n)`."""
+  for key, value in values.items():
+    if value < minimum:
+      raise ConfigError(f"objective {objective!r}: {key}={value!r} must be at least {minimum}")
 
 
 def requirements(objectives: list[Mapping[str, Any]]) -> Requirements:

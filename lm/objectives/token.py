@@ -10,7 +10,7 @@ from lm.errors import ConfigError
 from lm.models import heads
 from lm.models.base import ModelOutputs
 from lm.models.heads import shift_left
-from lm.objectives.base import Batch, Head, LossContext, LossTerms, masked_nll, register, token_nll
+from lm.objectives.base import Batch, Head, LossContext, LossTerms, at_least, masked_nll, register, token_nll
 
 
 @register("ntp")
@@ -74,6 +74,7 @@ def mtp(n: int = 4, equal_params: bool = False):  # pylint: disable=unused-argum
   """Multi-token prediction (Gloeckle et al. 2024, eq. 1): L = -sum_t sum_{k=1..n} log p_k(x_{t+k} | x_{<=t}),
   head 1 the next-unit head, heads 2..n one block each on the shared trunk. `equal_params` takes n - 1
   layers from the trunk so the parameter count matches next-unit training. Count: next-unit events."""
+  at_least("mtp", 1, n=n)
 
   def loss(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> LossTerms:
     total, metrics = _next_unit_metrics(outputs, batch, ctx)
@@ -94,6 +95,7 @@ def dsmtp(depth: int = 1):
   """Sequential MTP modules (DeepSeek-V3 report, eqs. 24-25): L = (1/D) sum_{k=1..D} CE_k, where module k
   predicts unit t+k+1. The paper's lambda (0.3, later 0.1) is this objective's `weight`, schedulable.
   Count: next-unit events, so lambda means what it means in the paper when listed after `ntp`."""
+  at_least("dsmtp", 1, depth=depth)
 
   def loss(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> LossTerms:  # pylint: disable=unused-argument
     total, metrics = 0.0, {}
@@ -140,6 +142,7 @@ def top(window: int = 16):
   """Token order prediction (Zuhri et al. 2025, eq. 3): ListNet top-one loss
   -sum_v softmax(y_t)_v log softmax(top_logits_t)_v with y_t(v) = window - d_t(v) for units occurring d <= window
   steps ahead (else -inf). Count: next-unit events."""
+  at_least("top", 1, window=window)
 
   def loss(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> LossTerms:  # pylint: disable=unused-argument
     logits_BxTxV = outputs.aux["top_logits"]
@@ -161,6 +164,9 @@ def top(window: int = 16):
 def ftp(n: int = 4, gamma: float = 0.8, pseudo: int = 4, layers: int = 1):  # pylint: disable=unused-argument
   """Future token prediction (Walker 2024): L = sum_t sum_{j=1..n} gamma^(j-1) CE(ftp_j(t), x_{t+j}), the
   decoder's step j predicting the unit j ahead. Count: next-unit events."""
+  at_least("ftp", 1, n=n, pseudo=pseudo, layers=layers)
+  if gamma <= 0:
+    raise ConfigError(f"objective 'ftp': gamma={gamma!r} must be positive")
 
   def loss(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> LossTerms:  # pylint: disable=unused-argument
     total, metrics = 0.0, {}

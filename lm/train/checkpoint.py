@@ -175,8 +175,11 @@ class Checkpoints:
     self.workdir = workdir_path(workdir)
     self.read_only, self.quarantine_unreadable = read_only, quarantine and not read_only
     self.primary = jax.process_index() == 0
+    self.keep = keep
     self.exists = (self.workdir / CHECKPOINT_DIR).exists()
-    self.mngr = manager(self.workdir, keep=keep, read_only=read_only) if self.exists or not read_only else None
+    # A fresh workdir gets its checkpoint directory at the first save, not before (nothing is written
+    # until the run has started).
+    self.mngr = manager(self.workdir, keep=keep, read_only=read_only) if self.exists else None
     self.requested: int | None = None
 
   def steps(self) -> list[int]:
@@ -221,6 +224,10 @@ class Checkpoints:
 
   def save(self, step: int, state, data_state, config_dict: dict, tokenizer) -> None:
     try:
+      if self.mngr is None:
+        if self.read_only:
+          raise CheckpointError(f"checkpoints in {self.workdir} were opened read-only")
+        self.mngr = manager(self.workdir, keep=self.keep)
       self.mngr.wait_until_finished()  # surfaces a failure of the previous asynchronous save
       self.requested = step
       save(self.mngr, step, state, data_state, config_dict, tokenizer)
@@ -228,6 +235,8 @@ class Checkpoints:
       raise self._save_failed(e) from None
 
   def wait(self) -> None:
+    if self.mngr is None:
+      return
     try:
       self.mngr.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import signal
 import sys
 import threading
@@ -14,48 +16,46 @@ import ml_collections
 from etils import epath
 
 from lm import families, objectives, parallel
-from lm.errors import CheckpointError
-from lm.train import checkpoint, metrics as metrics_lib
+from lm.errors import CheckpointError, RunFinished
+from lm.train import checkpoint, history, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
-from lm.train.run import (Restored, Run, build_run, eval_batch_size, load_reference, make_evaluator, restore_step,
-                          train_flops_per_step)
+from lm.train.run import (Restored, Run, build_run, check, eval_batch_size, load_reference, make_evaluator,
+                          restore_step, train_flops_per_step)
 from lm.train.state import param_count
 from lm.train.step import make_train_step
 
-RECIPE = ("tokenizer", "vocab_size", "source", "val_fraction", "test_fraction", "split_seed")
+def _saved_config(meta: dict) -> dict:
+  """A checkpoint's config on top of this version's defaults (fields added since then compare equal)."""
+  return families.from_json(json.dumps(meta["config"])).to_dict()
 
 
-def _resume_data(family, config, saved_config: dict, saved_tokenizer, step: int, workdir):
-  """The run's data with the checkpoint's tokenizer, or an error if the config asks for another one."""
-  d, s = config.data, saved_config.get("data", {})
-  if all(s.get(k) == d[k] for k in RECIPE):  # same recipe: take what trained it, never retrain
-    return family.load_data(config, saved_tokenizer)
-  data = family.load_data(config)
-  tok = data.tokenizer
-  if tok.files() != saved_tokenizer.files():
-    how = (f"{tok.vocab_size} ids but the checkpoint's has {saved_tokenizer.vocab_size}"
-           if tok.vocab_size != saved_tokenizer.vocab_size else
-           f"the same size ({tok.vocab_size} ids) as the checkpoint's but a different vocabulary")
-    raise CheckpointError(
-        f"tokenizer {d.tokenizer!r} has {how} (checkpoint step {step} in {workdir}, trained with "
-        f"data.tokenizer={s.get('tokenizer')!r}); set data.tokenizer back or pass --restart to start over")
-  return data
-
-
-def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restored, object] | None:
-  """The newest step that restores into `config` (with its data), or None; unreadable steps are moved aside."""
+def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restored, object, dict] | None:
+  """The newest step that restores into `config`, with its data and the config fields that changed since it
+  was saved; None when there is none. Unreadable steps are moved aside. A change that a resume may not make
+  (`history.SAFE_ON_RESUME`), or a run that already reached `train.steps`, is an error before any data is
+  loaded; the data always uses the checkpoint's own tokenizer."""
   family = families.get(config.model.family)
   found = None
   for step in ckpts.steps():
     meta = ckpts.read_meta(step)
     if meta is None:
       continue
-    data = _resume_data(family, config, meta["config"], meta["tokenizer"], step, ckpts.workdir)
-    run = build_run(config, data.tokenizer, devices)
+    changed = history.changes(_saved_config(meta), config.to_dict())
+    refused = [history.describe(k, *v) for k, v in changed.items() if not history.is_safe(k)]
+    if refused:
+      raise CheckpointError(
+          f"cannot resume from checkpoint step {step} in {ckpts.workdir} with {'; '.join(refused)}: a resumed run "
+          "may change only its length, logging, evaluation, checkpointing, mesh, remat, compute dtype and "
+          "microbatching; set these back or pass --restart to start over (old checkpoints are kept)")
+    run = build_run(config, meta["tokenizer"], devices)
     state = restore_step(ckpts, step, run, meta["config"])
-    if state is not None:
-      found = Restored(step, state, meta["data"], run), data
-      break
+    if state is None:
+      continue
+    if step >= config.train.steps:
+      raise RunFinished(f"run finished at step {step} in {ckpts.workdir} (train.steps={config.train.steps}); "
+                        "raise --config.train.steps or use --restart (`lm eval` scores it)")
+    found = Restored(step, state, meta["data"], run), family.load_data(config, meta["tokenizer"]), changed
+    break
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("lm-restore-newest")  # nobody saves until corrupt steps moved
@@ -113,26 +113,35 @@ class LogWindow:
     self.units_per_step = config.data.batch_size * run.family.units_per_row(config)
     main = config.objectives[0]
     self.main = main.get("label", main["name"])
+    self.first_seconds = 0.0
     self._reset()
 
   def _reset(self):
     self.sums: dict[str, float] = {}
-    self.steps, self.start = 0, time.time()
+    self.steps, self.timed, self.start = 0, 0, time.time()
 
-  def add(self, step: int, step_metrics) -> None:
+  def start_clock(self, first_step_seconds: float) -> None:
+    """Throughput counts from here (the end of a run's first step, which may still warm up), so tokens/s
+    never includes compile time; a window holding only that first step reports its own time."""
+    self.start, self.timed, self.first_seconds = time.time(), 0, first_step_seconds
+
+  def add(self, step: int, step_metrics, timed: bool = True) -> None:
     host = jax.device_get(step_metrics)
     for k, v in host.items():
       self.sums[k] = self.sums.get(k, 0.0) + float(v)
     self.steps += 1
+    self.timed += int(timed)
     if step % self.config.train.log_every == 0 or step == self.config.train.steps:
       self.flush(step, float(host["lr"]))
 
   def flush(self, step: int, lr: float) -> None:
-    elapsed, n, w = max(time.time() - self.start, 1e-9), self.steps, self.sums
+    n, w = self.steps, self.sums
+    timed, elapsed = (self.timed, time.time() - self.start) if self.timed else (n, self.first_seconds)
+    elapsed = max(elapsed, 1e-9)
     out = objectives.summarize({k: v for k, v in w.items() if "/" in k})
     out.update(loss=w["loss"] / n, grad_norm=w["grad_norm"] / n, lr=lr, skipped_steps=w["skipped"],
-               tokens_per_sec=n * self.units_per_step / elapsed,
-               bytes_per_sec=n * self.compute["bytes_per_step"] / elapsed,
+               tokens_per_sec=timed * self.units_per_step / elapsed,
+               bytes_per_sec=timed * self.compute["bytes_per_step"] / elapsed,
                train_flops=step * self.compute["flops_per_step"],
                flops_per_byte_train=self.compute["flops_per_byte_train"])
     if f"{self.main}/bpb" in out:
@@ -158,49 +167,61 @@ def train_step(run: Run, data, devices=None):
 
 
 def _check_writable(workdir) -> None:
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write-test"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as e:
-    raise CheckpointError(f"workdir {str(workdir)!r} is not writable ({e.strerror or e}); "
-                          "pass --workdir to a writable directory") from None
+  """The workdir can be created or written, checked without creating it (nothing is written before the run
+  has loaded its data and built its model). Remote paths (gs://) are left to the first write."""
+  if "://" in str(workdir):
+    return
+  path = pathlib.Path(str(workdir))
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+    why = "is not a directory" if not path.is_dir() else "is not writable"
+    raise CheckpointError(f"workdir {str(workdir)!r} cannot be created: {str(path)!r} {why}; pass --workdir to a "
+                          "writable directory")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
-  """Train `config` in `workdir` (resuming from its newest good checkpoint) on `devices` (default: all)."""
+  """Train `config` in `workdir` (resuming from its newest good checkpoint) on `devices` (default: all).
+
+  Every config error is raised before data is read, anything compiles or the workdir is written; a resume
+  prints the fields it changes, refuses changes it may not make and a run that is already finished.
+  """
   workdir = checkpoint.workdir_path(workdir)
   primary = jax.process_index() == 0
   t0 = time.time()
+  config = check(config, devices)
   if primary:
     _check_writable(workdir)
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints, read_only=False, quarantine=True)
   found = resume(ckpts, config, devices)
+  changed = None
   if found is not None:
-    restored, data = found
+    restored, data, changed = found
     run, state, start = restored.run, restored.state, restored.step
   else:
     data = families.get(config.model.family).load_data(config)
     run = build_run(config, data.tokenizer, devices)
     state, start = run.init(config.train.seed), 0
   config, mesh = run.config, run.mesh
-  if primary:  # human-readable copies; the checkpoint holds its own
+  if primary:  # human-readable copies (the checkpoint holds its own) and the record of what trains from here
+    workdir.mkdir(parents=True, exist_ok=True)
     data.tokenizer.save(str(workdir / "tokenizer"))
-    checkpoint.write_json(workdir / "config.json", config.to_dict())
+    history.record(workdir, config.to_dict(), start, changed)
 
   train_iter = data.train_iterator(config.data.batch_size, seed=config.train.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count())
   if found is not None:
     train_iter.set_state(restored.data_state)
     if primary:
-      print(f"resumed from step {start} in {workdir}", flush=True)
+      print(f"resumed from step {start} in {workdir}" + (", with" if changed else ""), flush=True)
+      for key, (old, new) in changed.items():
+        print(f"  {history.describe(key, old, new)}", flush=True)
 
   step_fn, extra_args = train_step(run, data, devices)
   evaluator = make_evaluator(run)
   val_batches = data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches)
 
-  writer = metrics_lib.MetricsWriter(workdir, enabled=primary)
+  writer = trackers.Trackers(config.train.trackers, workdir, config.to_dict(), start, enabled=primary)
   window = LogWindow(config, run, train_flops_per_step(run, data), writer,
                      metrics_lib.Progress(config.train.steps, enabled=primary))
   if primary:
@@ -211,11 +232,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   pending = None  # metrics of the previous step: read one step late so dispatch stays ahead
   preempted = None
   with parallel.activation_context(mesh), Preemption() as preemption:
+    batch = run.put_batch(next(train_iter)) if start < config.train.steps else None
+    if batch is not None:
+      with metrics_lib.Phase("compiling train step", enabled=primary):
+        step_fn = step_fn.lower(state, batch, *extra_args).compile()
     for step in range(start, config.train.steps):
-      state, step_metrics = step_fn(state, run.put_batch(next(train_iter)), *extra_args)
+      if batch is None:
+        batch = run.put_batch(next(train_iter))
+      t_step = time.time()
+      state, step_metrics = step_fn(state, batch, *extra_args)
+      batch = None
+      if step == start:  # throughput counts from the second step on
+        jax.block_until_ready(step_metrics)
+        window.start_clock(time.time() - t_step)
       if pending is not None:
         window.add(*pending)
-      pending = (step + 1, step_metrics)
+      pending = (step + 1, step_metrics, step != start)
       done = step + 1
       streak = int(state.nonfinite_streak) if config.train.max_nonfinite_steps else 0
       if config.train.max_nonfinite_steps and streak >= config.train.max_nonfinite_steps:
@@ -259,10 +291,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
 
 def move_aside(workdir) -> None:
-  """`--restart`: keep old checkpoints and metrics under `<workdir>/previous-<time>/`, never delete them."""
+  """`--restart`: keep the old run's checkpoints, metrics and config history under `<workdir>/previous-<time>/`,
+  never delete them."""
   workdir = epath.Path(workdir)
-  moved = [p for p in (workdir / checkpoint.CHECKPOINT_DIR, workdir / "metrics.jsonl", workdir / "tensorboard")
-           if p.exists()]
+  names = (checkpoint.CHECKPOINT_DIR, "metrics.jsonl", "tensorboard", history.CONFIG, history.HISTORY, "wandb",
+           "wandb_id", "eval_val.json")
+  moved = [workdir / name for name in names if (workdir / name).exists()]
   if not moved or jax.process_index() != 0:
     return
   target = workdir / time.strftime("previous-%Y%m%d-%H%M%S")

@@ -1,54 +1,10 @@
-"""Metrics to `metrics.jsonl`, TensorBoard event files, and a progress line on stdout (process 0 only)."""
+"""The progress line on stdout (process 0 only); where metrics are stored is `trackers.py`."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
-
-from etils import epath
-
-
-class MetricsWriter:
-
-  def __init__(self, workdir, enabled: bool = True):
-    self.enabled = enabled
-    self.workdir = epath.Path(workdir)
-    self._tb = None
-    if enabled:
-      self.workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = (self.workdir / "metrics.jsonl").open("a")
-      try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-      except ImportError:  # tensorboardX is a dependency, but logging must never stop a run
-        self._tb = None
-
-  def write(self, step: int, metrics: dict) -> None:
-    if not self.enabled:
-      return
-    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    try:
-      self._jsonl.write(json.dumps(record) + "\n")
-      self._jsonl.flush()
-      if self._tb is not None:
-        for k, v in metrics.items():
-          self._tb.add_scalar(k, float(v), int(step))
-    except OSError as e:  # a full disk must cost the metrics, not the run (checkpoints report their own)
-      sys.stderr.write(f"warning: cannot write metrics in {self.workdir} ({e.strerror or e}); "
-                       "training goes on without them\n")
-      self.close()
-      self.enabled = False
-
-  def close(self) -> None:
-    if self.enabled:
-      try:
-        self._jsonl.close()
-        if self._tb is not None:
-          self._tb.close()
-      except OSError:
-        pass
 
 
 class Progress:
@@ -74,3 +30,47 @@ class Progress:
       parts.append(f"{metrics['tokens_per_sec'] / 1e3:.1f}k tok/s")
     parts.append(f"eta {eta}")
     print(" | ".join(parts), file=sys.stdout, flush=True)
+
+
+class Phase:
+  """A live line while something slow runs: `compiling train step...`, then `compiling train step: 4.2s`.
+
+  On a terminal the line counts the seconds as they pass; in a log file it is two lines. `seconds` holds the
+  time taken once the block has run.
+  """
+
+  def __init__(self, what: str, enabled: bool = True, stream=None):
+    self.what, self.enabled, self.stream = what, enabled, stream or sys.stdout
+    self.seconds = 0.0
+    self._stop = None
+
+  def __enter__(self):
+    self.start = time.time()
+    if not self.enabled:
+      return self
+    live = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.stream.write(f"{self.what}..." + ("" if live else "\n"))
+    self.stream.flush()
+    if live:
+      import threading
+      self._stop = threading.Event()
+
+      def tick():
+        while not self._stop.wait(1.0):
+          self.stream.write(f"\r{self.what}... {time.time() - self.start:.0f}s")
+          self.stream.flush()
+      self._thread = threading.Thread(target=tick, daemon=True)
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self.seconds = time.time() - self.start
+    if not self.enabled:
+      return
+    if self._stop is not None:
+      self._stop.set()
+      self._thread.join()
+      self.stream.write("\r")
+    failed = " (failed)" if exc[0] is not None else ""
+    self.stream.write(f"{self.what}: {self.seconds:.1f}s{failed}\n")
+    self.stream.flush()

@@ -16,11 +16,12 @@ import numpy as np
 from lm import config as config_lib
 from lm import families, objectives, parallel
 from lm.data.tokenizers import Tokenizer
-from lm.errors import CheckpointError, ConfigError
+from lm.data import corpus
+from lm.errors import CheckpointError, ConfigError, DataError, plural
 from lm.eval import bpb as bpb_lib
 from lm.families import Family
 from lm.objectives.base import Requirements
-from lm.train import checkpoint
+from lm.train import checkpoint, trackers
 from lm.train.optim import make_optimizer
 from lm.train.state import TrainState, init_state
 
@@ -74,6 +75,52 @@ class Run:
 
   def flops_per_byte(self, n_bytes: float, rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
     return self.family.flops_per_byte(self.config, self.tokenizer.vocab_size, n_bytes, rows, self.needs)
+
+
+def _vocab_guess(config) -> int:
+  """The vocabulary a config's tokenizer will have, as far as known before it is built (bytes: exact)."""
+  from lm.data import tokenizers
+  return tokenizers.ByteTokenizer().vocab_size if config.data.tokenizer == "bytes" else int(config.data.vocab_size)
+
+
+def check_data_size(config, family: Family) -> None:
+  """A corpus that cannot fill one batch, from the sizes of its files alone (nothing is read): every unit
+  of a row holds at least one byte of text or a document's bos or eos (with SentencePiece or another loaded
+  tokenizer, at most two units per byte), so rows <= ceil(factor * (bytes + 2 * documents) / units per row)."""
+  d = config.data
+  size = corpus.source_size(d.source)
+  if size is None:
+    return
+  n_bytes, n_docs = size
+  factor = 1 if d.tokenizer in ("bytes", "bpe") else 2
+  per_row = family.units_per_row(config)
+  rows = -(-factor * (n_bytes + 2 * n_docs) // per_row)
+  if rows < d.batch_size:
+    raise DataError(f"data.source {d.source!r}: {plural(n_bytes, 'byte')} in {plural(n_docs, 'file')} pack into "
+                    f"at most {plural(rows, 'row')} of {per_row} units, fewer than one batch of data.batch_size="
+                    f"{d.batch_size}; lower data.batch_size or the row length, or add text")
+
+
+def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.ConfigDict:
+  """Every check of a run's config that needs neither its data nor a compile, one line each: fields and the
+  family's own, the mesh against the devices, objective names and options, the heads they train, a reference
+  run, the trackers, and the corpus against one batch where its files' sizes tell. `lm train` runs it
+  before it reads data, compiles or writes anything. Returns the config resolved for this backend."""
+  config = config_lib.resolve_backend_defaults(config, jax.default_backend())
+  families.validate(config)
+  family = families.get(config.model.family)
+  mesh = parallel.make_mesh(config.mesh, devices)
+  parallel.check_divisibility(config, mesh, family.tensor_split_fields(config))
+  needs = objectives.requirements(config.objectives)
+  objectives.build(config.objectives)
+  model = family.build_model(config, _vocab_guess(config), needs=needs)
+  batch = families.zeros(family.batch_spec(config, 1))
+  jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))  # head options, layer counts, shapes
+  trackers.check(config.train.trackers)
+  if needs.reference is not None:
+    _check_reference(needs)
+  check_data_size(config, family)
+  return config
 
 
 def build_run(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Run:
@@ -215,15 +262,23 @@ def restore_for_inference(workdir) -> tuple[Run, Any]:
   return restored.run, restored.state.params
 
 
+def _check_reference(needs: Requirements) -> str:
+  """The reference workdir an objective names, if it holds a checkpoint."""
+  workdir = needs.reference
+  if not workdir:
+    raise ConfigError(f"objective {needs.reference_objective!r} needs a reference run: set "
+                      "--config.objectives.N.reference=WORKDIR of a trained run with the same tokenizer")
+  if checkpoint.latest_step(workdir) is None:
+    raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
+  return workdir
+
+
 def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
   """The frozen reference model an objective asks for (`reference=WORKDIR`, e.g. `rho`), restored onto this
   run's mesh; it must share this run's tokenizer."""
   if run.needs.reference is None:
     return None
-  workdir = run.needs.reference
-  if not workdir:
-    raise ConfigError(f"objective {run.needs.reference_objective!r} needs a reference run: set "
-                      "--config.objectives.N.reference=WORKDIR of a trained run with the same tokenizer")
+  workdir = _check_reference(run.needs)
   restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size,
                            tokenizer=run.tokenizer, role="reference run")
   if restored is None:

@@ -1,0 +1,76 @@
+"""What a run trained with: `config.json` (the config in effect now) and `config_history.jsonl` (one record
+per start or resume: the step it took effect at, the fields it changed, the whole config). Past records are
+never rewritten.
+
+A resume may change only the fields in `SAFE_ON_RESUME`: how long to train (and with it the schedule's
+length), logging, evaluation, checkpointing, the mesh, rematerialisation, compute dtype and microbatching.
+Any other change (the learning rate, the data, the model) would make the checkpoint's history a lie, so it
+is refused with the fields named; `--restart` starts a new run instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from etils import epath
+
+from lm.train import checkpoint
+
+CONFIG = "config.json"
+HISTORY = "config_history.jsonl"
+
+SAFE_ON_RESUME = (
+    "experiment",
+    "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.max_nonfinite_steps", "train.trackers", "train.grad_accum",
+    "eval.", "sample.", "mesh.",
+    "model.remat_policy", "model.scan_unroll", "model.dtype", "model.attention_impl",
+    "data.eval_max_bytes",
+)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+  """`{field: (saved, current)}` for every field that differs (tuples and lists compare as JSON does)."""
+  a, b = (_flat(json.loads(json.dumps(d))) for d in (saved, current))
+  missing = object()
+  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)}
+
+
+def is_safe(field: str) -> bool:
+  return any(field == s or (s.endswith(".") and field.startswith(s)) for s in SAFE_ON_RESUME)
+
+
+def describe(field: str, old: Any, new: Any) -> str:
+  """`optim.lr: 0.001 -> 1e-05`."""
+  return f"{field}: {old!r} -> {new!r}"
+
+
+def record(workdir, config: dict, step: int, changed: dict[str, tuple[Any, Any]] | None) -> None:
+  """Append the config taking effect at `step` to the history, then make it `config.json`."""
+  workdir = epath.Path(workdir)
+  entry = dict(step=int(step), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               event="start" if changed is None else "resume",
+               changes={k: list(v) for k, v in (changed or {}).items()}, config=config)
+  with (workdir / HISTORY).open("a") as f:
+    f.write(json.dumps(entry, sort_keys=True) + "\n")
+  checkpoint.write_json(workdir / CONFIG, config)
+
+
+def read(workdir) -> list[dict]:
+  """The history records of a workdir, oldest first ([] for a run from before the history existed)."""
+  path = epath.Path(workdir) / HISTORY
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,131 @@
+"""Trackers (`lm/train/trackers.py`) and the progress lines (`lm/train/metrics.py`): JSON lines, TensorBoard
+and W&B (offline) behind one interface, a failing tracker costing itself but not the run, names checked
+before a run starts."""
+
+import io
+import json
+import struct
+
+import pytest
+
+from lm.errors import ConfigError
+from lm.train import metrics, trackers
+
+
+def test_jsonl_records_have_the_step_and_are_appended(tmp_path):
+  t = trackers.Trackers(("jsonl", "tensorboard"), tmp_path, {})
+  t.write(1, {"loss": 2.5, "bpb": 3})
+  t.close()
+  t = trackers.Trackers(("jsonl",), tmp_path, {}, start_step=1)  # a resumed run appends
+  t.write(2, {"loss": 2.0})
+  t.close()
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines == [{"step": 1, "loss": 2.5, "bpb": 3.0}, {"step": 2, "loss": 2.0}]
+  assert _scalars(tmp_path / "tensorboard") == [(1, "loss", 2.5), (1, "bpb", 3.0)]
+
+
+def _scalars(directory):
+  """(step, tag, value) of every scalar in a directory's event files (TFRecord framing: length, crc, data, crc)."""
+  from tensorboardX.proto import event_pb2
+  out = []
+  for path in sorted(directory.iterdir()):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      n = struct.unpack("<Q", data[i:i + 8])[0]
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+      i += 12 + n + 4
+  return out
+
+
+def test_other_processes_write_nothing(tmp_path):
+  t = trackers.Trackers(("jsonl", "tensorboard"), tmp_path / "w", {}, enabled=False)
+  t.write(1, {"loss": 1.0})
+  t.close()
+  assert not (tmp_path / "w").exists()
+
+
+class Full(trackers.Tracker):
+  def write(self, step, metrics):
+    raise OSError(28, "No space left on device")
+
+
+class Collect(trackers.Tracker):
+  records = []
+
+  def __init__(self, workdir, config, start_step):
+    super().__init__(workdir, config, start_step)
+    Collect.records.append(("start", start_step, config.get("experiment")))
+
+  def write(self, step, metrics):
+    Collect.records.append((step, metrics))
+
+
+def test_a_failing_tracker_warns_once_and_the_others_go_on(tmp_path, capsys):
+  Collect.records = []
+  t = trackers.Trackers((f"{__name__}.Full", f"{__name__}.Collect"), tmp_path, {"experiment": "x"}, start_step=5)
+  t.write(6, {"loss": 1.0})
+  t.write(7, {"loss": 0.5})
+  err = capsys.readouterr().err
+  assert err.count("warning: tracker") == 1 and "No space left on device" in err
+  assert f"{__name__}.Full" not in t.trackers
+  assert Collect.records == [("start", 5, "x"), (6, {"loss": 1.0}), (7, {"loss": 0.5})]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tensorbord", "unknown tracker 'tensorbord'; did you mean 'tensorboard'? choose from jsonl, tensorboard, wandb"),
+    ("mlflow", "unknown tracker 'mlflow'; choose from"),
+    ("json.JSONDecoder", "unknown tracker 'json.JSONDecoder'"),
+])
+def test_unknown_trackers_fail_in_one_line(name, message):
+  with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+    trackers.check((name,))
+
+
+def test_a_tracker_whose_package_is_missing_names_the_install(monkeypatch):
+  monkeypatch.setattr(trackers.Wandb, "requires", ("no_such_module_xyz",))
+  with pytest.raises(ConfigError, match=r"train.trackers includes 'wandb' but no_such_module_xyz is not installed; "
+                     r"pip install -e '.\[wandb\]'"):
+    trackers.check(("jsonl", "wandb"))
+
+
+def test_wandb_offline_logs_and_a_resume_continues_the_same_run(tmp_path, monkeypatch):
+  pytest.importorskip("wandb")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  t = trackers.Trackers(("wandb",), tmp_path, {"experiment": "token_ntp:tiny", "optim": {"lr": 0.1}})
+  t.write(1, {"loss": 2.0})
+  t.close()
+  run_id = (tmp_path / "wandb_id").read_text()
+  t = trackers.Trackers(("wandb",), tmp_path, {"experiment": "token_ntp:tiny"}, start_step=1)
+  t.write(2, {"loss": 1.0})
+  t.close()
+  assert not t.trackers and (tmp_path / "wandb_id").read_text() == run_id
+  runs = [p for p in (tmp_path / "wandb").iterdir() if p.name.startswith("offline-run-")]
+  assert runs and all(p.name.endswith(run_id) for p in runs)
+  assert all(any(f.suffix == ".wandb" for f in p.iterdir()) for p in runs)
+
+
+def test_progress_line(capsys):
+  p = metrics.Progress(100)
+  p.update(10, {"loss": 2.0, "bpb": 3.0, "tokens_per_sec": 12_300.0})
+  assert capsys.readouterr().out.strip() == "step 10/100 | loss 2.0000 | bpb 3.0000 | 12.3k tok/s | eta ?"
+  assert metrics.Progress(100, enabled=False).update(10, {}) is None and capsys.readouterr().out == ""
+
+
+def test_phase_line_in_a_log_and_on_a_terminal():
+  log = io.StringIO()
+  with metrics.Phase("compiling train step", stream=log) as phase:
+    pass
+  assert log.getvalue() == f"compiling train step...\ncompiling train step: {phase.seconds:.1f}s\n"
+
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+  tty = Tty()
+  with metrics.Phase("compiling train step", stream=tty) as phase:
+    import time
+    time.sleep(1.2)  # one tick of the live counter
+  out = tty.getvalue()
+  assert out.startswith("compiling train step...\rcompiling train step... 1s\r") and out.endswith("s\n")
+  assert "\n" not in out[:-1]
