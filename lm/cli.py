@@ -1,4 +1,4 @@
-"""`lm train|eval|sample|probe|list|launch` (also `python -m lm ...`).
+"""`lm train|eval|sample|probe|compare|sentences|list|config|launch` (also `python -m lm ...`).
 
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
            [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -8,6 +8,8 @@
   lm probe star|induction DIR [--n N] [--seed S]
   lm compare DIR... [-o report.png] [--json FILE]
   lm list
+  lm config EXPERIMENT[:ARG] [--config.a.b=VALUE ...] | lm config DIR
+  lm --version
   lm launch local --processes N [--devices-per-process K] EXPERIMENT[:ARG] --workdir DIR [--config...]
   lm launch tpu --name NAME --zone ZONE [--project P] --repo GIT_URL [--ref REF] EXPERIMENT ... [--dry-run]
   lm launch slurm --nodes N --gpus-per-node G [--partition P] [--time T] EXPERIMENT ... [--dry-run]
@@ -64,6 +66,33 @@ def _load_config(args, overrides: list[str], spec: str | None, command: str = "l
   if args.experiment and spec:
     raise LMError(f"give the experiment once: either {args.experiment!r} or --config={spec!r}")
   return families.load_config(experiment, overrides)
+
+
+def _cmd_config(args, overrides: list[str], spec: str | None) -> int:
+  """An experiment's resolved config (overrides applied, its family's fields added), or a run's own config
+  with the history of what each start and resume changed."""
+  target = args.experiment or spec
+  if target and os.path.isdir(target) and not overrides:
+    return _print_run_config(target)
+  config = _load_config(args, overrides, spec, command="lm config")
+  print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+  return 0
+
+
+def _print_run_config(workdir: str) -> int:
+  from lm.train import history
+  path = os.path.join(workdir, history.CONFIG)
+  if not os.path.exists(path):
+    raise LMError(f"{workdir!r} holds no {history.CONFIG}; give a run's workdir or an experiment name")
+  with open(path, encoding="utf-8") as f:
+    print(json.dumps(json.load(f), indent=2, sort_keys=True))
+  records = history.read(workdir)
+  if records:
+    print(f"\nhistory ({history.HISTORY}):")
+  for r in records:
+    changed = "; ".join(history.describe(k, *v) for k, v in r["changes"].items())
+    print(f"  step {r['step']}: {r['event']} at {r['time']}" + (f": {changed}" if changed else ""))
+  return 0
 
 
 def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
@@ -200,11 +229,39 @@ def _cmd_launch(args, overrides: list[str], spec: str | None) -> int:
   return slurm.launch(text, args.workdir, output, dry_run=args.dry_run)
 
 
+def _overrides_help() -> str:
+  """The `--config.a.b=VALUE` syntax and the config's sections with their fields, for `lm train --help`."""
+  import textwrap
+
+  from lm import config as config_lib
+  base = config_lib.base_config()
+  lines = ["config overrides (any number, applied in order; an unknown key fails at once):",
+           "  --config.SECTION.FIELD=VALUE   parsed by the field's type: --config.train.steps=200",
+           "                                 --config.optim.lr=1e-3  --config.model.scan_layers=false",
+           "  --config.objectives.N.OPTION=VALUE   an objective's weight or option: --config.objectives.0.z_loss=1e-4",
+           "  --config.train.trackers=jsonl,wandb  a list of names, comma-separated",
+           "  --config=FILE.py[:ARG]         the experiment as a file (big_vision style)", "", "sections:"]
+  for section in config_lib.SECTIONS:
+    value = base[section]
+    fields = ", ".join(value.keys()) if hasattr(value, "keys") else "a list of dict(name=..., weight=..., options)"
+    lines += textwrap.wrap(f"{section}: {fields}", width=110, initial_indent="  ", subsequent_indent="    ")
+  lines += ["", "A family adds its own fields (model.encoder, data.num_chunks, ...); `lm config EXPERIMENT[:ARG]` prints",
+            "every field of an experiment with its value, `lm config DIR` a run's own config and history."]
+  return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="lm", description="Train, evaluate and sample language models by name.")
-  sub = p.add_subparsers(dest="command", required=True)
+  from lm import __version__
+  p = argparse.ArgumentParser(prog="lm", description="Train, evaluate and sample language models by name. "
+                              "`lm COMMAND --help` tells more.")
+  p.add_argument("--version", action="version", version=f"lm {__version__}")
+  sub = p.add_subparsers(dest="command", metavar="COMMAND")
   sub.add_parser("list", help="list the experiments with the first line of their docstrings")
-  t = sub.add_parser("train", help="train EXPERIMENT[:ARG]; --config.a.b=VALUE overrides any field")
+  cf = sub.add_parser("config", help="print an experiment's resolved config (--config.a.b=VALUE applied), or a run's "
+                      "config and history", epilog=_overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+  cf.add_argument("experiment", nargs="?", metavar="EXPERIMENT[:ARG]|DIR")
+  t = sub.add_parser("train", help="train EXPERIMENT[:ARG]; --config.a.b=VALUE overrides any field",
+                     epilog=_overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
   t.add_argument("experiment", nargs="?", help="name in experiments/ or a path, with an optional :ARG")
   t.add_argument("--workdir", help="where checkpoints, metrics and the tokenizer go (default runs/NAME)")
   t.add_argument("--restart", action="store_true", help="move old checkpoints aside and start over")
@@ -286,12 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     pass
   try:
     rest, overrides, spec = _split_overrides(argv)
-    args = parser().parse_args(rest)
-    if args.command not in ("train", "launch", "sentences") and (overrides or spec):
-      raise LMError(f"--config options only apply to `lm train`, `lm launch` and `lm sentences`, not "
+    p = parser()
+    args = p.parse_args(rest)
+    if args.command is None:  # bare `lm`: what there is to do
+      p.print_help()
+      return 0
+    if args.command not in ("train", "launch", "sentences", "config") and (overrides or spec):
+      raise LMError(f"--config options only apply to `lm train`, `lm config`, `lm launch` and `lm sentences`, not "
                     f"`lm {args.command}`")
     if args.command == "list":
       return _cmd_list(args)
+    if args.command == "config":
+      return _cmd_config(args, overrides, spec)
     if args.command == "train":
       return _cmd_train(args, overrides, spec)
     if args.command == "launch":

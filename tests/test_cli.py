@@ -1,8 +1,10 @@
-"""The command line end to end: train, eval, sample, list, and one-line errors for bad input."""
+"""The command line end to end: train, eval, sample, list, config, help and version, one-line errors for bad
+input, and a finished run re-run with a changed setting."""
 
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +41,7 @@ def trained(tmp_path_factory):
 def test_train_writes_metrics_checkpoints_and_prints_bpb_and_sample(trained):
   workdir, proc = trained
   assert "bpb: " in proc.stdout and "sample: " in proc.stdout
+  assert "compiling train step...\ncompiling train step: " in proc.stdout  # a log file gets two lines
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   logged = [r for r in records if "loss" in r]
   assert [r["step"] for r in logged] == [2, 4, 6]
@@ -73,6 +76,58 @@ def test_sample_continues_the_prompt(trained):
   assert again.stdout == proc.stdout
 
 
+def test_bare_lm_help_and_version(capsys):
+  assert cli.main([]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: lm ") and all(f"    {c} " in out for c in ("train", "eval", "config", "list"))
+  for argv, want in ((["--help"], "usage: lm "), (["--version"], "lm 0.1.0\n")):
+    with pytest.raises(SystemExit) as e:
+      cli.main(argv)
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(want)
+
+
+def test_train_help_shows_the_override_syntax_and_the_sections(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--help"])
+  out = capsys.readouterr().out
+  assert "--config.SECTION.FIELD=VALUE" in out and "--config.objectives.N.OPTION=VALUE" in out
+  assert "\n  optim: b1, b2, clip_norm, eps, lr," in out and "\n  mesh: data, fsdp, tensor\n" in out
+
+
+def test_config_prints_an_experiment_resolved(capsys):
+  assert cli.main(["config", "byte_hat:tiny", "--config.optim.lr=1e-3", "--config.model.encoder.num_layers=3"]) == 0
+  config = json.loads(capsys.readouterr().out)
+  assert config["experiment"] == "byte_hat:tiny" and config["optim"]["lr"] == 1e-3
+  assert config["model"]["family"] == "hierarchical" and config["model"]["encoder"]["num_layers"] == 3
+  assert _error(capsys, "config", "token_ntp:tiny", "--config.zzz=1") == (
+      "error: unknown config key config.zzz; `lm config EXPERIMENT` prints every key")
+
+
+def test_rerunning_a_finished_run_never_rewrites_its_record(trained, tmp_path, capsys):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained[0], workdir)
+  record = {name: (workdir / name).read_bytes() for name in ("config.json", "config_history.jsonl")}
+  args = ["train", "token_ntp:tiny", "--workdir", str(workdir), *SHORT]
+  assert _error(capsys, *args, "--config.optim.lr=1e-5").startswith(
+      f"error: cannot resume from checkpoint step 6 in {workdir} with optim.lr: 0.004 -> 1e-05: ")
+  assert _error(capsys, *args) == (f"error: run finished at step 6 in {workdir} (train.steps=6); raise "
+                                   "--config.train.steps or use --restart (`lm eval` scores it)")
+  assert {name: (workdir / name).read_bytes() for name in record} == record
+  # Training on is a safe change: printed, applied and recorded, and `lm config DIR` shows the history.
+  assert cli.main([*args, "--config.train.steps=8", "--config.train.trackers=jsonl", "--config.sample.max_new=0"]) == 0
+  out = capsys.readouterr().out
+  assert f"resumed from step 6 in {workdir}, with\n" in out and "  train.steps: 6 -> 8\n" in out
+  assert "  train.trackers: ['jsonl', 'tensorboard'] -> ['jsonl']\n" in out
+  assert cli.main(["config", str(workdir)]) == 0
+  out = capsys.readouterr().out
+  config, _, past = out.partition("\nhistory (config_history.jsonl):\n")
+  assert json.loads(config)["train"]["steps"] == 8
+  lines = past.splitlines()
+  assert len(lines) == 2 and lines[0].startswith("  step 0: start at ") and lines[1].startswith("  step 6: resume at ")
+  assert lines[1].endswith(": sample.max_new: 8 -> 0; train.steps: 6 -> 8; train.trackers: ['jsonl', "
+                           "'tensorboard'] -> ['jsonl']")
+
+
 def test_list_prints_experiments():
   proc = run_lm("list")
   assert any(line.startswith("token_ntp") and "Next-token" in line for line in proc.stdout.splitlines())
@@ -99,8 +154,8 @@ def test_bad_input_fails_with_one_line(capsys, tmp_path):
                                "--config.data.tokenizer=wordpiece")
   blocker = tmp_path / "a-file"
   blocker.write_text("")
-  assert "not writable" in _error(capsys, "train", "token_ntp:tiny", "--workdir", str(blocker / "w"),
-                                  "--config.train.steps=1")
+  assert "is not a directory" in _error(capsys, "train", "token_ntp:tiny", "--workdir", str(blocker / "w"),
+                                        "--config.train.steps=1")
   assert "holds no checkpoint" in _error(capsys, "eval", str(tmp_path / "nothing"))
   assert "holds no checkpoint" in _error(capsys, "sample", str(tmp_path / "nothing"), "--prompt", "x")
 

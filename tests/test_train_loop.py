@@ -9,6 +9,7 @@ import pathlib
 import random
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -30,6 +31,40 @@ def test_tiny_experiment_beats_unigram(tmp_path):
   unigram = bpb.unigram_bpb(run_lib.load_data(config))
   assert unigram > 4.0
   assert summary["val_bpb"] < unigram - 0.75, (summary["val_bpb"], unigram)
+
+
+def test_tokens_per_sec_counts_from_the_second_step(monkeypatch):
+  """A window's throughput leaves out the run's first step (still warming up after the compile); a window
+  holding only that step reports its own time."""
+  clock = [0.0]
+  monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+  config = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(config, ["train.log_every=4", "data.batch_size=2", "data.seq_len=10"])
+  records = []
+
+  class Writer:
+    def write(self, step, out):
+      records.append((step, out))
+
+  class NoProgress:
+    def update(self, step, out):
+      pass
+  run = types.SimpleNamespace(family=families.get("token"))
+  compute = dict(bytes_per_step=30.0, flops_per_step=1.0, flops_per_byte_train=1.0)
+  window = loop.LogWindow(config, run, compute, Writer(), NoProgress())
+  step_metrics = {"loss": 1.0, "grad_norm": 1.0, "lr": 0.1, "skipped": 0.0}
+  clock[0] = 100.0  # the first step ends 100 s in (compile and warm-up); the clock starts there
+  window.start_clock(first_step_seconds=8.0)
+  for step in (1, 2, 3, 4):
+    clock[0] += 0.5
+    window.add(step, step_metrics, timed=step > 1)
+  assert records[-1][0] == 4 and records[-1][1]["tokens_per_sec"] == 3 * 2 * 10 / 2.0
+  assert records[-1][1]["bytes_per_sec"] == 3 * 30.0 / 2.0
+  config.train.log_every = 1
+  window = loop.LogWindow(config, run, compute, Writer(), NoProgress())
+  window.start_clock(first_step_seconds=8.0)
+  window.add(1, step_metrics, timed=False)
+  assert records[-1][1]["tokens_per_sec"] == 2 * 10 / 8.0
 
 
 @pytest.mark.slow
