@@ -336,11 +336,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  try:
-    from absl import logging as absl_logging  # orbax logs every read-only option it adjusts as a warning
-    absl_logging.set_verbosity(absl_logging.ERROR)
-  except ImportError:
-    pass
+  from absl import logging as absl_logging  # orbax logs every read-only option it adjusts as a warning
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     rest, overrides, spec = _split_overrides(argv)
     p = parser()
