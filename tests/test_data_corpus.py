@@ -50,7 +50,7 @@ def test_errors_are_one_line(tmp_path):
   assert "matches nothing" in _raises_one_line(corpus.load_documents, str(tmp_path / "*.nothing"))
   (tmp_path / "empty.txt").write_bytes(b"")
   message = _raises_one_line(corpus.load_documents, str(tmp_path / "empty.txt"))
-  assert "empty" in message and "1 documents, 0 bytes" in message
+  assert "empty" in message and "1 document, 0 bytes" in message
   (tmp_path / "bad.jsonl").write_text("{not json\n")
   assert "line 1 of" in _raises_one_line(corpus.load_documents, f"jsonl:{tmp_path / 'bad.jsonl'}:text")
 
@@ -136,7 +136,7 @@ def test_missing_and_empty_sources_name_the_source_and_its_size(tmp_path):
   (tmp_path / "hollow.jsonl").write_text('{"text": ""}\n{"text": ""}\n')
   for source, size in [
       (str(tmp_path / "empties"), "3 documents, 0 bytes"),
-      (str(tmp_path / "empty.txt"), "1 documents, 0 bytes"),
+      (str(tmp_path / "empty.txt"), "1 document, 0 bytes"),
       (f"jsonl:{tmp_path / 'blank.jsonl'}:text", "0 documents, 0 bytes"),
       (f"jsonl:{tmp_path / 'hollow.jsonl'}:text", "2 documents, 0 bytes"),
   ]:
@@ -154,4 +154,4 @@ def test_whitespace_only_and_invalid_utf8_documents_are_kept_verbatim(tmp_path):
 
 def test_empty_train_split_names_the_source_and_its_size():
   message = _raises_one_line(corpus.split_documents, [b"xyz"], 0.5, 0.49, 0, "tiny.txt")
-  assert "train split is empty" in message and "'tiny.txt'" in message and "1 documents, 3 bytes" in message
+  assert "train split is empty" in message and "'tiny.txt'" in message and "1 document, 3 bytes" in message

@@ -219,7 +219,7 @@ def test_build_errors_name_the_source_and_its_size(tmp_path):
   message = _one_line_error(build, str(tmp_path / "one.txt"), "bytes", seq_len=8, val_fraction=0.5,
                             test_fraction=0.49)
   assert "train split is empty" in message and repr(str(tmp_path / "one.txt")) in message
-  assert "1 documents, 17 bytes" in message
+  assert "1 document, 17 bytes" in message
 
 
 def test_build_too_small_for_one_batch_names_the_source_and_sizes(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lm.data import corpus, pipeline, tokenizers
-from lm.errors import DataError
+from lm.errors import DataError, plural
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +92,9 @@ def test_byte_pipeline_on_random_bytes(docs, seq_len, batch_size, val_fraction, 
       if not docs:
         assert "no regular files" in error
       elif not nonempty:
-        assert f"{len(docs)} documents, 0 bytes" in error
+        assert f"{plural(len(docs), 'document')}, 0 bytes" in error
       else:
-        assert "train split is empty" in error and f"{len(nonempty)} documents" in error
+        assert "train split is empty" in error and f"{plural(len(nonempty), 'document')}," in error
       return
     assert nonempty
     # Every non-empty file is one document, byte for byte, in exactly one split; empty files are dropped.

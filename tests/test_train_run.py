@@ -40,6 +40,7 @@ def no_data(monkeypatch):
     ("token_rho:tiny", ["objectives.0.reference=/nonexistent/ref"], CheckpointError,
      "reference workdir '/nonexistent/ref' holds no checkpoint"),
     ("byte_hat:tiny", ["data.tokenizer=bpe"], ConfigError, "reads raw bytes; set data.tokenizer='bytes'"),
+    ("token_ntp:tiny", ["data.tokenizer=wordpiece"], DataError, "tokenizer 'wordpiece' is not a known tokenizer"),
 ])
 def test_config_errors_come_before_anything_is_written(tmp_path, no_data, experiment, overrides, error, message):
   workdir = tmp_path / "w"

@@ -316,6 +316,18 @@ def tokenizer_from_files(files: dict[str, bytes], where: str = "tokenizer") -> T
   return tok
 
 
+def check_spec(spec: str) -> None:
+  """The one-line error `build_tokenizer` would raise for `spec`, without reading or training anything."""
+  if spec in ("bytes", "bpe"):
+    return
+  path = os.path.expanduser(spec)
+  if spec.endswith((".json", ".model")):
+    if not os.path.isfile(path):
+      raise DataError(f"tokenizer {spec!r}: file does not exist; {_SPEC_HELP}")
+  elif not os.path.isfile(os.path.join(path, META_FILE)):
+    raise DataError(f"tokenizer {spec!r} is not a known tokenizer; {_SPEC_HELP}")
+
+
 def build_tokenizer(spec: str, train_docs: list[bytes], vocab_size: int) -> Tokenizer:
   """`bytes`, `bpe` (trained on train_docs), `PATH.json` (HuggingFace), `PATH.model` (SentencePiece) or a saved dir."""
   if spec == "bytes":

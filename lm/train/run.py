@@ -16,7 +16,7 @@ import numpy as np
 from lm import config as config_lib
 from lm import families, objectives, parallel
 from lm.data.tokenizers import Tokenizer
-from lm.data import corpus
+from lm.data import corpus, tokenizers
 from lm.errors import CheckpointError, ConfigError, DataError, plural
 from lm.eval import bpb as bpb_lib
 from lm.families import Family
@@ -79,7 +79,6 @@ class Run:
 
 def _vocab_guess(config) -> int:
   """The vocabulary a config's tokenizer will have, as far as known before it is built (bytes: exact)."""
-  from lm.data import tokenizers
   return tokenizers.ByteTokenizer().vocab_size if config.data.tokenizer == "bytes" else int(config.data.vocab_size)
 
 
@@ -117,6 +116,7 @@ def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.Con
   batch = families.zeros(family.batch_spec(config, 1))
   jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))  # head options, layer counts, shapes
   trackers.check(config.train.trackers)
+  tokenizers.check_spec(config.data.tokenizer)
   if needs.reference is not None:
     _check_reference(needs)
   check_data_size(config, family)
