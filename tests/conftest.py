@@ -3,6 +3,10 @@ import tempfile
 
 # One corpus/tokenizer cache per test session, inherited by CLI subprocesses; never the user's own cache.
 os.environ.setdefault("LM_CACHE_DIR", tempfile.mkdtemp(prefix="lm-test-cache-"))
+# And one XLA compilation cache: many tests (and their subprocesses) compile the same tiny programs; a hit
+# returns the executable the first compile produced, so values are unchanged.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["LM_CACHE_DIR"], "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 

@@ -79,7 +79,7 @@ def test_checkpoint_from_mesh_1x8x1_continues_on_one_device(sharded_results):
     assert abs(a - b) <= 1e-5 * abs(b), (resumed["losses"], base)
 
 
-@pytest.mark.parametrize("mesh", ["8x1x1", "1x8x1", "2x2x2", "1x2x4"])
+@pytest.mark.parametrize("mesh", ["1x8x1", "2x2x2", "1x2x4"])
 def test_sharded_training_matches_one_device(sharded_results, mesh):
   base = sharded_results["1x1x1"]["losses"]
   got = sharded_results[mesh]["losses"]
@@ -99,6 +99,6 @@ def test_parameters_are_laid_out_by_the_rules(sharded_results):
     assert specs["query"] == [None, "fsdp", "tensor", None]
     assert specs["embed"] == ["tensor", "fsdp"]
   # tiny: 4 layers, d_model 128, d_ff 384; a shard holds 128/fsdp x 384/tensor of each layer's wi_0.
-  expect = {"1x1x1": [4, 128, 384], "8x1x1": [4, 128, 384], "1x8x1": [4, 16, 384], "2x2x2": [4, 64, 192],
+  expect = {"1x1x1": [4, 128, 384], "1x8x1": [4, 16, 384], "2x2x2": [4, 64, 192],
             "1x2x4": [4, 64, 96]}
   assert {m: r["shard_shape"] for m, r in sharded_results.items() if m in expect} == expect
