@@ -3,7 +3,7 @@
 The same math as the framework's model: pre-norm RMSNorm, RoPE, causal attention
 (`F.scaled_dot_product_attention`), SwiGLU, tied embeddings, mean cross-entropy, global-norm clipping and
 AdamW. Eager PyTorch, as a researcher would write it; optional: used only when torch is installed
-(the `[hf]` extra).
+(`pip install torch`, the CPU build).
 """
 
 from __future__ import annotations
