@@ -69,3 +69,22 @@ def test_a_missing_source_and_an_unwritable_workdir_fail_first(tmp_path, no_data
   (tmp_path / "file").write_text("")
   with pytest.raises(CheckpointError, match=r"workdir '.*file/w' cannot be created: '.*file' is not a directory"):
     loop.train(families.load_config("token_ntp:tiny", []), str(tmp_path / "file" / "w"))
+
+
+@pytest.mark.parametrize("experiment", ["token_mtp:tiny"])
+def test_init_with_the_rolled_scan_equals_the_unrolled_model_init(experiment):
+  """`Run.init` compiles its one-off program with `scan_unroll=1`; the state is the one the run's own
+  (unrolled on CPU) model gives, bit for bit."""
+  import functools
+
+  import chex
+  import jax
+
+  from lm.train import run as run_lib
+  from lm.train.state import init_state
+  config = run_lib.check(families.load_config(experiment))
+  assert config.model.scan_unroll == config.model.num_layers > 1
+  run = run_lib.build_run(config, tokenizers.ByteTokenizer())
+  unrolled = jax.jit(functools.partial(init_state, run.model, run.tx, example_batch=run.example_batch(1)),
+                     out_shardings=run.state_shardings)(jax.random.PRNGKey(3))
+  chex.assert_trees_all_equal(run.init(3), unrolled)
