@@ -72,7 +72,9 @@ def _cmd_config(args, overrides: list[str], spec: str | None) -> int:
   """An experiment's resolved config (overrides applied, its family's fields added), or a run's own config
   with the history of what each start and resume changed."""
   target = args.experiment or spec
-  if target and os.path.isdir(target) and not overrides:
+  if target and os.path.isdir(target):
+    if overrides:
+      raise LMError("`lm config DIR` prints the run's own config and takes no --config overrides; drop them")
     return _print_run_config(target)
   config = _load_config(args, overrides, spec, command="lm config")
   print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
@@ -90,8 +92,8 @@ def _print_run_config(workdir: str) -> int:
   if records:
     print(f"\nhistory ({history.HISTORY}):")
   for r in records:
-    changed = "; ".join(history.describe(k, *v) for k, v in r["changes"].items())
-    print(f"  step {r['step']}: {r['event']} at {r['time']}" + (f": {changed}" if changed else ""))
+    changed = "; ".join(history.describe(k, *v) for k, v in r.get("changes", {}).items())
+    print(f"  step {r.get('step')}: {r.get('event', 'start')} at {r.get('time', '?')}" + (f": {changed}" if changed else ""))
   return 0
 
 
@@ -110,6 +112,8 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
 
   from lm.train import loop  # heavy imports only once the command line is known to be good
   if args.restart:
+    from lm.train import run as run_lib
+    run_lib.check(config)  # a bad config must not cost the old run its place: check before moving it aside
     loop.move_aside(workdir)
     if multi:  # nobody may look for a checkpoint to resume from until process 0 has moved them
       from jax.experimental import multihost_utils

@@ -159,7 +159,8 @@ def _parse(text: str, current: Any, dotted: str) -> Any:
     raise ConfigError(f"config.{dotted}={text!r}: expected true or false")
   if isinstance(current, str):
     return text
-  if isinstance(current, (list, tuple)) and all(isinstance(v, str) for v in current) and text[:1] not in "[(":
+  if isinstance(current, (list, tuple)) and all(isinstance(v, str) for v in current) and (
+      not text.strip() or text.strip()[0] not in "[("):
     return type(current)(v.strip() for v in text.split(",") if v.strip())  # names: a,b,c
   try:
     value = ast.literal_eval(text)

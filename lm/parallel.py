@@ -49,7 +49,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
                         "divides it")
     sizes[free[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ConfigError(f"mesh (data, fsdp, tensor)={tuple(sizes)} has {math.prod(sizes)} devices but "
+    raise ConfigError(f"mesh (data, fsdp, tensor)={tuple(sizes)} has {plural(math.prod(sizes), 'device')} but "
                       f"{plural(num_devices, 'device')} {'is' if num_devices == 1 else 'are'} present; make the product {num_devices} or set one axis to -1")
   return tuple(sizes)
 

@@ -128,6 +128,15 @@ def test_rerunning_a_finished_run_never_rewrites_its_record(trained, tmp_path, c
                            "'tensorboard'] -> ['jsonl']")
 
 
+def test_restart_with_a_bad_config_keeps_the_old_run_in_place(trained, tmp_path, capsys):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained[0], workdir)
+  assert "does not divide the 1 device present" in _error(
+      capsys, "train", "token_ntp:tiny", "--workdir", str(workdir), *SHORT, "--restart", "--config.mesh.tensor=2")
+  assert (workdir / "checkpoints").exists() and not list(workdir.glob("previous-*"))
+  assert "takes no --config overrides" in _error(capsys, "config", str(workdir), "--config.train.steps=3")
+
+
 def test_list_prints_experiments():
   proc = run_lm("list")
   assert any(line.startswith("token_ntp") and "Next-token" in line for line in proc.stdout.splitlines())

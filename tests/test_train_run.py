@@ -82,9 +82,18 @@ def test_init_with_the_rolled_scan_equals_the_unrolled_model_init(experiment):
 
   from lm.train import run as run_lib
   from lm.train.state import init_state
-  config = run_lib.check(families.load_config(experiment))
-  assert config.model.scan_unroll == config.model.num_layers > 1
+  config = run_lib.check(families.load_config(experiment, ["model.scan_unroll=4"]))  # unrolled on any backend
+  assert config.model.scan_unroll == config.model.num_layers == 4
   run = run_lib.build_run(config, tokenizers.ByteTokenizer())
   unrolled = jax.jit(functools.partial(init_state, run.model, run.tx, example_batch=run.example_batch(1)),
                      out_shardings=run.state_shardings)(jax.random.PRNGKey(3))
   chex.assert_trees_all_equal(run.init(3), unrolled)
+
+
+def test_errors_known_only_once_the_data_is_built_still_write_nothing(tmp_path):
+  """The embedded corpus is sized only when built: a batch it cannot fill fails after loading, and still
+  before anything is written."""
+  workdir = tmp_path / "w"
+  with pytest.raises(DataError, match=r"fewer than one batch of 100000"):
+    loop.train(families.load_config("token_ntp:tiny", ["data.batch_size=100000"]), str(workdir))
+  assert not workdir.exists()

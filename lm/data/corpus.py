@@ -221,8 +221,8 @@ def _load_one(part: str) -> list[bytes]:
   return docs
 
 
-def source_size(source: str) -> tuple[int, int] | None:
-  """(bytes, documents) of `source` from the file system alone (no file is read), or None when a part's size
+def source_size(source: str) -> tuple[int, int, int] | None:
+  """(bytes, documents, files) of `source` from the file system alone (no file is read), or None when a part's size
   is known only by building it (`python-prose`, `python-code`, `synthetic:`). `bytes + 2 * documents` bounds
 the text's bytes plus a bos and an eos per document: a file is one document; a jsonl file counts as none,
 since JSON spends at least two bytes per record beyond its text. Missing paths and empty globs raise the
@@ -230,7 +230,7 @@ same one-line error as loading them would."""
   parts = [p.strip() for p in source.split(",") if p.strip()]
   if not parts:
     raise DataError(f"data.source {source!r} is empty; {_SOURCE_HELP}")
-  n_bytes = n_docs = 0
+  n_bytes = n_docs = n_files = 0
   for part in parts:
     if part in BUILTIN_SOURCES or part.startswith("synthetic:"):
       return None
@@ -242,7 +242,8 @@ same one-line error as loading them would."""
     files = _resolve_paths(pattern, part)
     n_bytes += sum(os.path.getsize(f) for f in files)
     n_docs += 0 if part.startswith("jsonl:") else len(files)
-  return n_bytes, n_docs
+    n_files += len(files)
+  return n_bytes, n_docs, n_files
 
 
 def load_documents(source: str = "python-prose") -> list[bytes]:

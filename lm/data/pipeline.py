@@ -13,7 +13,7 @@ import numpy as np
 
 from lm.data import corpus, segment
 from lm.data import tokenizers as tokenizers_lib
-from lm.errors import DataError
+from lm.errors import DataError, plural
 
 KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
@@ -178,8 +178,9 @@ class TokenData:
     if n_rows < batch_size:
       n_tokens = int(rows["loss_mask"].sum())
       raise DataError(
-          f"data.source {self.source!r}: train split packs into {n_rows} rows of {self.seq_len} "
-          f"({n_tokens} tokens), fewer than one batch of {batch_size}; lower batch_size or seq_len, or add text"
+          f"data.source {self.source!r}: train split packs into {plural(n_rows, 'row')} of {self.seq_len} "
+          f"({plural(n_tokens, 'token')}), fewer than one batch of {batch_size}; lower batch_size or seq_len, or "
+          "add text"
       )
     local = batch_size // process_count
     ds = grain.MapDataset.range(n_rows).shuffle(seed=_shuffle_seed(seed)).repeat()

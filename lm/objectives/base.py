@@ -180,6 +180,8 @@ def _options(objective: Objective, spec: Mapping[str, Any]) -> dict[str, Any]:
   for key, value in given.items():  # an option takes its default's type (ints are numbers too)
     default = defaults.get(key)
     expected = type(default) if default is not None else None
+    if expected in (list, tuple):
+      expected = (list, tuple)  # saved configs come back through JSON, where every sequence is a list
     fits = expected is None or isinstance(value, expected) and not (expected is int and isinstance(value, bool)) \
         or (expected is float and isinstance(value, int) and not isinstance(value, bool))
     if not fits:

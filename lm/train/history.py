@@ -11,6 +11,7 @@ is refused with the fields named; `--restart` starts a new run instead.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -63,8 +64,15 @@ def record(workdir, config: dict, step: int, changed: dict[str, tuple[Any, Any]]
   entry = dict(step=int(step), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                event="start" if changed is None else "resume",
                changes={k: list(v) for k, v in (changed or {}).items()}, config=config)
-  with (workdir / HISTORY).open("a") as f:
-    f.write(json.dumps(entry, sort_keys=True) + "\n")
+  path = workdir / HISTORY
+  past = path.read_text() if path.exists() else ""
+  if past and not past.endswith("\n"):
+    past += "\n"
+  # Rewritten whole through a temporary file and a rename (append is not a thing on every store, gs://
+  # included): a crash leaves the old history or the new one, never half a line.
+  tmp = workdir / (HISTORY + ".tmp")
+  tmp.write_text(past + json.dumps(entry, sort_keys=True) + "\n")
+  tmp.replace(path)
   checkpoint.write_json(workdir / CONFIG, config)
 
 
@@ -73,4 +81,12 @@ def read(workdir) -> list[dict]:
   path = epath.Path(workdir) / HISTORY
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for i, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      print(f"warning: {path} line {i} is not JSON; skipped", file=sys.stderr)
+  return records

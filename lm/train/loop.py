@@ -16,6 +16,7 @@ import ml_collections
 from etils import epath
 
 from lm import families, objectives, parallel
+from lm.data import tokenizers
 from lm.errors import CheckpointError, RunFinished
 from lm.train import checkpoint, history, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
@@ -199,15 +200,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     restored, data, changed = found
     run, state, start = restored.run, restored.state, restored.step
   else:
+    tokenizers.check_spec(config.data.tokenizer)  # a resume uses its checkpoint's tokenizer, never this spec
     data = families.get(config.model.family).load_data(config)
     run = build_run(config, data.tokenizer, devices)
     state, start = run.init(config.train.seed), 0
   config, mesh = run.config, run.mesh
-  if primary:  # human-readable copies (the checkpoint holds its own) and the record of what trains from here
-    workdir.mkdir(parents=True, exist_ok=True)
-    data.tokenizer.save(str(workdir / "tokenizer"))
-    history.record(workdir, config.to_dict(), start, changed)
-
   train_iter = data.train_iterator(config.data.batch_size, seed=config.train.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count())
   if found is not None:
@@ -220,10 +217,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   step_fn, extra_args = train_step(run, data, devices)
   evaluator = make_evaluator(run)
   val_batches = data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches)
-
-  writer = trackers.Trackers(config.train.trackers, workdir, config.to_dict(), start, enabled=primary)
-  window = LogWindow(config, run, train_flops_per_step(run, data), writer,
-                     metrics_lib.Progress(config.train.steps, enabled=primary))
   if primary:
     print(f"{config.experiment}: {param_count(state.params) / 1e6:.2f}M params, mesh "
           f"{dict(mesh.shape)}, {mesh.size} {jax.default_backend()} devices, setup "
@@ -232,10 +225,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   pending = None  # metrics of the previous step: read one step late so dispatch stays ahead
   preempted = None
   with parallel.activation_context(mesh), Preemption() as preemption:
-    batch = run.put_batch(next(train_iter)) if start < config.train.steps else None
-    if batch is not None:
-      with metrics_lib.Phase("compiling train step", enabled=primary):
-        step_fn = step_fn.lower(state, batch, *extra_args).compile()
+    batch = run.put_batch(next(train_iter))
+    with metrics_lib.Phase("compiling train step", enabled=primary):
+      step_fn = step_fn.lower(state, batch, *extra_args).compile()
+    # Only now, with data, reference, evaluator and step all built, does the workdir get written: the
+    # human-readable copies (the checkpoint holds its own), the record of what trains from here, metrics.
+    if primary:
+      workdir.mkdir(parents=True, exist_ok=True)
+      data.tokenizer.save(str(workdir / "tokenizer"))
+      history.record(workdir, config.to_dict(), start, changed)
+    writer = trackers.Trackers(config.train.trackers, workdir, config.to_dict(), start, enabled=primary)
+    window = LogWindow(config, run, train_flops_per_step(run, data), writer,
+                       metrics_lib.Progress(config.train.steps, enabled=primary))
     for step in range(start, config.train.steps):
       if batch is None:
         batch = run.put_batch(next(train_iter))

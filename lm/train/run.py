@@ -97,12 +97,12 @@ def check_data_size(config, family: Family) -> None:
   size = corpus.source_size(d.source)
   if size is None:
     return
-  n_bytes, n_docs = size
+  n_bytes, n_docs, n_files = size
   factor = 1 if d.tokenizer in ("bytes", "bpe") else 2
   per_row = family.units_per_row(config)
   rows = -(-factor * (n_bytes + 2 * n_docs) // per_row)
   if rows < d.batch_size:
-    raise DataError(f"data.source {d.source!r}: {plural(n_bytes, 'byte')} in {plural(n_docs, 'file')} pack into "
+    raise DataError(f"data.source {d.source!r}: {plural(n_bytes, 'byte')} in {plural(n_files, 'file')} pack into "
                     f"at most {plural(rows, 'row')} of {per_row} units, fewer than one batch of data.batch_size="
                     f"{d.batch_size}; lower data.batch_size or the row length, or add text")
 
@@ -110,7 +110,8 @@ def check_data_size(config, family: Family) -> None:
 def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.ConfigDict:
   """Every check of a run's config that needs neither its data nor a compile, one line each: fields and the
   family's own, the mesh against the devices, objective names and options, the heads they train, a reference
-  run, the trackers, and the corpus against one batch where its files' sizes tell. `lm train` runs it
+  run, the trackers, and the corpus against one batch where its files' sizes tell (the tokenizer spec is
+  checked by `loop.train` for a fresh start only: a resume uses its checkpoint's). `lm train` runs it
   before it reads data, compiles or writes anything. Returns the config resolved for this backend."""
   config = config_lib.resolve_backend_defaults(config, jax.default_backend())
   families.validate(config)
@@ -123,7 +124,9 @@ def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.Con
   batch = families.zeros(family.batch_spec(config, 1))
   jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))  # head options, layer counts, shapes
   trackers.check(config.train.trackers)
-  tokenizers.check_spec(config.data.tokenizer)
+  if config.data.batch_size % jax.process_count():
+    raise ConfigError(f"data.batch_size={config.data.batch_size} is not divisible by the "
+                      f"{plural(jax.process_count(), 'process', 'processes')}; make it a multiple")
   if needs.reference is not None:
     _check_reference(needs)
   check_data_size(config, family)

@@ -66,7 +66,8 @@ class TensorBoard(Tracker):
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     directory = epath.Path(workdir) / "tensorboard"
     directory.mkdir(parents=True, exist_ok=True)
-    self._writer = EventsWriter(str(directory / "events"))
+    # The file name has the second and the host; the pid and step keep two writers in one second apart.
+    self._writer = EventsWriter(str(directory / "events"), filename_suffix=f".{os.getpid()}.{int(start_step)}")
 
   def write(self, step, metrics):
     values = [self._summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]
@@ -125,8 +126,11 @@ def get(name: str) -> type[Tracker]:
 
 def check(names) -> None:
   """Every name resolves and what its tracker imports is installed (before the run starts)."""
-  if isinstance(names, str):
+  if isinstance(names, str) or not all(isinstance(n, str) for n in names):
     raise ConfigError(f"train.trackers={names!r} must be a list of names, e.g. --config.train.trackers=jsonl,wandb")
+  repeated = sorted({n for n in names if list(names).count(n) > 1})
+  if repeated:
+    raise ConfigError(f"train.trackers names {', '.join(map(repr, repeated))} twice; list each tracker once")
   for name in names:
     for module in get(name).requires:
       if importlib.util.find_spec(module) is None:
