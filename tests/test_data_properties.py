@@ -124,7 +124,7 @@ def test_byte_pipeline_on_random_bytes(docs, seq_len, batch_size, val_fraction, 
       hypothesis.event("too small for a batch")
       message = str(e)
       assert n_rows < batch_size and "\n" not in message and repr(tmp) in message
-      assert f"{n_rows} rows of {seq_len} ({n_pairs} tokens)" in message and f"batch of {batch_size}" in message
+      assert f"{plural(n_rows, 'row')} of {seq_len} ({plural(n_pairs, 'token')})" in message and f"batch of {batch_size}" in message
     else:
       assert n_rows >= batch_size
       all_rows = {tuple(np.concatenate([rows[k][r] for k in pipeline.KEYS]).tolist()) for r in range(n_rows)}

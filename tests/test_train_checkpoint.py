@@ -102,9 +102,16 @@ def test_a_finished_run_says_so_and_changes_nothing(corpus, trained, tmp_path):
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
-def test_safe_changes_resume_are_printed_and_recorded(corpus, trained, tmp_path, capsys):
+def test_safe_changes_resume_are_printed_and_recorded(corpus, trained, tmp_path, capsys, monkeypatch):
   workdir = copy_run(trained, tmp_path)
+  timed, add = [], loop.LogWindow.add
+
+  def spy(self, step, step_metrics, timed_step=True):
+    timed.append((step, timed_step))
+    return add(self, step, step_metrics, timed_step)
+  monkeypatch.setattr(loop.LogWindow, "add", spy)
   summary = loop.train(make_config(corpus, "train.steps=32", "model.remat_policy=full", "mesh.data=1"), str(workdir))
+  assert timed == [(31, False), (32, True)]  # throughput leaves out the resumed run's first step
   out = capsys.readouterr().out
   assert summary["step"] == 32
   assert (f"resumed from step 30 in {workdir}, with\n  mesh.data: -1 -> 1\n  model.remat_policy: 'none' -> 'full'\n"
