@@ -192,7 +192,8 @@ def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return batch
   rows = len(next(iter(batch.values())))
   if rows % n:
-    raise ConfigError(f"a batch of {rows} rows cannot be split over {n} processes; make eval.batch_size "
+    raise ConfigError(f"a batch of {plural(rows, 'row')} cannot be split over {plural(n, 'process', 'processes')}; "
+                      "make eval.batch_size "
                       f"(or data.batch_size) a multiple of {n}")
   per = rows // n
   return {k: v[i * per : (i + 1) * per] for k, v in batch.items()}
