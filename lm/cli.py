@@ -75,25 +75,11 @@ def _cmd_config(args, overrides: list[str], spec: str | None) -> int:
   if target and os.path.isdir(target):
     if overrides:
       raise LMError("`lm config DIR` prints the run's own config and takes no --config overrides; drop them")
-    return _print_run_config(target)
+    from lm.train import history
+    print(history.summary(target))
+    return 0
   config = _load_config(args, overrides, spec, command="lm config")
   print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-  return 0
-
-
-def _print_run_config(workdir: str) -> int:
-  from lm.train import history
-  path = os.path.join(workdir, history.CONFIG)
-  if not os.path.exists(path):
-    raise LMError(f"{workdir!r} holds no {history.CONFIG}; give a run's workdir or an experiment name")
-  with open(path, encoding="utf-8") as f:
-    print(json.dumps(json.load(f), indent=2, sort_keys=True))
-  records = history.read(workdir)
-  if records:
-    print(f"\nhistory ({history.HISTORY}):")
-  for r in records:
-    changed = "; ".join(history.describe(k, *v) for k, v in r.get("changes", {}).items())
-    print(f"  step {r.get('step')}: {r.get('event', 'start')} at {r.get('time', '?')}" + (f": {changed}" if changed else ""))
   return 0
 
 
@@ -233,39 +219,19 @@ def _cmd_launch(args, overrides: list[str], spec: str | None) -> int:
   return slurm.launch(text, args.workdir, output, dry_run=args.dry_run)
 
 
-def _overrides_help() -> str:
-  """The `--config.a.b=VALUE` syntax and the config's sections with their fields, for `lm train --help`."""
-  import textwrap
-
-  from lm import config as config_lib
-  base = config_lib.base_config()
-  lines = ["config overrides (any number, applied in order; an unknown key fails at once):",
-           "  --config.SECTION.FIELD=VALUE   parsed by the field's type: --config.train.steps=200",
-           "                                 --config.optim.lr=1e-3  --config.model.scan_layers=false",
-           "  --config.objectives.N.OPTION=VALUE   an objective's weight or option: --config.objectives.0.z_loss=1e-4",
-           "  --config.train.trackers=jsonl,wandb  a list of names, comma-separated",
-           "  --config=FILE.py[:ARG]         the experiment as a file (big_vision style)", "", "sections:"]
-  for section in config_lib.SECTIONS:
-    value = base[section]
-    fields = ", ".join(value.keys()) if hasattr(value, "keys") else "a list of dict(name=..., weight=..., options)"
-    lines += textwrap.wrap(f"{section}: {fields}", width=110, initial_indent="  ", subsequent_indent="    ")
-  lines += ["", "A family adds its own fields (model.encoder, data.num_chunks, ...); `lm config EXPERIMENT[:ARG]` prints",
-            "every field of an experiment with its value, `lm config DIR` a run's own config and history."]
-  return "\n".join(lines)
-
-
 def parser() -> argparse.ArgumentParser:
   from lm import __version__
+  from lm import config as config_lib
   p = argparse.ArgumentParser(prog="lm", description="Train, evaluate and sample language models by name. "
                               "`lm COMMAND --help` tells more.")
   p.add_argument("--version", action="version", version=f"lm {__version__}")
   sub = p.add_subparsers(dest="command", metavar="COMMAND")
   sub.add_parser("list", help="list the experiments with the first line of their docstrings")
   cf = sub.add_parser("config", help="print an experiment's resolved config (--config.a.b=VALUE applied), or a run's "
-                      "config and history", epilog=_overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                      "config and history", epilog=config_lib.overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
   cf.add_argument("experiment", nargs="?", metavar="EXPERIMENT[:ARG]|DIR")
   t = sub.add_parser("train", help="train EXPERIMENT[:ARG]; --config.a.b=VALUE overrides any field",
-                     epilog=_overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog=config_lib.overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
   t.add_argument("experiment", nargs="?", help="name in experiments/ or a path, with an optional :ARG")
   t.add_argument("--workdir", help="where checkpoints, metrics and the tokenizer go (default runs/NAME)")
   t.add_argument("--restart", action="store_true", help="move old checkpoints aside and start over")
@@ -303,38 +269,8 @@ def parser() -> argparse.ArgumentParser:
   se.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
   se.add_argument("--split", default="train", choices=("train", "val", "test"))
   se.add_argument("-o", "--output", help="write to this file instead of stdout")
-  la = sub.add_parser("launch", help="run `lm train` on several local processes, a TPU pod or SLURM")
-  targets = la.add_subparsers(dest="target", required=True)
-
-  def target(name: str, help: str) -> argparse.ArgumentParser:
-    tp = targets.add_parser(name, help=help)
-    tp.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
-    tp.add_argument("--workdir", required=True, help="the run's workdir (shared by all hosts on a cluster)")
-    tp.add_argument("--restart", action="store_true", help="passed on to `lm train`")
-    return tp
-
-  lo = target("local", "N processes on this host with a loopback coordinator (fake hosts on CPU)")
-  lo.add_argument("--processes", type=int, required=True)
-  lo.add_argument("--devices-per-process", type=int,
-                  help="CPU devices per process (default: what XLA_FLAGS says, else 1)")
-  tpu = target("tpu", "install on every worker of a TPU pod and start the run on all of them (gcloud)")
-  tpu.add_argument("--name", required=True, help="the TPU VM (pod slice) name")
-  tpu.add_argument("--zone", required=True)
-  tpu.add_argument("--project", help="GCP project (default: gcloud's configured project)")
-  tpu.add_argument("--repo", help="git URL of this package that every worker can clone")
-  tpu.add_argument("--ref", default="main", help="branch, tag or commit of --repo (default main)")
-  tpu.add_argument("--skip-install", action="store_true", help="only start the run")
-  tpu.add_argument("--dry-run", action="store_true", help="print the gcloud commands instead of running them")
-  sl = target("slurm", "write an sbatch script (one process per GPU via srun) and submit it")
-  sl.add_argument("--nodes", type=int, required=True)
-  sl.add_argument("--gpus-per-node", type=int, required=True)
-  sl.add_argument("--partition")
-  sl.add_argument("--time", help="wall-clock limit, e.g. 24:00:00")
-  sl.add_argument("--account")
-  sl.add_argument("--job-name", help="default lm-EXPERIMENT")
-  sl.add_argument("--output", help="SLURM log path (default WORKDIR/slurm-%%j.out)")
-  sl.add_argument("--python", default="python", help="the interpreter on the nodes (default python on PATH)")
-  sl.add_argument("--dry-run", action="store_true", help="print the script instead of writing and submitting it")
+  import launch
+  launch.add_parser(sub)
   return p
 
 

@@ -144,6 +144,17 @@ def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return keys
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested dict (a config's `to_dict()`) as `{"a.b.c": leaf}`."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def _unknown(config, dotted: str) -> ConfigError:
   hint = did_you_mean(dotted, all_keys(config), prefix="config.")
   return ConfigError(f"unknown config key config.{dotted}; " + (hint.rstrip() or "`lm config EXPERIMENT` prints every key"))
@@ -233,6 +244,25 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       raise ConfigError(f"override {item!r} has no value; write --config.{key}=VALUE")
     set_value(config, key.removeprefix("config."), value)
   return config
+
+
+def overrides_help() -> str:
+  """The `--config.a.b=VALUE` syntax and the base config's sections with their fields (`lm train --help`)."""
+  import textwrap
+  base = base_config()
+  lines = ["config overrides (any number, applied in order; an unknown key fails at once):",
+           "  --config.SECTION.FIELD=VALUE   parsed by the field's type: --config.train.steps=200",
+           "                                 --config.optim.lr=1e-3  --config.model.scan_layers=false",
+           "  --config.objectives.N.OPTION=VALUE   an objective's weight or option: --config.objectives.0.z_loss=1e-4",
+           "  --config.train.trackers=jsonl,wandb  a list of names, comma-separated",
+           "  --config=FILE.py[:ARG]         the experiment as a file (big_vision style)", "", "sections:"]
+  for section in SECTIONS:
+    value = base[section]
+    fields = ", ".join(value.keys()) if hasattr(value, "keys") else "a list of dict(name=..., weight=..., options)"
+    lines += textwrap.wrap(f"{section}: {fields}", width=110, initial_indent="  ", subsequent_indent="    ")
+  lines += ["", "A family adds its own fields (model.encoder, data.num_chunks, ...); `lm config EXPERIMENT[:ARG]` prints",
+            "every field of an experiment with its value, `lm config DIR` a run's own config and history."]
+  return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------

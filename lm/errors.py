@@ -1,5 +1,7 @@
 """User-facing errors: one line naming the problem and the fix, raised before any compile."""
 
+import difflib
+
 
 class LMError(Exception):
   """Base class; the CLI prints `error: <message>` and exits 2 instead of a traceback."""
@@ -39,6 +41,5 @@ def type_name(value_or_type) -> str:
 
 def did_you_mean(name: str, choices, prefix: str = "", cutoff: float = 0.6) -> str:
   """`did you mean 'X'? ` when one of `choices` is close to `name` (difflib's default cutoff), else ``."""
-  import difflib
   near = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
   return f"did you mean {prefix}{near[0]}? " if near and prefix else f"did you mean {near[0]!r}? " if near else ""

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lm import config as config_lib
 from lm.data import tokenizers as tokenizers_lib
 from lm.errors import CheckpointError
 
@@ -109,16 +110,8 @@ def shape_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> li
 
 def config_differences(saved: dict, current: dict, sections=("model", "data", "optim")) -> list[str]:
   """`a.b: saved -> current` for every leaf of `sections` that differs between two config dicts."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = v
-    return out
-  a = {k: v for k, v in flat(saved).items() if k.split(".")[0] in sections}
-  b = {k: v for k, v in flat(current).items() if k.split(".")[0] in sections}
+  a = {k: v for k, v in config_lib.flatten(saved).items() if k.split(".")[0] in sections}
+  b = {k: v for k, v in config_lib.flatten(current).items() if k.split(".")[0] in sections}
   return [f"{k}: {a.get(k, 'absent')!r} -> {b.get(k, 'absent')!r}" for k in sorted(set(a) | set(b))
           if a.get(k, "absent") != b.get(k, "absent")]
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from etils import epath
 
+from lm import config as config_lib
+from lm.errors import LMError
 from lm.train import checkpoint
 
 CONFIG = "config.json"
@@ -32,19 +34,9 @@ SAFE_ON_RESUME = (
 )
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """`{field: (saved, current)}` for every field that differs (tuples and lists compare as JSON does)."""
-  a, b = (_flat(json.loads(json.dumps(d))) for d in (saved, current))
+  a, b = (config_lib.flatten(json.loads(json.dumps(d))) for d in (saved, current))
   missing = object()
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)}
 
@@ -90,3 +82,19 @@ def read(workdir) -> list[dict]:
     except ValueError:
       print(f"warning: {path} line {i} is not JSON; skipped", file=sys.stderr)
   return records
+
+
+def summary(workdir) -> str:
+  """What `lm config DIR` prints: the run's config (JSON) and, below it, one line per start and resume."""
+  path = epath.Path(workdir) / CONFIG
+  if not path.exists():
+    raise LMError(f"{str(workdir)!r} holds no {CONFIG}; give a run's workdir or an experiment name")
+  lines = [json.dumps(json.loads(path.read_text()), indent=2, sort_keys=True)]
+  records = read(workdir)
+  if records:
+    lines.append(f"\nhistory ({HISTORY}):")
+  for r in records:
+    changed = "; ".join(describe(k, *v) for k, v in r.get("changes", {}).items())
+    lines.append(f"  step {r.get('step')}: {r.get('event', 'start')} at {r.get('time', '?')}"
+                 + (f": {changed}" if changed else ""))
+  return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import sys
+import threading
 import time
 
 
@@ -52,7 +53,6 @@ class Phase:
     self.stream.write(f"{self.what}..." + ("" if live else "\n"))
     self.stream.flush()
     if live:
-      import threading
       self._stop = threading.Event()
 
       def tick():

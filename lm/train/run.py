@@ -107,19 +107,27 @@ def check_data_size(config, family: Family) -> None:
                     f"{d.batch_size}; lower data.batch_size or the row length, or add text")
 
 
-def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.ConfigDict:
-  """Every check of a run's config that needs neither its data nor a compile, one line each: fields and the
-  family's own, the mesh against the devices, objective names and options, the heads they train, a reference
-  run, the trackers, and the corpus against one batch where its files' sizes tell (the tokenizer spec is
-  checked by `loop.train` for a fresh start only: a resume uses its checkpoint's). `lm train` runs it
-  before it reads data, compiles or writes anything. Returns the config resolved for this backend."""
+def _resolve(config, devices):
+  """What `check` and `build_run` both start from: the config resolved for this backend and validated, its
+  family, the mesh (checked against the devices and the split fields) and what the objectives need (their
+  names and options checked)."""
   config = config_lib.resolve_backend_defaults(config, jax.default_backend())
   families.validate(config)
   family = families.get(config.model.family)
   mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_divisibility(config, mesh, family.tensor_split_fields(config))
   needs = objectives.requirements(config.objectives)
-  objectives.build(config.objectives)
+  objectives.build(config.objectives)  # bad option values (rho's keep, ...) fail here, before any compile
+  return config, family, mesh, needs
+
+
+def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.ConfigDict:
+  """Every check of a run's config that needs neither its data nor a compile, one line each: fields and the
+  family's own, the mesh against the devices, objective names and options, the heads they train, a reference
+  run, the trackers, and the corpus against one batch where its files' sizes tell (the tokenizer spec is
+  checked by `loop.train` for a fresh start only: a resume uses its checkpoint's). `lm train` runs it
+  before it reads data, compiles or writes anything. Returns the config resolved for this backend."""
+  config, family, mesh, needs = _resolve(config, devices)
   model = family.build_model(config, _vocab_guess(config), needs=needs)
   batch = families.zeros(family.batch_spec(config, 1))
   jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))  # head options, layer counts, shapes
@@ -135,13 +143,7 @@ def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.Con
 
 def build_run(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Run:
   """Resolve per-backend defaults, validate, build mesh, model, optimizer and state shardings (no compile)."""
-  config = config_lib.resolve_backend_defaults(config, jax.default_backend())
-  families.validate(config)
-  family = families.get(config.model.family)
-  mesh = parallel.make_mesh(config.mesh, devices)
-  parallel.check_divisibility(config, mesh, family.tensor_split_fields(config))
-  needs = objectives.requirements(config.objectives)
-  objectives.build(config.objectives)  # bad option values (rho's keep, ...) fail here, before any compile
+  config, family, mesh, needs = _resolve(config, devices)
   model = family.build_model(config, tokenizer.vocab_size, needs=needs)
   tx = make_optimizer(config.optim, config.train.steps)
   run = Run(config, family, needs, mesh, tokenizer, model, tx)
