@@ -1,20 +1,30 @@
-"""Training throughput of the token-family step: tokens/s, MFU, overhead over a hand-written step, compile time.
+"""Training throughput of the token-family step against PyTorch and nanoGPT: tokens/s, MFU, peak RSS, compile time.
 
 Run:
-  python benchmarks/train_throughput.py                 # a few minutes on a 2-core CPU
-  python benchmarks/train_throughput.py --quick         # smoke mode, well under a minute
-Writes JSON to --out (default benchmarks/results/train_throughput.json) and prints a table.
+  python benchmarks/train_throughput.py                         # the issue's shape, a few minutes on 2 cores
+  python benchmarks/train_throughput.py --shape small           # token_ntp:small's shape (no GQA)
+  python benchmarks/train_throughput.py --shape 125m            # GPT-2 small's layers, rows of 256
+  python benchmarks/train_throughput.py --nanogpt DIR           # also run karpathy/nanoGPT's train.py from DIR
+  python benchmarks/train_throughput.py --quick                 # smoke mode, well under a minute
+Writes JSON to --out (default benchmarks/results/train_throughput[_SHAPE].json) and prints a table.
 
-Shape (the project's issue): bytes (V=259), 4 layers, 4 heads, D=128, T=64, B=12. The issue leaves the MLP
-width open; a PyTorch reference would use a 4x GELU MLP (2 * 4 * D^2 weights), and the SwiGLU width with the
-same parameter count is 8/3 * D ~ 341, so the default is d_ff=344 (a multiple of 8).
+Arms, all measured in one run:
+  framework        `lm`'s step as `lm train` builds it, the project's architecture (RMSNorm, RoPE, SwiGLU)
+  framework gpt2   the same step with nanoGPT's architecture (`model.mlp=gelu positions=learned norm=layer`,
+                   d_ff = 4 * d_model)
+  framework bf16   the project's architecture with bfloat16 compute (float32 params and optimizer)
+  framework rolled the project's architecture with a rolled layer scan (the TPU/GPU default)
+  hand-written     the project's architecture in plain jax + optax (framework overhead = framework / hand)
+  one device/core  the framework's step on a data mesh of one XLA:CPU device per core (its own process)
+  torch nanogpt    nanoGPT's model and step written here in PyTorch eager (benchmarks/torch_reference.py)
+  torch ours       the project's architecture in PyTorch eager
+  nanogpt          nanoGPT's own train.py (with --nanogpt DIR): per-iteration times from its log
+and the peak RSS of whole training processes: `lm train` (both architectures), the PyTorch peers, nanoGPT.
+The jax arms are timed interleaved in this process (median over rounds); the PyTorch arms in their own
+processes before and after (two XLA:CPU and torch thread pools in one process slow each other down).
 
-The hand-written step below is a from-scratch jax + optax version of the same math (pre-norm RMSNorm, RoPE,
-causal + packed-segment attention, SwiGLU, tied embeddings, token-mean cross-entropy, global-norm clipping
-and AdamW with no decay on vectors), written the way one would without the framework: a dict of stacked
-per-layer weights and a Python loop over layers. Its ratio to the framework's step is the framework overhead.
-Every timing that is compared is measured in the same process, interleaved, with the median over repeats,
-because shared CPUs are noisy.
+Shape: bytes (V=259, padded to 264 by the framework), the SwiGLU width with the GELU MLP's parameter count
+(8/3 * d_model, a multiple of 8: 344 at d_model 128).
 """
 
 from __future__ import annotations
@@ -49,20 +59,37 @@ DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "train_throu
 # ---------------------------------------------------------------------------------------------------------
 # Shape, FLOPs and the matmul peak.
 
+SHAPES = {
+    "tiny": dict(layers=4, d_model=128, heads=4, seq_len=64, batch=12),    # the issue's (nanoGPT's CPU example)
+    "small": dict(layers=4, d_model=192, heads=6, seq_len=128, batch=24),  # token_ntp:small, without GQA
+    "125m": dict(layers=12, d_model=768, heads=12, seq_len=256, batch=4),  # GPT-2 small's layers
+}
+GPT2 = dict(mlp="gelu", positions="learned", norm="layer")  # nanoGPT's architecture in `config.model` terms
+
+
+def swiglu_width(d_model: int) -> int:
+  """The SwiGLU width whose three matrices hold as many weights as a 4x GELU MLP's two, a multiple of 8."""
+  return -(-(8 * d_model // 3) // 8) * 8
+
+
 def model_config(layers: int, d_model: int, heads: int, d_ff: int, seq_len: int, batch: int,
-                 scan_unroll: int = 0, steps: int = 1000):
+                 scan_unroll: int = 0, steps: int = 1000, arch: str = "ours", dtype: str = "auto"):
   config = config_lib.load_experiment("token_ntp:tiny")
   config.model.update(d_model=d_model, num_layers=layers, num_heads=heads, num_kv_heads=heads, d_ff=d_ff,
-                      scan_layers=True, scan_unroll=scan_unroll)
+                      scan_layers=True, scan_unroll=scan_unroll, dtype=dtype)
+  if arch == "gpt2":
+    config.model.update(d_ff=4 * d_model, **GPT2)
   config.data.update(seq_len=seq_len, batch_size=batch)
   config.train.update(steps=steps)
   return config
 
 
-def train_flops(layers: int, d_model: int, heads: int, d_ff: int, seq_len: int, batch: int, vocab: int) -> float:
+def train_flops(layers: int, d_model: int, heads: int, d_ff: int, seq_len: int, batch: int, vocab: int,
+                gated: bool = True) -> float:
   """Matmul FLOPs of one training step (forward + backward = 3x forward); causal attention counted at half."""
   D, F, T = d_model, d_ff, seq_len
-  per_token_layer = 2 * (4 * D * D) + 2 * (3 * D * F) + 2 * 2 * T * D / 2  # qkvo, SwiGLU, QK^T and AV (causal)
+  mlp = 2 * (3 if gated else 2) * D * F
+  per_token_layer = 2 * (4 * D * D) + mlp + 2 * 2 * T * D / 2  # qkvo, MLP, QK^T and AV (causal)
   per_token = layers * per_token_layer + 2 * D * vocab                      # + tied unembedding
   return 3.0 * per_token * batch * T
 
@@ -228,13 +255,88 @@ def _has_torch() -> bool:
   return importlib.util.find_spec("torch") is not None
 
 
-def torch_subprocess(shape, vocab) -> float:
-  """Median seconds per step of the PyTorch reference, in its own process (see torch_reference.main)."""
+def run_measured(args, env=None, cwd=None, timeout=3600) -> tuple[str, float, float]:
+  """-> (stdout, peak RSS in MB, wall seconds) of one child process (its own rusage, through wait4)."""
   import subprocess
-  args = [sys.executable, str(pathlib.Path(__file__).with_name("torch_reference.py")), f"--vocab={vocab}"]
+  import tempfile
+  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    t = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=cwd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    out.seek(0)
+    err.seek(0)
+    if proc.returncode:
+      raise RuntimeError(f"{' '.join(map(str, args[:4]))} ... exited {proc.returncode}: {err.read()[-2000:]}")
+    return out.read(), usage.ru_maxrss / 1024, wall
+
+
+def torch_subprocess(shape, vocab, arch: str, steps: int, repeats: int) -> dict:
+  """One PyTorch reference run in its own process (torch_reference.main): median ms/step and peak RSS."""
+  args = [sys.executable, str(pathlib.Path(__file__).with_name("torch_reference.py")), f"--vocab={vocab}",
+          f"--arch={arch}", f"--steps={steps}", f"--repeats={repeats}"]
   args += [f"--{k}={v}" for k, v in shape.items()]
-  out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-  return json.loads(out)["torch_step_ms"] / 1e3
+  out, rss, _ = run_measured(args)
+  result = json.loads(out.strip().splitlines()[-1])
+  return dict(step_s=result["torch_step_ms"] / 1e3, rss_mb=rss)
+
+
+def nanogpt_subprocess(nanogpt_dir: pathlib.Path, shape, iters: int) -> dict:
+  """karpathy/nanoGPT's own train.py at this shape on bytes of the embedded corpus, as its README's CPU
+  example runs it (`--device=cpu --compile=False`, float32, no dropout, no checkpoint): the median of its
+  logged per-iteration times after the first 10, its peak RSS and wall time."""
+  import pickle
+  import re
+  from lm.data import corpus
+  data_dir = nanogpt_dir / "data" / "lm_bytes"
+  data_dir.mkdir(parents=True, exist_ok=True)
+  text = b"\n".join(corpus.stdlib_documents("python-prose"))
+  ids = np.frombuffer(text, np.uint8).astype(np.uint16)
+  n = int(0.9 * len(ids))
+  ids[:n].tofile(data_dir / "train.bin")
+  ids[n:].tofile(data_dir / "val.bin")
+  (data_dir / "meta.pkl").write_bytes(pickle.dumps(dict(vocab_size=256)))
+  args = [sys.executable, "train.py", "--dataset=lm_bytes", "--device=cpu", "--compile=False", "--dropout=0.0",
+          f"--n_layer={shape['layers']}", f"--n_head={shape['heads']}", f"--n_embd={shape['d_model']}",
+          f"--block_size={shape['seq_len']}", f"--batch_size={shape['batch']}", "--gradient_accumulation_steps=1",
+          f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--eval_interval=100000000", "--eval_iters=1",
+          "--log_interval=1", "--always_save_checkpoint=False", "--out_dir=out-lm-bench", "--bias=False"]
+  out, rss, wall = run_measured(args, cwd=nanogpt_dir)
+  times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
+  if len(times) < 12:
+    raise RuntimeError(f"nanoGPT logged {len(times)} iterations; expected {iters}")
+  return dict(step_s=statistics.median(times[10:]) / 1e3, rss_mb=rss, wall_s=wall, iters=iters)
+
+
+def lm_train_subprocess(shape, arch: str, steps: int) -> dict:
+  """A whole `lm train` run at this shape in its own process (data, compile, checkpoints, trackers):
+  peak RSS, wall time, and the tokens/s the run logged at its end."""
+  import tempfile
+  overrides = [f"--config.{k}={v}" for k, v in dict(
+      **{"model.d_model": shape["d_model"], "model.num_layers": shape["layers"], "model.num_heads": shape["heads"],
+         "model.num_kv_heads": shape["heads"], "model.d_ff": shape["d_ff"] if arch == "ours" else 4 * shape["d_model"],
+         "data.seq_len": shape["seq_len"], "data.batch_size": shape["batch"], "train.steps": steps,
+         "train.log_every": max(steps // 4, 1), "train.eval_every": 0, "train.checkpoint_every": steps},
+      **({f"model.{k}": v for k, v in GPT2.items()} if arch == "gpt2" else {})).items()]
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = pathlib.Path(tmp) / "run"
+    args = [sys.executable, "-m", "lm", "train", "token_ntp:tiny", "--workdir", str(workdir)] + overrides
+    _, rss, wall = run_measured(args, cwd=pathlib.Path(__file__).resolve().parents[1])
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rates = [m["tokens_per_sec"] for m in logged if "tokens_per_sec" in m]
+  return dict(rss_mb=rss, wall_s=wall, steps=steps, tokens_per_s_logged=rates[-1] if rates else None)
+
+
+def devices_subprocess(shape, devices: int, steps: int, repeats: int) -> dict:
+  """The framework's step on a data mesh of `devices` XLA:CPU devices, in its own process."""
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                                    f" --xla_force_host_platform_device_count={devices}").strip())
+  args = [sys.executable, __file__, "--worker", "--steps", str(steps), "--repeats", str(repeats)]
+  args += [f"--{k}={v}" for k, v in shape.items()]
+  out, rss, _ = run_measured(args, env=env)
+  result = json.loads(out.strip().splitlines()[-1])
+  return dict(step_s=result["step_s"], devices=result["devices"], rss_mb=rss)
 
 
 def interleaved(steppers, steps: int, repeats: int) -> dict[str, list[float]]:
@@ -262,104 +364,174 @@ def first_step_seconds(config, batch) -> float:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", default=str(DEFAULT_OUT))
+  p.add_argument("--out", default="", help="JSON path (default benchmarks/results/train_throughput[_SHAPE].json)")
   p.add_argument("--quick", action="store_true", help="smoke mode: fewer steps and repeats, small compiles")
-  p.add_argument("--layers", type=int, default=0, help="0: 4 (2 with --quick)")
-  p.add_argument("--d_model", type=int, default=128)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--d_ff", type=int, default=344)
-  p.add_argument("--seq_len", type=int, default=64)
-  p.add_argument("--batch", type=int, default=12)
-  p.add_argument("--steps", type=int, default=0, help="steps per timed round (0: per mode)")
+  p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+  p.add_argument("--layers", type=int, default=0, help="override the shape's (--quick: 2)")
+  p.add_argument("--d_model", type=int, default=0)
+  p.add_argument("--heads", type=int, default=0)
+  p.add_argument("--d_ff", type=int, default=0, help="0: the SwiGLU width of a 4x GELU MLP")
+  p.add_argument("--seq_len", type=int, default=0)
+  p.add_argument("--batch", type=int, default=0)
+  p.add_argument("--steps", type=int, default=0, help="steps per timed round (0: per mode and shape)")
   p.add_argument("--repeats", type=int, default=0, help="timed rounds (0: per mode)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=_has_torch(),
-                 help="also time a PyTorch CPU reference of the same model in the same run (default: if installed)")
+                 help="also time the PyTorch references (default: if torch is installed)")
+  p.add_argument("--nanogpt", default="", help="a karpathy/nanoGPT checkout: also run its own train.py")
+  p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
+                 help="also run whole `lm train` processes for their peak RSS (default: on unless --quick)")
+  p.add_argument("--devices", action=argparse.BooleanOptionalAction, default=None,
+                 help="also time one XLA:CPU device per core (default: on unless --quick, if cores > 1)")
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  args.layers = args.layers or (2 if args.quick else 4)
-  steps = args.steps or (2 if args.quick else 10)
-  repeats = args.repeats or (2 if args.quick else 9)
+  shape = dict(SHAPES[args.shape])
+  for k in ("layers", "d_model", "heads", "seq_len", "batch"):
+    shape[k] = getattr(args, k) or shape[k]
+  if args.quick and not args.layers:
+    shape["layers"] = 2
+  shape["d_ff"] = args.d_ff or swiglu_width(shape["d_model"])
+  big = shape["d_model"] * shape["seq_len"] * shape["batch"] * shape["layers"] > 4e6
+  steps = args.steps or (2 if args.quick or big else 10)
+  repeats = args.repeats or (2 if args.quick else 3 if big else 9)
   vocab = ByteTokenizer().vocab_size
-  shape = dict(layers=args.layers, d_model=args.d_model, heads=args.heads, d_ff=args.d_ff,
-               seq_len=args.seq_len, batch=args.batch)
-  tokens = args.batch * args.seq_len
-  batch = random_batch(args.batch, args.seq_len, vocab)
+  tokens = shape["batch"] * shape["seq_len"]
+  batch = random_batch(shape["batch"], shape["seq_len"], vocab)
 
+  if args.worker:  # devices_subprocess: the framework's step alone, on every device of this process
+    fw, _ = framework_stepper("framework", model_config(**shape), batch)
+    times, _ = interleaved([fw], steps, repeats)
+    print(json.dumps(dict(step_s=statistics.median(times["framework"]), devices=jax.device_count())))
+    return None
+
+  rss = (not args.quick) if args.rss is None else args.rss
+  devices = ((not args.quick) if args.devices is None else args.devices) and (os.cpu_count() or 1) > 1
+  out = pathlib.Path(args.out or DEFAULT_OUT.with_name(
+      "train_throughput.json" if args.shape == "tiny" else f"train_throughput_{args.shape}.json"))
   peak = matmul_peak(512 if args.quick else 1024, 3 if args.quick else 5)
   flops = train_flops(vocab=vocab, **shape)
+  flops_gpt2 = train_flops(vocab=vocab, **dict(shape, d_ff=4 * shape["d_model"]), gated=False)
 
-  # Throughput and overhead: the framework (per-backend defaults), the hand-written step, and the
-  # framework with a rolled scan, timed interleaved in this process.
-  # With the framework's CPU default (scan_unroll=0 -> fully unrolled) when nothing is passed.
+  torch_shape = {k: shape[k] for k in ("layers", "d_model", "heads", "seq_len", "batch")}
+  sub = dict(steps=steps, repeats=max(repeats // 2, 2))
+  peers = {}  # name -> list of runs (before and after the jax rounds)
+
+  def run_peers():
+    if args.torch:
+      peers.setdefault("torch_nanogpt", []).append(torch_subprocess(
+          dict(torch_shape, d_ff=4 * shape["d_model"]), vocab, "nanogpt", **sub))
+      peers.setdefault("torch_ours", []).append(torch_subprocess(dict(torch_shape, d_ff=shape["d_ff"]), vocab, "ours", **sub))
+    if devices:
+      peers.setdefault("devices", []).append(devices_subprocess(shape, os.cpu_count(), **sub))
+    if args.nanogpt:
+      iters = 10 + steps * sub["repeats"] + 10
+      peers.setdefault("nanogpt", []).append(nanogpt_subprocess(pathlib.Path(args.nanogpt).resolve(), torch_shape, iters))
+
+  # The jax arms, timed interleaved in this process; the others in their own processes before and after.
+  run_peers()
   fw, run = framework_stepper("framework", model_config(**shape), batch)
+  gpt2, _ = framework_stepper("framework_gpt2", model_config(**shape, arch="gpt2"), batch)
+  bf16, _ = framework_stepper("framework_bf16", model_config(**shape, dtype="bfloat16"), batch)
   hand = hand_stepper("hand", run.config, batch, vocab)
   rolled, _ = framework_stepper("framework_rolled", model_config(**shape, scan_unroll=1), batch)
-  torch_runs = [torch_subprocess(shape, vocab)] if args.torch else []
-  times, first = interleaved([fw, hand, rolled], steps, repeats)
-  if args.torch:
-    torch_runs.append(torch_subprocess(shape, vocab))
+  times, first = interleaved([fw, gpt2, bf16, hand, rolled], steps, repeats)
+  run_peers()
   med = {k: statistics.median(v) for k, v in times.items()}
-  ratios = [f / h for f, h in zip(times["framework"], times["hand"])]
-  rolled_ratios = [r / f for r, f in zip(times["framework_rolled"], times["framework"])]
+  for name, runs in peers.items():
+    med[name] = statistics.median(r["step_s"] for r in runs)
+  same_round = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
 
-  # First-step (compile) time against depth, rolled (unroll=1) and fully unrolled. The steppers above
-  # already paid it at the benchmark depth; other depths get a fresh model each.
-  depths = (1, 2) if args.quick else (2, 12)
-  reuse = {("rolled", args.layers): first["framework_rolled"]}
-  if run.config.model.scan_unroll >= args.layers:  # the per-backend default was fully unrolled (CPU)
-    reuse[("unrolled", args.layers)] = first["framework"]
-  compile_s = {}
-  for unroll_name, unroll in (("rolled", 1), ("unrolled", 10_000)):
-    for n in depths:
-      compile_s[f"{unroll_name}_{n}"] = reuse.get((unroll_name, n)) or first_step_seconds(
-          model_config(**dict(shape, layers=n), scan_unroll=unroll), batch)
-      if n == 1:  # one layer is the same program either way (the scan is unrolled when unroll >= length)
-        reuse[("unrolled", 1)] = compile_s[f"{unroll_name}_{n}"]
+  # First-step (compile) time against depth, rolled (unroll=1) and fully unrolled, at the small shapes.
+  compile_s, depths = {}, (1, 2) if args.quick else (2, 12)
+  if not big:
+    reuse = {("rolled", shape["layers"]): first["framework_rolled"]}
+    if run.config.model.scan_unroll >= shape["layers"]:  # the per-backend default was fully unrolled (CPU)
+      reuse[("unrolled", shape["layers"])] = first["framework"]
+    for unroll_name, unroll in (("rolled", 1), ("unrolled", 10_000)):
+      for n in depths:
+        compile_s[f"{unroll_name}_{n}"] = reuse.get((unroll_name, n)) or first_step_seconds(
+            model_config(**dict(shape, layers=n), scan_unroll=unroll), batch)
+        if n == 1:  # one layer is the same program either way (the scan is unrolled when unroll >= length)
+          reuse[("unrolled", 1)] = compile_s[f"{unroll_name}_{n}"]
+
+  # Peak RSS of whole training runs (after the timing, so nothing else runs beside them).
+  rss_runs = {}
+  if rss:
+    rss_steps = 200 if not big else 6
+    for arch in ("ours", "gpt2"):
+      rss_runs[f"lm_train_{arch}"] = lm_train_subprocess(shape, arch, rss_steps)
 
   result = dict(
-      shape=dict(shape, vocab=vocab, tokens_per_step=tokens),
+      shape=dict(shape, vocab=vocab, tokens_per_step=tokens, name=args.shape),
       backend=jax.default_backend(), devices=jax.device_count(), machine=platform.machine(),
       cpu_count=os.cpu_count(), jax=jax.__version__, quick=args.quick, steps_per_round=steps,
       repeats=repeats, xla_flags=os.environ.get("XLA_FLAGS", ""),
       scan_unroll=run.config.model.scan_unroll, attention_impl=run.config.model.attention_impl,
-      matmul_peak_flops=peak, train_flops_per_step=flops,
+      matmul_peak_flops=peak, train_flops_per_step=flops, train_flops_per_step_gpt2=flops_gpt2,
       step_ms=med["framework"] * 1e3, tokens_per_s=tokens / med["framework"],
       mfu=flops / med["framework"] / peak,
+      gpt2_step_ms=med["framework_gpt2"] * 1e3, gpt2_tokens_per_s=tokens / med["framework_gpt2"],
+      bf16_step_ms=med["framework_bf16"] * 1e3, bf16_over_float32=same_round("framework_bf16", "framework"),
       hand_step_ms=med["hand"] * 1e3, hand_tokens_per_s=tokens / med["hand"],
       hand_mfu=flops / med["hand"] / peak,
-      overhead_ratio=statistics.median(ratios), overhead_ratios=ratios,
-      rolled_step_ms=med["framework_rolled"] * 1e3, rolled_over_unrolled=statistics.median(rolled_ratios),
-      first_step_s=first,
-      compile_s=compile_s, compile_depths=list(depths),
-      rolled_compile_ratio=compile_s[f"rolled_{depths[1]}"] / compile_s[f"rolled_{depths[0]}"],
-      unrolled_compile_ratio=compile_s[f"unrolled_{depths[1]}"] / compile_s[f"unrolled_{depths[0]}"],
+      overhead_ratio=same_round("framework", "hand"),
+      overhead_ratios=[f / h for f, h in zip(times["framework"], times["hand"])],
+      rolled_step_ms=med["framework_rolled"] * 1e3, rolled_over_unrolled=same_round("framework_rolled", "framework"),
+      first_step_s=first, compile_s=compile_s, compile_depths=list(depths),
       step_ms_all={k: [t * 1e3 for t in v] for k, v in times.items()},
+      peers={k: v for k, v in peers.items()}, rss=rss_runs,
   )
-  if torch_runs:
+  if compile_s:
+    result.update(rolled_compile_ratio=compile_s[f"rolled_{depths[1]}"] / compile_s[f"rolled_{depths[0]}"],
+                  unrolled_compile_ratio=compile_s[f"unrolled_{depths[1]}"] / compile_s[f"unrolled_{depths[0]}"])
+  if args.torch:
     import torch
-    med["pytorch"] = statistics.median(torch_runs)  # before and after the jax rounds, in a subprocess
-    result.update(torch=torch.__version__, torch_step_ms=med["pytorch"] * 1e3,
-                  torch_step_ms_runs=[t * 1e3 for t in torch_runs], torch_tokens_per_s=tokens / med["pytorch"],
-                  framework_over_torch=med["framework"] / med["pytorch"])
+    result.update(torch=torch.__version__, torch_step_ms=med["torch_ours"] * 1e3,
+                  torch_nanogpt_step_ms=med["torch_nanogpt"] * 1e3,
+                  framework_over_torch=med["framework"] / med["torch_ours"],
+                  gpt2_over_torch_nanogpt=med["framework_gpt2"] / med["torch_nanogpt"])
+  if "nanogpt" in med:
+    result.update(nanogpt_step_ms=med["nanogpt"] * 1e3, gpt2_over_nanogpt=med["framework_gpt2"] / med["nanogpt"])
+    if args.torch:
+      result.update(torch_nanogpt_over_nanogpt=med["torch_nanogpt"] / med["nanogpt"])
+  if "devices" in med:
+    result.update(devices_step_ms=med["devices"] * 1e3, devices_over_framework=med["devices"] / med["framework"])
 
-  out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + "\n")
 
-  print(f"train_throughput: {args.layers}L D={args.d_model} H={args.heads} F={args.d_ff} T={args.seq_len} "
-        f"B={args.batch} V={vocab}, {jax.default_backend()} x{jax.device_count()}, "
-        f"{steps} steps x {repeats} rounds, matmul peak {peak / 1e9:.1f} GFLOP/s")
-  rows = [("framework (scan_unroll=%d)" % run.config.model.scan_unroll, med["framework"]),
-          ("hand-written jax+optax", med["hand"]), ("framework rolled (unroll=1)", med["framework_rolled"])]
-  if "pytorch" in med:
-    rows.append(("pytorch eager (own process)", med["pytorch"]))
-  print(f"  {'step':32s} {'ms/step':>8s} {'tok/s':>8s} {'MFU':>6s} {'/hand':>6s}")
-  for name, t in rows:
-    print(f"  {name:32s} {t * 1e3:8.2f} {tokens / t:8.0f} {flops / t / peak:6.1%} {t / med['hand']:6.3f}")
-  print(f"  overhead ratio (median of same-round ratios): {result['overhead_ratio']:.3f}; "
-        f"rolled/unrolled step: {result['rolled_over_unrolled']:.3f}")
-  print("  first step incl. compile (s): " + ", ".join(f"{k} {v:.2f}" for k, v in compile_s.items())
-        + f"; rolled {depths[1]}L/{depths[0]}L = {result['rolled_compile_ratio']:.2f}x, "
-        f"unrolled = {result['unrolled_compile_ratio']:.2f}x")
+  print(f"train_throughput --shape {args.shape}: {shape['layers']}L D={shape['d_model']} H={shape['heads']} "
+        f"F={shape['d_ff']} (gpt2 {4 * shape['d_model']}) T={shape['seq_len']} B={shape['batch']} V={vocab}, "
+        f"{jax.default_backend()} x{jax.device_count()}, {steps} steps x {repeats} rounds, "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+  rows = [("framework (scan_unroll=%d)" % run.config.model.scan_unroll, "framework", flops),
+          ("framework, nanoGPT architecture", "framework_gpt2", flops_gpt2),
+          ("framework, bfloat16 compute", "framework_bf16", flops),
+          ("framework rolled (unroll=1)", "framework_rolled", flops),
+          ("hand-written jax+optax", "hand", flops),
+          (f"framework, {os.cpu_count()} CPU devices (data mesh)", "devices", flops),
+          ("torch eager, nanoGPT model+step", "torch_nanogpt", flops_gpt2),
+          ("torch eager, our architecture", "torch_ours", flops),
+          ("nanoGPT train.py (its log)", "nanogpt", flops_gpt2)]
+  print(f"  {'arm':38s} {'ms/step':>8s} {'tok/s':>8s} {'MFU':>6s} {'RSS MB':>7s}")
+  for label, key, f in rows:
+    if key in med:
+      rss_mb = statistics.median(r["rss_mb"] for r in peers[key]) if key in peers else float("nan")
+      print(f"  {label:38s} {med[key] * 1e3:8.2f} {tokens / med[key]:8.0f} {f / med[key] / peak:6.1%} {rss_mb:7.0f}")
+  print(f"  framework / hand (same rounds): {result['overhead_ratio']:.3f}; rolled / unrolled: "
+        f"{result['rolled_over_unrolled']:.3f}; bf16 / float32: {result['bf16_over_float32']:.3f}")
+  if args.torch:
+    print(f"  framework / torch (ours): {result['framework_over_torch']:.3f}; framework gpt2 / torch nanoGPT: "
+          f"{result['gpt2_over_torch_nanogpt']:.3f}")
+  if "nanogpt" in med:
+    print(f"  framework gpt2 / nanoGPT train.py: {result['gpt2_over_nanogpt']:.3f}"
+          + (f"; torch nanoGPT peer / nanoGPT train.py: {result['torch_nanogpt_over_nanogpt']:.3f}" if args.torch else ""))
+  for name, r in rss_runs.items():
+    print(f"  {name}: peak RSS {r['rss_mb']:.0f} MB, {r['steps']} steps in {r['wall_s']:.1f} s, "
+          f"logged {r['tokens_per_s_logged'] or 0:.0f} tok/s")
+  if compile_s:
+    print("  first step incl. compile (s): " + ", ".join(f"{k} {v:.2f}" for k, v in compile_s.items())
+          + f"; rolled {depths[1]}L/{depths[0]}L = {result['rolled_compile_ratio']:.2f}x, "
+          f"unrolled = {result['unrolled_compile_ratio']:.2f}x")
   print(f"  wrote {out}")
   return result
 

@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
       attention_impl="auto",    # auto | xla | cudnn
       dtype="auto",             # activations: auto = bfloat16 on TPU/GPU, float32 on CPU
       param_dtype="float32",
+      mlp="swiglu",             # swiglu | gelu (GPT-2 / nanoGPT: d_ff = 4 * d_model)
+      positions="rope",         # rope | learned (token family; GPT-2's absolute table of data.seq_len rows)
+      norm="rms",               # rms | layer (LayerNorm without bias)
   )
   c.data = dict(
       source="python-prose",    # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD, comma-joined
@@ -287,7 +290,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not m.head_dim and m.d_model % m.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
                       "change one or set model.head_dim")
-  if (m.head_dim or m.d_model // m.num_heads) % 2:
+  for key, choices in (("mlp", ("swiglu", "gelu")), ("positions", ("rope", "learned")), ("norm", ("rms", "layer"))):
+    if m[key] not in choices:
+      raise ConfigError(f"model.{key}={m[key]!r}; choose {' or '.join(choices)}")
+  if m.positions == "rope" and (m.head_dim or m.d_model // m.num_heads) % 2:
     raise ConfigError("the head width must be even for RoPE; change model.d_model/num_heads or head_dim")
   for key in ("dtype", "param_dtype"):
     if m[key] not in ("auto", "float32", "bfloat16", "float16") or (key == "param_dtype" and m[key] == "auto"):

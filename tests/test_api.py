@@ -40,7 +40,9 @@ def test_load_evaluates_and_samples_like_the_cli(old_run, tmp_path):
   r = lm.load(str(old_run("byte_hat")))
   assert r.step == 3 and r.config.model.family == "hierarchical"
   result = r.evaluate()
-  assert result["bpb"] == json.loads((FIXTURES / "expected_bpb.json").read_text())["byte_hat"]
+  # The checkpoint of the code before the family restructure scores as it did then, up to float32 rounding:
+  # issue 13 rewrote RoPE, attention and the gated MLP in equivalent forms (5e-8 relative here).
+  assert result["bpb"] == pytest.approx(json.loads((FIXTURES / "expected_bpb.json").read_text())["byte_hat"], rel=1e-6)
   assert {"flops_per_byte_train", "flops_per_byte_encoder_forward", "split", "data"} <= set(result)
   text = b"A short note. It has two sentences, and a third one follows. Here it is.\n"
   (tmp_path / "notes.txt").write_bytes(text)

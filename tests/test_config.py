@@ -89,6 +89,8 @@ def test_bad_overrides_fail_with_one_line(override, message):
     ("model.head_dim=7", "must be even"),
     ("train.grad_accum=5", "not divisible by train.grad_accum"),
     ("model.dtype=float8", "choose float32"),
+    ("model.mlp=relu", "model.mlp='relu'; choose swiglu or gelu"),
+    ("model.positions=alibi", "model.positions='alibi'; choose rope or learned"),
 ])
 def test_validation_errors(override, message):
   c = config_lib.load_experiment("token_ntp:tiny")

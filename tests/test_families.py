@@ -62,8 +62,8 @@ def test_forked_family_trains_evaluates_resumes_and_samples(tmp_path, monkeypatc
   monkeypatch.syspath_prepend(str(tmp_path))
   fork = families.load_config("token_ntp:tiny", FAST + ["model.family=myfamily"])
   assert families.get("myfamily") is not families.get("token")
-  # The copy is the same code under another name: its first 20 losses on token_ntp:tiny are those the token
-  # family gave before `lm/families/` existed (bit for bit), which checks lm/families/token.py itself too.
+  # The copy is the same code under another name: its first 20 losses on token_ntp:tiny are the recorded ones
+  # (bit for bit; tests/data/first_losses.json), which checks lm/families/token.py itself too.
   want = json.loads((ROOT / "tests/data/first_losses.json").read_text())["token_ntp:tiny"]
   assert first_losses(families.load_config("token_ntp:tiny", ["model.family=myfamily"]), 20) == want
   w = tmp_path / "fork"

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
 from lm import config as config_lib
 from lm import families
@@ -11,12 +12,14 @@ from lm.models import flops
 from lm.train.state import param_count
 
 
-def test_flops_count_every_matmul_parameter_once():
-  c = config_lib.load_experiment("token_ntp:tiny")
+@pytest.mark.parametrize("arch", [[], ["model.mlp=gelu", "model.positions=learned", "model.norm=layer"]])
+def test_flops_count_every_matmul_parameter_once(arch):
+  c = families.load_config("token_ntp:tiny", arch)
   model = families.get("token").build_model(config_lib.resolve_backend_defaults(c, "cpu"), 259)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 8), jnp.int32)})["params"]
+  # Norm scales and the learned position table (a lookup) are no matmul.
   norms = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]
-              if "norm" in jax.tree_util.keystr(p))
+              if "norm" in jax.tree_util.keystr(p) or "positions" in jax.tree_util.keystr(p))
   flops = flops_per_unit(c.model, 259, seq_len=1)
   m = c.model
   attention = m.num_layers * 2 * m.num_heads * (m.d_model // m.num_heads) * 0.5

@@ -69,10 +69,12 @@ def test_tokens_per_sec_counts_from_the_second_step(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["byte_hat:tiny", "concept_lcm:tiny"])
-def test_first_losses_are_those_recorded_before_the_family_restructure(experiment, first_losses):
-  """Behaviour unchanged: the first 20 training losses equal, bit for bit, those the code before
-  `lm/families/` gave (tests/data/first_losses.json: float32 values in hex, recorded with log_every=1).
-  token_ntp:tiny's are checked through a verbatim copy of lm/families/token.py (tests/test_families.py)."""
+def test_first_losses_are_those_recorded(experiment, first_losses):
+  """Behaviour unchanged: the first 20 training losses equal, bit for bit, the recorded ones
+  (tests/data/first_losses.json: float32 values in hex, recorded with log_every=1). Recorded before
+  `lm/families/` existed, and again when issue 13 rewrote RoPE, attention and the gated MLP in equivalent
+  CPU-faster forms (every loss within 1.2e-7 relative of the first record). token_ntp:tiny's are checked
+  through a verbatim copy of lm/families/token.py (tests/test_families.py)."""
   want = json.loads((pathlib.Path(__file__).parent / "data/first_losses.json").read_text())[experiment]
   assert first_losses(families.load_config(experiment), 20) == want
 

@@ -103,6 +103,9 @@ def check_chunked(config) -> None:
   for key, value in sizes.items():
     if value <= 0:
       raise ConfigError(f"config.{key}={value} must be positive")
+  if config.model.positions != "rope":
+    raise ConfigError(f"model.positions={config.model.positions!r}: chunked families place units and chunks "
+                      "with RoPE only; set model.positions=rope")
 
 
 def chunked_split_fields(config) -> dict[str, int]:

@@ -23,7 +23,7 @@ from lm.families import Family, no_extra_passes
 from lm.models import decode, flops
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.heads import TrunkOutputs
-from lm.models.layers import (Array, Embedding, RMSNorm, TransformerConfig, Unembed, constrain, dtype_of,
+from lm.models.layers import (Array, Embedding, TransformerConfig, Unembed, constrain, make_norm,
                               mask_padded_vocab)
 from lm.models.transformer import Transformer
 from lm.objectives.base import Head, Requirements
@@ -51,7 +51,7 @@ class TokenLM(nn.Module):
       self.unembed = Unembed(cfg)
     self.decoder = Transformer(dataclasses.replace(cfg, num_layers=trunk_layers(cfg, self.heads)), causal=True,
                                decode=self.decode)
-    self.final_norm = RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype))
+    self.final_norm = make_norm(cfg)
     for head in self.heads:
       setattr(self, f"{head.kind}_head", head.build(cfg, decode=self.decode))
 
@@ -66,7 +66,8 @@ class TokenLM(nn.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(ids_BxT.shape[1], dtype=jnp.int32), ids_BxT.shape)
     segment_ids_BxT = batch.get("segment_ids")
-    x_BxTxD = self.decoder(self.embed(ids_BxT), positions_BxT, segment_ids_BxT)
+    x_BxTxD = self.embed.add_positions(self.embed(ids_BxT), positions_BxT)
+    x_BxTxD = self.decoder(x_BxTxD, positions_BxT, segment_ids_BxT)
     h_BxTxD = self.final_norm(x_BxTxD)
     logits_BxTxV = constrain(self._logits(h_BxTxD), ("batch", "length", "vocab"))
     aux = {"hidden": h_BxTxD, "trunk_out": x_BxTxD}
@@ -103,7 +104,7 @@ def flops_per_unit(model_cfg, vocab_size: int, seq_len: int, heads: tuple[Head, 
   cfg = transformer_config(m, vocab_size)
   trunk = m.num_layers - sum(head.give_up_layers for head in heads)
   forward = flops.transformer_per_position(m.d_model, trunk, m.num_heads, m.num_kv_heads, m.d_ff,
-                                           keys=seq_len / 2, head_dim=m.head_dim)
+                                           keys=seq_len / 2, head_dim=m.head_dim, gated=cfg.mlp != "gelu")
   forward += flops.unembed_per_position(cfg)
   return dict(forward=forward, train=3 * (forward + sum(head.flops_per_unit(cfg, seq_len) for head in heads)))
 
@@ -114,6 +115,8 @@ class TokenFamily(Family):
                   needs: Requirements = Requirements()) -> TokenLM:
     no_extra_passes(config, needs)
     cfg = transformer_config(config.model, vocab_size)
+    if cfg.positions == "learned":
+      cfg = dataclasses.replace(cfg, max_positions=config.data.seq_len)
     trunk_layers(cfg, needs.heads)  # a head that takes every layer fails here, before any compile
     return TokenLM(cfg, decode=decode, heads=tuple(needs.heads))
 

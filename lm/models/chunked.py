@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.models.decode import zero_cache
-from lm.models.layers import (Array, Embedding, RMSNorm, TransformerConfig, _init, dtype_of,
+from lm.models.layers import (Array, Embedding, TransformerConfig, _init, dtype_of, make_norm,
                               mask_padded_vocab)
 from lm.models.transformer import Transformer
 
@@ -36,8 +36,8 @@ def shift_right_chunks(x_BxCxD: Array) -> Array:
   return jnp.concatenate([jnp.zeros_like(x_BxCxD[:, :1]), x_BxCxD[:, :-1]], axis=1)
 
 
-def norm(cfg: TransformerConfig) -> RMSNorm:
-  return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype))
+def norm(cfg: TransformerConfig) -> nn.Module:
+  return make_norm(cfg)
 
 
 def dense(cfg: TransformerConfig, features: int, axes: tuple) -> nn.Dense:

@@ -13,16 +13,18 @@ def padded(vocab_size: int, multiple: int) -> int:
 
 
 def transformer_per_position(d_model: int, num_layers: int, num_heads: int, num_kv_heads: int, d_ff: int,
-                             keys: float, head_dim: int = 0) -> float:
-  """Forward FLOPs of one position through a stack of pre-norm blocks attending to `keys` keys."""
+                             keys: float, head_dim: int = 0, gated: bool = True) -> float:
+  """Forward FLOPs of one position through a stack of pre-norm blocks attending to `keys` keys
+  (`gated`: a SwiGLU MLP's three matrices, else GELU's two)."""
   E = head_dim or d_model // num_heads
-  per_layer = d_model * E * (2 * num_heads + 2 * num_kv_heads) + 3 * d_model * d_ff
+  per_layer = d_model * E * (2 * num_heads + 2 * num_kv_heads) + (3 if gated else 2) * d_model * d_ff
   return 2 * num_layers * (per_layer + 2 * num_heads * E * keys)
 
 
 def block_per_position(cfg, keys: float) -> float:
   """One transformer block of a `TransformerConfig`."""
-  return transformer_per_position(cfg.d_model, 1, cfg.num_heads, cfg.num_kv_heads, cfg.d_ff, keys, cfg.head_dim)
+  return transformer_per_position(cfg.d_model, 1, cfg.num_heads, cfg.num_kv_heads, cfg.d_ff, keys, cfg.head_dim,
+                                  gated=cfg.mlp != "gelu")
 
 
 def unembed_per_position(cfg) -> float:

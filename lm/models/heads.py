@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.models import flops
-from lm.models.layers import Array, RMSNorm, TransformerConfig, _init, constrain, dtype_of, mask_padded_vocab
+from lm.models.layers import Array, TransformerConfig, _init, constrain, dtype_of, make_norm, mask_padded_vocab
 from lm.models.transformer import Block
 
 
@@ -44,8 +44,8 @@ def shift_left(x_BxT: Array, k: int, fill=0) -> Array:
   return jnp.concatenate([x_BxT[:, k:], pad], axis=1)
 
 
-def _norm(cfg: TransformerConfig, name: str) -> RMSNorm:
-  return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
+def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
+  return make_norm(cfg, name)
 
 
 class MTPHead(nn.Module):

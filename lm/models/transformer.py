@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
 
-from lm.models.layers import Array, Attention, RMSNorm, SwiGLU, TransformerConfig, constrain, dtype_of
+from lm.models.layers import Array, Attention, TransformerConfig, constrain, make_mlp, make_norm
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 
@@ -20,12 +20,12 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, segment_ids_BxT: Array | None) -> Array:
     cfg = self.cfg
-    norm = lambda name: RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)  # noqa: E731
+    norm = lambda name: make_norm(cfg, name)  # noqa: E731
     x_BxTxD = constrain(x_BxTxD, ACTIVATION_AXES)
     h_BxTxD = x_BxTxD + Attention(cfg, self.causal, self.decode, name="attn")(
         norm("attn_norm")(x_BxTxD), positions_BxT, segment_ids_BxT)
     h_BxTxD = checkpoint_name(h_BxTxD, "attn_residual")
-    out_BxTxD = h_BxTxD + SwiGLU(cfg, name="mlp")(norm("mlp_norm")(h_BxTxD))
+    out_BxTxD = h_BxTxD + make_mlp(cfg, name="mlp")(norm("mlp_norm")(h_BxTxD))
     return constrain(checkpoint_name(out_BxTxD, "block_out"), ACTIVATION_AXES)
 
 
