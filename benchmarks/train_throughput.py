@@ -255,29 +255,45 @@ def _has_torch() -> bool:
   return importlib.util.find_spec("torch") is not None
 
 
-def run_measured(args, env=None, cwd=None, timeout=3600) -> tuple[str, float, float]:
-  """-> (stdout, peak RSS in MB, wall seconds) of one child process (its own rusage, through wait4)."""
+# Run as `python -c _PEAK_RSS (module|path) TARGET ARGS...`: the child reports its own peak RSS (VmHWM of its
+# own address space). rusage cannot: a child forked from this (large) process starts with this process's
+# resident pages in its ru_maxrss, which exec does not reset.
+_PEAK_RSS = """
+import atexit, runpy, sys
+def _report():
+  try:
+    kb = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0]
+  except OSError:
+    import resource
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: may include the parent's
+  sys.stderr.write('\\nPEAK_RSS_KB %s\\n' % kb)
+atexit.register(_report)
+kind, target = sys.argv[1], sys.argv[2]
+sys.argv = [target] + sys.argv[3:]
+(runpy.run_module if kind == 'module' else runpy.run_path)(target, run_name='__main__', **({'alter_sys': True} if kind == 'module' else {}))
+"""
+
+
+def run_measured(kind: str, target: str, args, env=None, cwd=None) -> tuple[str, float, float]:
+  """Runs `python -m target args` (kind "module") or `python target args` ("path") in a child process:
+  -> (stdout, its peak RSS in MB, wall seconds)."""
+  import re
   import subprocess
-  import tempfile
-  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-    t = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t
-    out.seek(0)
-    err.seek(0)
-    if proc.returncode:
-      raise RuntimeError(f"{' '.join(map(str, args[:4]))} ... exited {proc.returncode}: {err.read()[-2000:]}")
-    return out.read(), usage.ru_maxrss / 1024, wall
+  t = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, kind, str(target)] + [str(a) for a in args],
+                        capture_output=True, text=True, env=env, cwd=cwd)
+  wall = time.perf_counter() - t
+  if proc.returncode:
+    raise RuntimeError(f"{target} {' '.join(map(str, args[:3]))} ... exited {proc.returncode}: {proc.stderr[-2000:]}")
+  kb = re.findall(r"^PEAK_RSS_KB (\d+)$", proc.stderr, re.M)
+  return proc.stdout, (int(kb[-1]) / 1024 if kb else float("nan")), wall
 
 
 def torch_subprocess(shape, vocab, arch: str, steps: int, repeats: int) -> dict:
   """One PyTorch reference run in its own process (torch_reference.main): median ms/step and peak RSS."""
-  args = [sys.executable, str(pathlib.Path(__file__).with_name("torch_reference.py")), f"--vocab={vocab}",
-          f"--arch={arch}", f"--steps={steps}", f"--repeats={repeats}"]
+  args = [f"--vocab={vocab}", f"--arch={arch}", f"--steps={steps}", f"--repeats={repeats}"]
   args += [f"--{k}={v}" for k, v in shape.items()]
-  out, rss, _ = run_measured(args)
+  out, rss, _ = run_measured("path", pathlib.Path(__file__).with_name("torch_reference.py"), args)
   result = json.loads(out.strip().splitlines()[-1])
   return dict(step_s=result["torch_step_ms"] / 1e3, rss_mb=rss)
 
@@ -297,12 +313,12 @@ def nanogpt_subprocess(nanogpt_dir: pathlib.Path, shape, iters: int) -> dict:
   ids[:n].tofile(data_dir / "train.bin")
   ids[n:].tofile(data_dir / "val.bin")
   (data_dir / "meta.pkl").write_bytes(pickle.dumps(dict(vocab_size=256)))
-  args = [sys.executable, "train.py", "--dataset=lm_bytes", "--device=cpu", "--compile=False", "--dropout=0.0",
+  args = ["--dataset=lm_bytes", "--device=cpu", "--compile=False", "--dropout=0.0",
           f"--n_layer={shape['layers']}", f"--n_head={shape['heads']}", f"--n_embd={shape['d_model']}",
           f"--block_size={shape['seq_len']}", f"--batch_size={shape['batch']}", "--gradient_accumulation_steps=1",
           f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--eval_interval=100000000", "--eval_iters=1",
           "--log_interval=1", "--always_save_checkpoint=False", "--out_dir=out-lm-bench", "--bias=False"]
-  out, rss, wall = run_measured(args, cwd=nanogpt_dir)
+  out, rss, wall = run_measured("path", "train.py", args, cwd=nanogpt_dir)
   times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
   if len(times) < 12:
     raise RuntimeError(f"nanoGPT logged {len(times)} iterations; expected {iters}")
@@ -321,8 +337,8 @@ def lm_train_subprocess(shape, arch: str, steps: int) -> dict:
       **({f"model.{k}": v for k, v in GPT2.items()} if arch == "gpt2" else {})).items()]
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp) / "run"
-    args = [sys.executable, "-m", "lm", "train", "token_ntp:tiny", "--workdir", str(workdir)] + overrides
-    _, rss, wall = run_measured(args, cwd=pathlib.Path(__file__).resolve().parents[1])
+    args = ["train", "token_ntp:tiny", "--workdir", str(workdir)] + overrides
+    _, rss, wall = run_measured("module", "lm", args, cwd=pathlib.Path(__file__).resolve().parents[1])
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   rates = [m["tokens_per_sec"] for m in logged if "tokens_per_sec" in m]
   return dict(rss_mb=rss, wall_s=wall, steps=steps, tokens_per_s_logged=rates[-1] if rates else None)
@@ -332,9 +348,9 @@ def devices_subprocess(shape, devices: int, steps: int, repeats: int) -> dict:
   """The framework's step on a data mesh of `devices` XLA:CPU devices, in its own process."""
   env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                     f" --xla_force_host_platform_device_count={devices}").strip())
-  args = [sys.executable, __file__, "--worker", "--steps", str(steps), "--repeats", str(repeats)]
+  args = ["--worker", "--steps", str(steps), "--repeats", str(repeats)]
   args += [f"--{k}={v}" for k, v in shape.items()]
-  out, rss, _ = run_measured(args, env=env)
+  out, rss, _ = run_measured("path", __file__, args, env=env)
   result = json.loads(out.strip().splitlines()[-1])
   return dict(step_s=result["step_s"], devices=result["devices"], rss_mb=rss)
 

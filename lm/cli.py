@@ -89,7 +89,8 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   config = _load_config(args, overrides, spec)
   workdir = args.workdir or f"runs/{config.experiment.replace(':', '_')}"
   # Before anything touches devices: joining other processes is impossible once a backend exists.
-  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  if parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id) is None:
+    parallel.use_cpu_cores(config)  # one XLA:CPU device per core that the batch divides over
   import jax
   multi = jax.process_count() > 1
   if multi:  # one line per process, so a launcher's log shows every host came up

@@ -59,7 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3, seed=0, grad_accum=1, max_nonfinite_steps=10,
       trackers=("jsonl", "tensorboard"),  # lm/train/trackers.py: jsonl | tensorboard | wandb | module.Class
   )
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  # cpu_devices: XLA:CPU devices `lm train` makes of this host's cores (0: as many as divide the batch rows,
+  # for a data mesh: XLA:CPU runs one program per device in parallel, where small matmuls of one program run
+  # on one core; 1: one device). Only a single-process `lm train` on a fresh backend applies it.
+  c.mesh = dict(data=-1, fsdp=1, tensor=1, cpu_devices=0)
   c.eval = dict(batch_size=0, max_batches=0)  # batch_size 0: training microbatch; max_batches 0: all
   c.sample = dict(prompt="The ", max_new=200, temperature=0.8, top_k=0, top_p=1.0, seed=0)
   return c
@@ -299,6 +302,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m[key] not in ("auto", "float32", "bfloat16", "float16") or (key == "param_dtype" and m[key] == "auto"):
       raise ConfigError(f"model.{key}={m[key]!r}; choose float32, bfloat16 or float16"
                         + (" (or auto)" if key == "dtype" else ""))
+  if config.mesh.get("cpu_devices", 0) < 0:
+    raise ConfigError(f"mesh.cpu_devices={config.mesh.cpu_devices} must be 0 (one per core the batch divides "
+                      "over) or a device count")
   if m.attention_impl not in ("auto", "xla", "cudnn"):
     raise ConfigError(f"model.attention_impl={m.attention_impl!r}; choose auto, xla or cudnn")
   if d.batch_size % t.grad_accum:

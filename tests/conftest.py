@@ -11,6 +11,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# In-process tests run on one XLA:CPU device whatever the cores (an in-process `lm train` would otherwise
+# split them, `parallel.use_cpu_cores`, and tests would depend on their order); CLI subprocesses do split.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  jax.config.update("jax_num_cpu_devices", 1)
 
 import pathlib  # noqa: E402
 import shutil  # noqa: E402

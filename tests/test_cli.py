@@ -32,15 +32,18 @@ def run_lm(*args, check=True, cwd=None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   cwd = tmp_path_factory.mktemp("run")
-  # A relative workdir, as README writes it: orbax needs absolute paths, the CLI must not.
+  # A relative workdir, as README writes it: orbax needs absolute paths, the CLI must not. Two XLA:CPU
+  # devices whatever the cores (a data mesh, as `mesh.cpu_devices=0` makes on a multi-core CPU); eval,
+  # sample and compare below restore its checkpoints onto one.
   proc = run_lm("train", f"--config={ROOT / 'experiments' / 'token_ntp.py'}:tiny", "--workdir", "w", *SHORT,
-                cwd=cwd)
+                "--config.mesh.cpu_devices=2", cwd=cwd)
   return cwd / "w", proc
 
 
 def test_train_writes_metrics_checkpoints_and_prints_bpb_and_sample(trained):
   workdir, proc = trained
   assert "bpb: " in proc.stdout and "sample: " in proc.stdout
+  assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}, 2 cpu devices" in proc.stdout
   assert "compiling train step...\ncompiling train step: " in proc.stdout  # a log file gets two lines
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   logged = [r for r in records if "loss" in r]
@@ -91,7 +94,7 @@ def test_train_help_shows_the_override_syntax_and_the_sections(capsys):
     cli.main(["train", "--help"])
   out = capsys.readouterr().out
   assert "--config.SECTION.FIELD=VALUE" in out and "--config.objectives.N.OPTION=VALUE" in out
-  assert "\n  optim: b1, b2, clip_norm, eps, lr," in out and "\n  mesh: data, fsdp, tensor\n" in out
+  assert "\n  optim: b1, b2, clip_norm, eps, lr," in out and "\n  mesh: cpu_devices, data, fsdp, tensor\n" in out
 
 
 def test_config_prints_an_experiment_resolved(capsys):
@@ -107,7 +110,7 @@ def test_rerunning_a_finished_run_never_rewrites_its_record(trained, tmp_path, c
   workdir = tmp_path / "w"
   shutil.copytree(trained[0], workdir)
   record = {name: (workdir / name).read_bytes() for name in ("config.json", "config_history.jsonl")}
-  args = ["train", "token_ntp:tiny", "--workdir", str(workdir), *SHORT]
+  args = ["train", "token_ntp:tiny", "--workdir", str(workdir), *SHORT, "--config.mesh.cpu_devices=2"]
   assert _error(capsys, *args, "--config.optim.lr=1e-5").startswith(
       f"error: cannot resume from checkpoint step 6 in {workdir} with optim.lr: 0.004 -> 1e-05: ")
   assert _error(capsys, *args) == (f"error: run finished at step 6 in {workdir} (train.steps=6); raise "

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import ml_collections
 import pytest
 
@@ -102,3 +103,22 @@ def test_parameters_are_laid_out_by_the_rules(sharded_results):
   expect = {"1x1x1": [4, 128, 384], "1x8x1": [4, 16, 384], "2x2x2": [4, 64, 192],
             "1x2x4": [4, 64, 96]}
   assert {m: r["shard_shape"] for m, r in sharded_results.items() if m in expect} == expect
+
+
+@pytest.mark.parametrize("batch, accum, eval_batch, mesh, cores, want", [
+    (12, 1, 0, {}, 2, 2), (12, 1, 0, {}, 8, 6), (12, 4, 0, {}, 8, 3), (12, 1, 8, {}, 8, 4), (7, 1, 0, {}, 2, 1),
+    (12, 1, 0, {"tensor": 2}, 8, 1), (12, 1, 0, {"data": 2}, 8, 1), (12, 1, 0, {"cpu_devices": 3}, 2, 3),
+])
+def test_cpu_device_count_divides_every_batch_of_a_data_mesh(batch, accum, eval_batch, mesh, cores, want):
+  c = config_lib.base_config()
+  c.data.batch_size, c.train.grad_accum, c.eval.batch_size = batch, accum, eval_batch
+  c.mesh.update(mesh)
+  assert parallel.cpu_device_count(c, cores) == want
+
+
+def test_use_cpu_cores_leaves_an_initialised_backend_alone():
+  jax.devices()
+  before = jax.device_count()
+  c = config_lib.base_config()
+  c.mesh.cpu_devices = before + 1
+  assert parallel.use_cpu_cores(c) is None and jax.device_count() == before

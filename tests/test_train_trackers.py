@@ -25,17 +25,29 @@ def test_jsonl_records_have_the_step_and_are_appended(tmp_path):
 
 
 def _scalars(directory):
-  """(step, tag, value) of every scalar in a directory's event files (TFRecord framing: length, crc, data, crc)."""
+  """(step, tag, value) of every scalar in a directory's event files, read with tensorboardX's own protobuf
+  classes and checksums (TFRecord framing: length, masked crc32c, data, masked crc32c)."""
   from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import masked_crc32c
   out = []
   for path in sorted(directory.iterdir()):
-    data, i = path.read_bytes(), 0
+    assert path.name.startswith("events.out.tfevents.")
+    data, i, versions = path.read_bytes(), 0, []
     while i < len(data):
       n = struct.unpack("<Q", data[i:i + 8])[0]
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      assert struct.unpack("<I", data[i + 8:i + 12])[0] == masked_crc32c(data[i:i + 8])
+      body = data[i + 12:i + 12 + n]
+      assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == masked_crc32c(body)
+      event = event_pb2.Event.FromString(body)
+      versions += [event.file_version] if event.file_version else []
       out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
       i += 12 + n + 4
+    assert versions == ["brain.Event:2"]
   return out
+
+
+def test_crc32c_matches_the_standard_check_value():
+  assert trackers.crc32c(b"123456789") == 0xE3069283 and trackers.crc32c(b"") == 0
 
 
 def test_other_processes_write_nothing(tmp_path):

@@ -255,7 +255,7 @@ def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: i
           f"{role} {str(workdir)!r} has a tokenizer of {meta['tokenizer'].vocab_size} ids, this run's has "
           f"{tokenizer.vocab_size} (or a different vocabulary); train the {role} with this data.tokenizer")
     config = families.from_json(json.dumps(meta["config"]))
-    config.mesh = ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1))
+    config.mesh = ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
     if batch_size is not None:
       config.data.batch_size = batch_size
     run = build_run(config, meta["tokenizer"], devices)

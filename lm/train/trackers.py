@@ -14,6 +14,8 @@ import importlib.util
 import json
 import os
 import secrets
+import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -53,29 +55,81 @@ class Jsonl(Tracker):
     self._file.close()
 
 
-class TensorBoard(Tracker):
-  """Scalars in `tensorboard/` event files, written synchronously (tensorboardX's event writer): a failed
-  write is an error here, where it stops this tracker, never a dead background thread that blocks the run."""
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    c = i
+    for _ in range(8):
+      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+  return table
 
-  requires = ("tensorboardX",)
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), the checksum TFRecord framing uses."""
+  c = 0xFFFFFFFF
+  for b in data:
+    c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+  return c ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> bytes:
+  c = crc32c(data)
+  return struct.pack("<I", (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    byte, n = n & 0x7F, n >> 7
+    out.append(byte | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:  # a length-delimited protobuf field
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def event_record(wall_time: float, step: int = 0, scalars: dict[str, float] | None = None,
+                 file_version: str = "") -> bytes:
+  """One TFRecord of a TensorBoard `Event` (wall_time = 1, step = 2, file_version = 3, summary = 5; a
+  summary's values = 1, each with tag = 1 and simple_value = 2), encoded by hand: no protobuf classes."""
+  event = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(int(step) & (2 ** 64 - 1))
+  if file_version:
+    event += _field(3, file_version.encode())
+  if scalars:
+    values = b"".join(_field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
+                      for tag, value in scalars.items())
+    event += _field(5, values)
+  length = struct.pack("<Q", len(event))
+  return length + _masked_crc(length) + event + _masked_crc(event)
+
+
+class TensorBoard(Tracker):
+  """Scalars in `tensorboard/` event files, written synchronously by this module (TFRecords of `Event`
+  protos): a failed write is an error here, where it stops this tracker, never a dead background thread.
+  No tensorboardX: importing it imports torch where torch is installed (~150 MB of a CPU run's RSS)."""
 
   def __init__(self, workdir, config, start_step):
     super().__init__(workdir, config, start_step)
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto import event_pb2, summary_pb2
-    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     directory = epath.Path(workdir) / "tensorboard"
     directory.mkdir(parents=True, exist_ok=True)
-    # The file name has the second and the host; the pid and step keep two writers in one second apart.
-    self._writer = EventsWriter(str(directory / "events"), filename_suffix=f".{os.getpid()}.{int(start_step)}")
+    # TensorBoard's name pattern; the pid and step keep two writers in one second apart.
+    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{int(start_step)}"
+    self._file = (directory / name).open("wb")
+    self._file.write(event_record(time.time(), file_version="brain.Event:2"))
+    self._file.flush()
 
   def write(self, step, metrics):
-    values = [self._summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]
-    self._writer.write_event(self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values)))
-    self._writer.flush()
+    self._file.write(event_record(time.time(), step, {k: float(v) for k, v in metrics.items()}))
+    self._file.flush()
 
   def close(self):
-    self._writer.close()
+    self._file.close()
 
 
 class Wandb(Tracker):
