@@ -326,8 +326,8 @@ def nanogpt_subprocess(nanogpt_dir: pathlib.Path, shape, iters: int) -> dict:
 
 
 def lm_train_subprocess(shape, arch: str, steps: int) -> dict:
-  """A whole `lm train` run at this shape in its own process (data, compile, checkpoints, trackers):
-  peak RSS, wall time, and the tokens/s the run logged at its end."""
+  """A whole `lm train` run at this shape in its own process (data, compile, checkpoints, trackers, the
+  final evaluation and sample): peak RSS, wall time, and the median of the tokens/s it logged."""
   import tempfile
   overrides = [f"--config.{k}={v}" for k, v in dict(
       **{"model.d_model": shape["d_model"], "model.num_layers": shape["layers"], "model.num_heads": shape["heads"],
@@ -341,7 +341,8 @@ def lm_train_subprocess(shape, arch: str, steps: int) -> dict:
     _, rss, wall = run_measured("module", "lm", args, cwd=pathlib.Path(__file__).resolve().parents[1])
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   rates = [m["tokens_per_sec"] for m in logged if "tokens_per_sec" in m]
-  return dict(rss_mb=rss, wall_s=wall, steps=steps, tokens_per_s_logged=rates[-1] if rates else None)
+  return dict(rss_mb=rss, wall_s=wall, steps=steps, tokens_per_s_logged=statistics.median(rates) if rates else None,
+              tokens_per_s_windows=rates)
 
 
 def devices_subprocess(shape, devices: int, steps: int, repeats: int) -> dict:

@@ -118,6 +118,7 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
           f"{summary['seconds']:.1f}s)", flush=True)
     s = config.sample
     if s.max_new > 0:
+      loop.release_freed_memory()
       text = summary["run"].sample(params, s.prompt, s.max_new, s.temperature, s.top_k, s.top_p, s.seed)
       print(f"sample: {s.prompt}{text}", flush=True)
   return 0
