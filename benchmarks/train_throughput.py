@@ -345,11 +345,11 @@ def lm_train_subprocess(shape, arch: str, steps: int) -> dict:
               tokens_per_s_windows=rates)
 
 
-def devices_subprocess(shape, devices: int, steps: int, repeats: int) -> dict:
+def devices_subprocess(shape, devices: int, steps: int, repeats: int, arch: str = "ours") -> dict:
   """The framework's step on a data mesh of `devices` XLA:CPU devices, in its own process."""
   env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                     f" --xla_force_host_platform_device_count={devices}").strip())
-  args = ["--worker", "--steps", str(steps), "--repeats", str(repeats)]
+  args = ["--worker", arch, "--steps", str(steps), "--repeats", str(repeats)]
   args += [f"--{k}={v}" for k, v in shape.items()]
   out, rss, _ = run_measured("path", __file__, args, env=env)
   result = json.loads(out.strip().splitlines()[-1])
@@ -399,7 +399,7 @@ def main(argv=None):
                  help="also run whole `lm train` processes for their peak RSS (default: on unless --quick)")
   p.add_argument("--devices", action=argparse.BooleanOptionalAction, default=None,
                  help="also time one XLA:CPU device per core (default: on unless --quick, if cores > 1)")
-  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--worker", choices=("ours", "gpt2"), help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   shape = dict(SHAPES[args.shape])
   for k in ("layers", "d_model", "heads", "seq_len", "batch"):
@@ -415,7 +415,7 @@ def main(argv=None):
   batch = random_batch(shape["batch"], shape["seq_len"], vocab)
 
   if args.worker:  # devices_subprocess: the framework's step alone, on every device of this process
-    fw, _ = framework_stepper("framework", model_config(**shape), batch)
+    fw, _ = framework_stepper("framework", model_config(**shape, arch=args.worker), batch)
     times, _ = interleaved([fw], steps, repeats)
     print(json.dumps(dict(step_s=statistics.median(times["framework"]), devices=jax.device_count())))
     return None
@@ -439,6 +439,7 @@ def main(argv=None):
       peers.setdefault("torch_ours", []).append(torch_subprocess(dict(torch_shape, d_ff=shape["d_ff"]), vocab, "ours", **sub))
     if devices:
       peers.setdefault("devices", []).append(devices_subprocess(shape, os.cpu_count(), **sub))
+      peers.setdefault("devices_gpt2", []).append(devices_subprocess(shape, os.cpu_count(), **sub, arch="gpt2"))
     if args.nanogpt:
       iters = 10 + steps * sub["repeats"] + 10
       peers.setdefault("nanogpt", []).append(nanogpt_subprocess(pathlib.Path(args.nanogpt).resolve(), torch_shape, iters))
@@ -511,7 +512,10 @@ def main(argv=None):
     if args.torch:
       result.update(torch_nanogpt_over_nanogpt=med["torch_nanogpt"] / med["nanogpt"])
   if "devices" in med:
-    result.update(devices_step_ms=med["devices"] * 1e3, devices_over_framework=med["devices"] / med["framework"])
+    result.update(devices_step_ms=med["devices"] * 1e3, devices_over_framework=med["devices"] / med["framework"],
+                  devices_gpt2_step_ms=med["devices_gpt2"] * 1e3)
+    if "nanogpt" in med:
+      result.update(devices_gpt2_over_nanogpt=med["devices_gpt2"] / med["nanogpt"])
 
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + "\n")
@@ -526,6 +530,7 @@ def main(argv=None):
           ("framework rolled (unroll=1)", "framework_rolled", flops),
           ("hand-written jax+optax", "hand", flops),
           (f"framework, {os.cpu_count()} CPU devices (data mesh)", "devices", flops),
+          (f"framework, nanoGPT arch., {os.cpu_count()} CPU devices", "devices_gpt2", flops_gpt2),
           ("torch eager, nanoGPT model+step", "torch_nanogpt", flops_gpt2),
           ("torch eager, our architecture", "torch_ours", flops),
           ("nanoGPT train.py (its log)", "nanogpt", flops_gpt2)]
@@ -540,6 +545,8 @@ def main(argv=None):
     print(f"  framework / torch (ours): {result['framework_over_torch']:.3f}; framework gpt2 / torch nanoGPT: "
           f"{result['gpt2_over_torch_nanogpt']:.3f}")
   if "nanogpt" in med:
+    if "devices_gpt2" in med:
+      print(f"  framework gpt2 on {os.cpu_count()} CPU devices / nanoGPT train.py: {result['devices_gpt2_over_nanogpt']:.3f}")
     print(f"  framework gpt2 / nanoGPT train.py: {result['gpt2_over_nanogpt']:.3f}"
           + (f"; torch nanoGPT peer / nanoGPT train.py: {result['torch_nanogpt_over_nanogpt']:.3f}" if args.torch else ""))
   for name, r in rss_runs.items():
