@@ -161,16 +161,25 @@ def check_distributed_args(coordinator: str | None, num_processes: int | None,
   return True
 
 
+# XLA:CPU splits a dot over cores itself from about this size (BUILD_NOTES, issue 13: one device per core
+# sped up steps whose largest matmul was 68 MFLOP by 1.28x and 604 MFLOP by 1.12x, and slowed one of 3.2
+# GFLOP by 1.15x while holding a copy of the state per device).
+CPU_SPLIT_MAX_DOT_FLOPS = 1e9
+
+
 def cpu_device_count(config, cores: int) -> int:
   """The XLA:CPU devices to make for `config` on `cores` cores: `mesh.cpu_devices`, or when it is 0 (auto)
-  the most devices, up to `cores`, that divide the training and evaluation rows of a data-only mesh (so a
-  batch of 12 on 8 cores gets 6, on 2 cores 2; a mesh with fsdp or tensor axes keeps 1)."""
+  the most devices, up to `cores`, that divide the training and evaluation rows of a data-only mesh (a
+  batch of 12 on 8 cores gets 6, on 2 cores 2), and 1 for a mesh with fsdp or tensor axes or a model whose
+  MLP matmul (rows x seq_len x d_model x d_ff) is big enough for XLA:CPU to split it over cores itself."""
   m = config.mesh
   if m.cpu_devices:
     return m.cpu_devices
   if m.data != -1 or m.fsdp != 1 or m.tensor != 1:
     return 1
   rows = config.data.batch_size // max(config.train.grad_accum, 1)
+  if 2.0 * rows * config.data.seq_len * config.model.d_model * config.model.d_ff >= CPU_SPLIT_MAX_DOT_FLOPS:
+    return 1
   eval_rows = config.eval.batch_size or rows
   return max(d for d in range(1, max(cores, 1) + 1) if rows % d == 0 and eval_rows % d == 0)
 

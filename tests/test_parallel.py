@@ -108,10 +108,12 @@ def test_parameters_are_laid_out_by_the_rules(sharded_results):
 @pytest.mark.parametrize("batch, accum, eval_batch, mesh, cores, want", [
     (12, 1, 0, {}, 2, 2), (12, 1, 0, {}, 8, 6), (12, 4, 0, {}, 8, 3), (12, 1, 8, {}, 8, 4), (7, 1, 0, {}, 2, 1),
     (12, 1, 0, {"tensor": 2}, 8, 1), (12, 1, 0, {"data": 2}, 8, 1), (12, 1, 0, {"cpu_devices": 3}, 2, 3),
+    (64, 1, 0, {}, 8, 1),  # [64 * 64, 128] x [128, 2048] = 2.1 GFLOP: XLA:CPU splits it over cores itself
 ])
 def test_cpu_device_count_divides_every_batch_of_a_data_mesh(batch, accum, eval_batch, mesh, cores, want):
   c = config_lib.base_config()
   c.data.batch_size, c.train.grad_accum, c.eval.batch_size = batch, accum, eval_batch
+  c.data.seq_len, c.model.d_model, c.model.d_ff = 64, 128, 2048 if batch == 64 else 344
   c.mesh.update(mesh)
   assert parallel.cpu_device_count(c, cores) == want
 
