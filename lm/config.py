@@ -302,7 +302,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m[key] not in ("auto", "float32", "bfloat16", "float16") or (key == "param_dtype" and m[key] == "auto"):
       raise ConfigError(f"model.{key}={m[key]!r}; choose float32, bfloat16 or float16"
                         + (" (or auto)" if key == "dtype" else ""))
-  if config.mesh.get("cpu_devices", 0) < 0:
+  if config.mesh.cpu_devices < 0:
     raise ConfigError(f"mesh.cpu_devices={config.mesh.cpu_devices} must be 0 (one per core the batch divides "
                       "over) or a device count")
   if m.attention_impl not in ("auto", "xla", "cudnn"):

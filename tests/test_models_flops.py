@@ -35,3 +35,19 @@ def test_chunked_flops_add_up_by_component_and_count_the_extra_decoder_pass():
   two = flops.chunked_per_byte(c.model, 259, decoder_passes=2, **kw)
   assert two["forward"] == one["forward"] and two["train"] == one["train"] + 3 * one["decoder_forward"]
   assert flops.chunked_per_byte(c.model, 259, with_encoder=False, **kw)["encoder_forward"] == 0.0
+
+
+def test_a_gelu_mlp_counts_two_matrices_everywhere():
+  """SwiGLU at width F and GELU at width 3F/2 hold as many MLP weights: equal FLOPs, token and chunked."""
+  for experiment in ("token_ntp:tiny", "concept_sllm:tiny"):
+    c = families.load_config(experiment)
+    widths = {"model.d_ff": c.model.d_ff}
+    if "encoder" in c.model:
+      widths.update({f"model.{p}.d_ff": c.model[p].d_ff for p in ("encoder", "decoder")})
+    assert all(f % 2 == 0 for f in widths.values())
+    gelu = families.load_config(experiment, ["model.mlp=gelu"] + [f"{k}={3 * f // 2}" for k, f in widths.items()])
+    if "encoder" in c.model:
+      kw = dict(chunk_len=40, num_chunks=8, n_bytes=1000, n_units=900, n_chunks=30, concept_dim=64)
+      assert flops.chunked_per_byte(gelu.model, 259, **kw) == flops.chunked_per_byte(c.model, 259, **kw)
+    else:
+      assert flops_per_unit(gelu.model, 259, seq_len=64) == flops_per_unit(c.model, 259, seq_len=64)

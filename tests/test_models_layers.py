@@ -161,7 +161,7 @@ def test_layernorm_and_gelu_mlp_match_formulas():
   want = centred / np.sqrt(np.mean(centred ** 2, -1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(np.asarray(norm.apply(params, jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
   cfg = TransformerConfig(vocab_size=11, d_model=8, d_ff=16, mlp="gelu")
-  mlp = layers.make_mlp(cfg)
+  mlp = layers.MLP(cfg)
   p = nn.unbox(mlp.init(jax.random.PRNGKey(1), jnp.asarray(x)))["params"]
   h = x.astype(np.float64) @ np.asarray(p["wi"]["kernel"], np.float64)
   gelu = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))

@@ -6,7 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import pytest
 
@@ -118,9 +117,22 @@ def test_cpu_device_count_divides_every_batch_of_a_data_mesh(batch, accum, eval_
   assert parallel.cpu_device_count(c, cores) == want
 
 
-def test_use_cpu_cores_leaves_an_initialised_backend_alone():
+_CPU_CORES = """
+import json, sys, jax
+from lm import config as config_lib, parallel
+c = config_lib.base_config()
+c.mesh.cpu_devices = 2
+if sys.argv[1] == "backend-up":
   jax.devices()
-  before = jax.device_count()
-  c = config_lib.base_config()
-  c.mesh.cpu_devices = before + 1
-  assert parallel.use_cpu_cores(c) is None and jax.device_count() == before
+print(json.dumps([parallel.use_cpu_cores(c), jax.device_count()]))
+"""
+
+
+@pytest.mark.parametrize("when, want", [("fresh", [2, 2]), ("backend-up", [None, 1])])
+def test_use_cpu_cores_splits_a_fresh_backend_only(when, want):
+  """A fresh process (as `lm train` is) gets the devices; one whose backend is up keeps its own."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", _CPU_CORES, when], capture_output=True, text=True, env=env,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == want

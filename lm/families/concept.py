@@ -30,7 +30,7 @@ from lm.errors import ConfigError
 from lm.families import Family, check_chunked, chunked_flops, chunked_split_fields
 from lm.models import chunked, decode
 from lm.models.base import ModelOutputs, transformer_config
-from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
+from lm.models.layers import Array, TransformerConfig, constrain, dtype_of, make_norm
 from lm.models.transformer import Transformer
 from lm.objectives.base import Requirements, masked_nll, token_nll
 from lm.objectives.concept import contrastive_scores
@@ -59,7 +59,7 @@ class ConceptLM(nn.Module):
     self.backbone_start = chunked.learned_vector(self, "backbone_start", cfg)
     self.concept_to_backbone = chunked.dense(cfg, cfg.d_model, (None, "embed"))
     self.backbone = Transformer(cfg, causal=True, decode=self.decode)
-    self.backbone_norm = chunked.norm(cfg)
+    self.backbone_norm = make_norm(cfg)
     self.backbone_to_concept = chunked.dense(cfg, K, ("embed", None))
     self.concept_to_decoder = chunked.dense(self.decoder_cfg, self.decoder_cfg.d_model, (None, None))
     chunked.setup_decoder(self, self.decoder_cfg, self.decode)

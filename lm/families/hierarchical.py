@@ -23,7 +23,7 @@ from lm.errors import ConfigError
 from lm.families import Family, check_chunked, chunked_flops, chunked_split_fields, no_extra_passes
 from lm.models import chunked, decode
 from lm.models.base import ModelOutputs, transformer_config
-from lm.models.layers import Array, TransformerConfig, constrain, dtype_of
+from lm.models.layers import Array, TransformerConfig, constrain, dtype_of, make_norm
 from lm.models.transformer import Transformer
 from lm.objectives.base import Requirements
 
@@ -40,7 +40,7 @@ class HierarchicalLM(nn.Module):
     self.encoder_to_backbone = chunked.dense(cfg, cfg.d_model, (None, "embed"))
     self.backbone_start = chunked.learned_vector(self, "backbone_start", cfg)
     self.backbone = Transformer(cfg, causal=True, decode=self.decode)
-    self.backbone_norm = chunked.norm(cfg)
+    self.backbone_norm = make_norm(cfg)
     self.backbone_to_decoder = chunked.dense(cfg, self.decoder_cfg.d_model, ("embed", None))
     chunked.setup_decoder(self, self.decoder_cfg, self.decode)
 

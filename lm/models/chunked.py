@@ -36,10 +36,6 @@ def shift_right_chunks(x_BxCxD: Array) -> Array:
   return jnp.concatenate([jnp.zeros_like(x_BxCxD[:, :1]), x_BxCxD[:, :-1]], axis=1)
 
 
-def norm(cfg: TransformerConfig) -> nn.Module:
-  return make_norm(cfg)
-
-
 def dense(cfg: TransformerConfig, features: int, axes: tuple) -> nn.Dense:
   init = nn.initializers.normal(cfg.init_std)
   return nn.Dense(features, use_bias=False, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
@@ -56,13 +52,13 @@ def setup_encoder(module: nn.Module, enc: TransformerConfig) -> None:
   module.encoder_embed = Embedding(enc)
   module.encoder_slot = learned_vector(module, "encoder_slot", enc)
   module.encoder = Transformer(enc, causal=False)
-  module.encoder_norm = norm(enc)
+  module.encoder_norm = make_norm(enc)
 
 
 def setup_decoder(module: nn.Module, dec: TransformerConfig, decode: bool) -> None:
   module.decoder_embed = Embedding(dec)
   module.decoder = Transformer(dec, causal=True, decode=decode)
-  module.decoder_norm = norm(dec)
+  module.decoder_norm = make_norm(dec)
 
 
 def encode_chunks(module: nn.Module, enc: TransformerConfig, units_NxL: Array, unit_mask_NxL: Array) -> Array:

@@ -42,16 +42,18 @@ def chunked_per_byte(model_cfg, vocab_size: int, chunk_len: int, num_chunks: int
   m, enc, dec = model_cfg, model_cfg.encoder, model_cfg.decoder
   L1 = chunk_len + 1
   positions = n_units + n_chunks
+  gated = m.mlp != "gelu"  # encoder and decoder take the backbone's MLP kind (`chunked.sub_config`)
   encoder = positions * transformer_per_position(enc.d_model, enc.num_layers, enc.num_heads, enc.num_heads,
-                                                 enc.d_ff, keys=L1) if with_encoder else 0.0
+                                                 enc.d_ff, keys=L1, gated=gated) if with_encoder else 0.0
   K = concept_dim
   # hierarchical: word -> backbone -> decoder context; concept: encoder -> K -> backbone -> K -> decoder context
   projections = (2 * enc.d_model * m.d_model + 2 * m.d_model * dec.d_model) if not K else \
       (2 * enc.d_model * K * with_encoder + 2 * K * m.d_model + 2 * m.d_model * K + 2 * K * dec.d_model)
   backbone = n_chunks * (transformer_per_position(m.d_model, m.num_layers, m.num_heads, m.num_kv_heads, m.d_ff,
-                                                  keys=num_chunks / 2, head_dim=m.head_dim) + projections)
+                                                  keys=num_chunks / 2, head_dim=m.head_dim, gated=gated)
+                         + projections)
   decoder = positions * (transformer_per_position(dec.d_model, dec.num_layers, dec.num_heads, dec.num_heads,
-                                                  dec.d_ff, keys=L1 / 2)
+                                                  dec.d_ff, keys=L1 / 2, gated=gated)
                          + 2 * dec.d_model * padded(vocab_size + 1, m.vocab_multiple))
   per_byte = {k: v / max(n_bytes, 1) for k, v in dict(encoder=encoder, backbone=backbone, decoder=decoder).items()}
   forward = sum(per_byte.values())

@@ -44,10 +44,6 @@ def shift_left(x_BxT: Array, k: int, fill=0) -> Array:
   return jnp.concatenate([x_BxT[:, k:], pad], axis=1)
 
 
-def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
-  return make_norm(cfg, name)
-
-
 class MTPHead(nn.Module):
   """Multi-token prediction (Gloeckle et al. 2024, eq. 1): head k = 2..n is one transformer block on the
   shared trunk output, its own norm, and the shared unembedding, predicting the unit k steps ahead.
@@ -62,7 +58,7 @@ class MTPHead(nn.Module):
     for k in range(2, self.n + 1):
       y_BxTxD = Block(self.cfg, causal=True, decode=self.decode, name=f"block_{k}")(
           trunk.x_BxTxD, trunk.positions_BxT, trunk.segment_ids_BxT)
-      out.append(trunk.unembed(_norm(self.cfg, f"norm_{k}")(y_BxTxD)))
+      out.append(trunk.unembed(make_norm(self.cfg, f"norm_{k}")(y_BxTxD)))
     return {"mtp_logits": jnp.stack(out)}
 
   @staticmethod
@@ -88,12 +84,12 @@ class DSMTPHead(nn.Module):
       ahead_BxT = trunk.next_inputs_BxT if k == 1 and trunk.next_inputs_BxT is not None else \
           shift_left(trunk.inputs_BxT, k)
       e_BxTxD = trunk.embed(ahead_BxT)
-      both_BxTx2D = jnp.concatenate([_norm(cfg, f"h_norm_{k}")(h_BxTxD), _norm(cfg, f"e_norm_{k}")(e_BxTxD)], -1)
+      both_BxTx2D = jnp.concatenate([make_norm(cfg, f"h_norm_{k}")(h_BxTxD), make_norm(cfg, f"e_norm_{k}")(e_BxTxD)], -1)
       proj = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, param_dtype=pdtype, name=f"proj_{k}",
                       kernel_init=_init(nn.initializers.normal(cfg.init_std), None, "embed"))
       h_BxTxD = Block(cfg, causal=True, decode=self.decode, name=f"block_{k}")(
           proj(both_BxTx2D), trunk.positions_BxT, trunk.segment_ids_BxT)
-      out.append(trunk.unembed(_norm(cfg, f"out_norm_{k}")(h_BxTxD)))
+      out.append(trunk.unembed(make_norm(cfg, f"out_norm_{k}")(h_BxTxD)))
     return {"dsmtp_logits": jnp.stack(out)}
 
   @staticmethod
@@ -177,14 +173,14 @@ class FTPHead(nn.Module):
     y_NxJxD = y_NxJxD + step_JxD[None]
     causal_JxJ = jnp.tril(jnp.ones((J, J), bool))
     for i in range(self.layers):
-      y_NxJxD = y_NxJxD + _heads_attention(_norm(cfg, f"self_norm_{i}")(y_NxJxD), _norm(cfg, f"self_kv_norm_{i}")(y_NxJxD),
+      y_NxJxD = y_NxJxD + _heads_attention(make_norm(cfg, f"self_norm_{i}")(y_NxJxD), make_norm(cfg, f"self_kv_norm_{i}")(y_NxJxD),
                                            causal_JxJ, heads, f"self_{i}", self, init)
-      y_NxJxD = y_NxJxD + _heads_attention(_norm(cfg, f"cross_norm_{i}")(y_NxJxD), pseudo_NxPxD, None, heads,
+      y_NxJxD = y_NxJxD + _heads_attention(make_norm(cfg, f"cross_norm_{i}")(y_NxJxD), pseudo_NxPxD, None, heads,
                                            f"cross_{i}", self, init)
-      h = _norm(cfg, f"mlp_norm_{i}")(y_NxJxD)
+      h = make_norm(cfg, f"mlp_norm_{i}")(y_NxJxD)
       h = dense(cfg.d_ff, f"mlp_in_{i}", ("embed", "mlp"))(h)
       y_NxJxD = y_NxJxD + dense(D, f"mlp_out_{i}", ("mlp", "embed"))(jax.nn.gelu(h))
-    logits_NxJxV = trunk.unembed(_norm(cfg, "out_norm")(y_NxJxD))
+    logits_NxJxV = trunk.unembed(make_norm(cfg, "out_norm")(y_NxJxD))
     return {"ftp_logits": jnp.moveaxis(logits_NxJxV.reshape(B, T, J, -1), 2, 0)}
 
   @staticmethod

@@ -43,12 +43,15 @@ class RMSNorm(nn.Module):
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  centre = False  # LayerNorm subtracts the mean first
 
   @nn.compact
   def __call__(self, x_BxTxD: Array) -> Array:
     scale_D = self.param("scale", _init(nn.initializers.ones, "embed"), (x_BxTxD.shape[-1],),
                          self.param_dtype)
     x = x_BxTxD.astype(jnp.float32)
+    if self.centre:
+      x = x - jnp.mean(x, axis=-1, keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     scale = scale_D.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
     return (x * scale).astype(self.dtype)
@@ -80,21 +83,9 @@ def _rotate_bwd(res, g):
 _rotate_halves.defvjp(_rotate_fwd, _rotate_bwd)
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(RMSNorm):
   """LayerNorm without bias (GPT-2 / nanoGPT with bias=False): (x - mean) / std * scale, in float32."""
-  eps: float = 1e-6
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BxTxD: Array) -> Array:
-    scale_D = self.param("scale", _init(nn.initializers.ones, "embed"), (x_BxTxD.shape[-1],),
-                         self.param_dtype)
-    x = x_BxTxD.astype(jnp.float32)
-    x = x - jnp.mean(x, axis=-1, keepdims=True)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    scale = scale_D.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
-    return (x * scale).astype(self.dtype)
+  centre = True
 
 
 def make_norm(cfg: "TransformerConfig", name: str | None = None) -> nn.Module:
@@ -283,8 +274,9 @@ def _swish_gate_bwd(res, g):
 swish_gate.defvjp(_swish_gate_fwd, _swish_gate_bwd)
 
 
-class SwiGLU(nn.Module):
-  """Gated MLP (Shazeer 2020): wo(silu(wi_0 x) * wi_1 x)."""
+class MLP(nn.Module):
+  """`cfg.mlp="swiglu"`: the gated MLP (Shazeer 2020), wo(silu(wi_0 x) * wi_1 x); `"gelu"`: GPT-2's,
+  wo(gelu(wi x)) with exact (erf) GELU, as nanoGPT's `nn.GELU()`."""
   cfg: TransformerConfig
 
   @nn.compact
@@ -292,43 +284,20 @@ class SwiGLU(nn.Module):
     cfg = self.cfg
     dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     init = nn.initializers.normal(cfg.init_std)
+    dense = lambda features, axes, name: nn.Dense(  # noqa: E731
+        features, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=_init(init, *axes), name=name)
     # Rows flattened to [B*T, D]: with 2-D matmuls XLA:CPU takes the weight gradients straight from the
     # row-major activations instead of first transposing [B, T, F] ones (~5% of a CPU step); on TPU/GPU
     # the reshape is free. Rows stay batch-major, so the "batch" sharding of B carries over to B*T.
     x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])  # any leading axes ([B, T], [B, C, L]) -> N rows
-    gate_NxF = nn.Dense(cfg.d_ff, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                        kernel_init=_init(init, "embed", "mlp"), name="wi_0")(x_NxD)
-    up_NxF = nn.Dense(cfg.d_ff, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                      kernel_init=_init(init, "embed", "mlp"), name="wi_1")(x_NxD)
-    h_NxF = checkpoint_name(swish_gate(gate_NxF, up_NxF), "mlp_hidden")
-    h_NxF = constrain(h_NxF, ("batch", "mlp"))
-    out_NxD = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                       kernel_init=_init(init, "mlp", "embed"), name="wo")(h_NxF)
+    if cfg.mlp == "gelu":
+      h_NxF = jax.nn.gelu(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x_NxD), approximate=False)
+    else:
+      h_NxF = swish_gate(dense(cfg.d_ff, ("embed", "mlp"), "wi_0")(x_NxD),
+                         dense(cfg.d_ff, ("embed", "mlp"), "wi_1")(x_NxD))
+    h_NxF = constrain(checkpoint_name(h_NxF, "mlp_hidden"), ("batch", "mlp"))
+    out_NxD = dense(cfg.d_model, ("mlp", "embed"), "wo")(h_NxF)
     return out_NxD.reshape(*x_BxTxD.shape[:-1], cfg.d_model)
-
-
-class GeluMLP(nn.Module):
-  """GPT-2's MLP: wo(gelu(wi x)) with exact (erf) GELU, as nanoGPT's `nn.GELU()`."""
-  cfg: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x_BxTxD: Array) -> Array:
-    cfg = self.cfg
-    dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    init = nn.initializers.normal(cfg.init_std)
-    x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
-    h_NxF = nn.Dense(cfg.d_ff, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                     kernel_init=_init(init, "embed", "mlp"), name="wi")(x_NxD)
-    h_NxF = checkpoint_name(jax.nn.gelu(h_NxF, approximate=False), "mlp_hidden")
-    h_NxF = constrain(h_NxF, ("batch", "mlp"))
-    out_NxD = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                       kernel_init=_init(init, "mlp", "embed"), name="wo")(h_NxF)
-    return out_NxD.reshape(*x_BxTxD.shape[:-1], cfg.d_model)
-
-
-def make_mlp(cfg: TransformerConfig, name: str | None = None) -> nn.Module:
-  """The configured MLP (`cfg.mlp`: swiglu | gelu)."""
-  return (GeluMLP if cfg.mlp == "gelu" else SwiGLU)(cfg, name=name)
 
 
 class Embedding(nn.Module):

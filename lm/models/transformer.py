@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
 
-from lm.models.layers import Array, Attention, TransformerConfig, constrain, make_mlp, make_norm
+from lm.models.layers import MLP, Array, Attention, TransformerConfig, constrain, make_norm
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 
@@ -25,7 +25,7 @@ class Block(nn.Module):
     h_BxTxD = x_BxTxD + Attention(cfg, self.causal, self.decode, name="attn")(
         norm("attn_norm")(x_BxTxD), positions_BxT, segment_ids_BxT)
     h_BxTxD = checkpoint_name(h_BxTxD, "attn_residual")
-    out_BxTxD = h_BxTxD + make_mlp(cfg, name="mlp")(norm("mlp_norm")(h_BxTxD))
+    out_BxTxD = h_BxTxD + MLP(cfg, name="mlp")(norm("mlp_norm")(h_BxTxD))
     return constrain(checkpoint_name(out_BxTxD, "block_out"), ACTIVATION_AXES)
 
 
