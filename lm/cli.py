@@ -3,6 +3,8 @@
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
            [--coordinator HOST:PORT --num-processes N --process-id I]
   lm train --config=experiments/token_ntp.py:tiny --workdir DIR
+  lm prepare SOURCE --out DIR [--tokenizer bpe|bytes|PATH] [--vocab-size N] [--workers K]
+             [--tokenizer-sample-bytes B] [--val-fraction F] [--test-fraction F] [--split-seed S]
   lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
@@ -66,6 +68,19 @@ def _load_config(args, overrides: list[str], spec: str | None, command: str = "l
   if args.experiment and spec:
     raise LMError(f"give the experiment once: either {args.experiment!r} or --config={spec!r}")
   return families.load_config(experiment, overrides)
+
+
+def _cmd_prepare(args) -> int:
+  from lm.data import prepared
+  m = prepared.prepare(args.source, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                       workers=args.workers, tokenizer_sample_bytes=args.tokenizer_sample_bytes,
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed,
+                       shard_bytes=args.shard_bytes)
+  for split, c in m["splits"].items():
+    print(f"{split:>5}: {c['documents']} documents, {c['bytes']} bytes" +
+          (f", {c['tokens']} tokens" if split == "train" else "") + f" in {len(c['shards'])} shards")
+  print(f"{args.out}: train with --config.data.source={args.out}")
+  return 0
 
 
 def _cmd_config(args, overrides: list[str], spec: str | None) -> int:
@@ -241,6 +256,20 @@ def parser() -> argparse.ArgumentParser:
                  "detect by itself (TPU pods and SLURM need no flags)")
   t.add_argument("--num-processes", type=int, help="processes in the run (with --coordinator)")
   t.add_argument("--process-id", type=int, help="this process's index, 0 to N-1 (with --coordinator)")
+  pp = sub.add_parser("prepare", help="tokenize a corpus once into ArrayRecord shards that training reads lazily "
+                      "(--config.data.source=DIR)")
+  pp.add_argument("source", help="as data.source: files, directories, globs, jsonl:PATH:FIELD, parquet:PATH:COLUMN")
+  pp.add_argument("--out", required=True, help="the prepared directory to write (local)")
+  pp.add_argument("--tokenizer", default="bpe", help="bpe (trained on a sample of the train split), bytes, or a "
+                  "tokenizer path (default bpe)")
+  pp.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
+  pp.add_argument("--workers", type=int, default=2, help="tokenizer worker processes (default 2)")
+  pp.add_argument("--tokenizer-sample-bytes", type=int, default=64 << 20,
+                  help="bytes of train text the BPE tokenizer is trained on (default 64 MiB)")
+  pp.add_argument("--val-fraction", type=float, default=0.02)
+  pp.add_argument("--test-fraction", type=float, default=0.02)
+  pp.add_argument("--split-seed", type=int, default=0)
+  pp.add_argument("--shard-bytes", type=int, default=256 << 20, help="bytes per ArrayRecord shard (default 256 MiB)")
   e = sub.add_parser("eval", help="bits per byte of a trained run")
   e.add_argument("workdir")
   e.add_argument("--split", default="val", choices=("val", "test"))
@@ -298,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_train(args, overrides, spec)
     if args.command == "launch":
       return _cmd_launch(args, overrides, spec)
+    if args.command == "prepare":
+      return _cmd_prepare(args)
     if args.command == "eval":
       return _cmd_eval(args)
     if args.command == "probe":

@@ -41,13 +41,18 @@ def base_config() -> ml_collections.ConfigDict:
       norm="rms",               # rms | layer (LayerNorm without bias)
   )
   c.data = dict(
-      source="python-prose",    # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD, comma-joined
+      # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD | parquet:PATH:COLUMN | a directory from
+      # `lm prepare`; comma-joined to concatenate, '0.7*A,0.3*B' to mix (README: Data)
+      source="python-prose",
       tokenizer="bytes",        # bytes | bpe | path to tokenizer.json | path to SentencePiece .model
       vocab_size=4096,          # BPE vocabulary to train; loaded tokenizers and bytes bring their own
       seq_len=256,
       batch_size=32,            # global batch, in rows of seq_len units
       val_fraction=0.02, test_fraction=0.02, split_seed=0,
       eval_max_bytes=0,         # held-out segment length in bytes; 0: the family's default (token: seq_len - 1)
+      max_raw_bytes=1 << 30,    # raw text above this is refused at start-up: `lm prepare` it once instead
+      workers=0,                # grain worker processes building batches (0: threads in this process)
+      prefetch=4,               # batches built ahead of the train step
   )
   c.objectives = [dict(name="ntp", weight=1.0)]
   c.optim = dict(

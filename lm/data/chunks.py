@@ -9,9 +9,9 @@ import functools
 
 import numpy as np
 
-from lm.data import corpus, segment
+from lm.data import segment
 from lm.data import tokenizers as tokenizers_lib
-from lm.data.pipeline import TokenData, _rows
+from lm.data.pipeline import TokenData, _rows, load_splits, row_iterator
 from lm.errors import DataError
 
 CHUNK_KEYS = ("units", "unit_mask", "chunk_mask", "segment_ids", "positions", "doc_end")
@@ -170,8 +170,7 @@ class ChunkData(TokenData):
   def build(cls, source: str = "python-prose", num_chunks: int = 64, chunk_len: int = 16,
             val_fraction: float = 0.02, test_fraction: float = 0.02, split_seed: int = 0,
             eval_max_bytes: int | None = None) -> "ChunkData":
-    docs = corpus.load_documents(source)
-    splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=source)
+    splits = load_splits(source, val_fraction, test_fraction, split_seed)
     return cls(splits, tokenizers_lib.ByteTokenizer(), num_chunks, chunk_len, source=source,
                eval_max_bytes=eval_max_bytes)
 
@@ -184,6 +183,15 @@ class ChunkData(TokenData):
 
   def unit_bytes(self) -> np.ndarray:
     return np.append(self.tokenizer.unit_bytes(), 0).astype(np.int32)  # end-of-chunk adds no byte
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+                     workers: int = 0, prefetch: int = 4):  # pylint: disable=unused-argument
+    """The packed train rows, shuffled per epoch: this process's block of every global batch."""
+    return row_iterator(self.train_rows, batch_size, seed, process_index, process_count, self.source,
+                        f"{self.num_chunks} chunks")
+
+  def sample_rows(self, batch_size: int) -> dict[str, np.ndarray]:  # pylint: disable=unused-argument
+    return self.train_rows
 
   @functools.cached_property
   def train_rows(self) -> dict[str, np.ndarray]:
@@ -226,8 +234,7 @@ class ConceptData(ChunkData):
   def build(cls, source: str = "python-prose", tokenizer_spec="bytes", vocab_size: int = 4096,
             num_chunks: int = 32, chunk_len: int = 64, val_fraction: float = 0.02, test_fraction: float = 0.02,
             split_seed: int = 0, eval_max_bytes: int | None = None, embeddings: str = "") -> "ConceptData":
-    docs = corpus.load_documents(source)
-    splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=source)
+    splits = load_splits(source, val_fraction, test_fraction, split_seed)
     if isinstance(tokenizer_spec, tokenizers_lib.Tokenizer):
       tokenizer = tokenizer_spec
     else:

@@ -5,8 +5,7 @@ Documents are `bytes`, never decoded: bits per byte counts the bytes a user gave
 A source string names one or more sources joined by commas:
   python-prose       docstrings of the running Python's standard library plus `pydoc_data.topics` (~2 MB)
   python-code        the standard library's `.py` files, one document per file (~11 MB)
-  PATH               a file, a directory (every regular file below it) or a glob; one document per file
-  jsonl:PATH:FIELD   one document per JSON line, taken from FIELD (PATH may be a glob)
+  PATH, jsonl:PATH:FIELD, parquet:PATH:COLUMN   files, directories, globs, gs:// (lm/data/sources.py)
   synthetic:NAME[:KEY=VALUE]...  generated in memory: star graphs or name-induction stories (lm/data/synthetic.py)
 """
 
@@ -24,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from lm.data import synthetic
+from lm.data import sources, synthetic
 from lm.errors import DataError, plural, type_name
 
 BUILTIN_SOURCES = ("python-prose", "python-code")
@@ -139,128 +138,52 @@ def stdlib_documents(kind: str) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# User sources.
+# User sources (lm/data/sources.py reads them).
 
 
-def _has_magic(s: str) -> bool:
-  return any(c in s for c in "*?[")
+def _parts(source: str) -> list[str]:
+  parts = [p.strip() for p in source.split(",") if p.strip()]
+  if not parts:
+    raise DataError(f"data.source {source!r} is empty; {sources.SOURCE_HELP}")
+  return parts
 
 
-def _files_under(directory: str) -> list[str]:
-  """Regular files below `directory`, sorted; hidden files and directories (.git, ...) are skipped."""
-  files = []
-  for dirpath, dirnames, filenames in os.walk(directory):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    files.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
-  return sorted(f for f in files if os.path.isfile(f))
-
-
-def _resolve_paths(pattern: str, source: str) -> list[str]:
-  """A file, directory or glob -> the sorted list of files it names."""
-  pattern = os.path.expanduser(pattern)
-  if _has_magic(pattern):
-    matches = sorted(glob.glob(pattern, recursive=True))
-    if not matches:
-      raise DataError(f"data.source {source!r}: glob {pattern!r} matches nothing; check the pattern or {_SOURCE_HELP}")
-  elif os.path.exists(pattern):
-    matches = [pattern]
-  else:
-    raise DataError(f"data.source {source!r}: path {pattern!r} does not exist; {_SOURCE_HELP}")
-  files = []
-  for m in matches:
-    files.extend(_files_under(m) if os.path.isdir(m) else [m] if os.path.isfile(m) else [])
-  if not files:
-    raise DataError(f"data.source {source!r}: {pattern!r} holds no regular files; point it at text files")
-  return files
-
-
-def _jsonl_documents(spec: str) -> list[bytes]:
-  """`jsonl:PATH:FIELD` -> one document per non-blank line."""
-  path, sep, field = spec[len("jsonl:") :].rpartition(":")
-  if not sep or not path or not field:
-    raise DataError(f"data.source {spec!r}: expected 'jsonl:PATH:FIELD', e.g. 'jsonl:data/*.jsonl:text'")
-  docs = []
-  for file in _resolve_paths(path, spec):
-    with open(file, "rb") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except ValueError as e:
-          raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file} is not valid JSON ({e}); fix or remove that line"
-          ) from None
-        if not isinstance(record, dict) or field not in record:
-          keys = ", ".join(map(str, record)) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-          raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file} has no field {field!r} (keys: {keys}); "
-              "use jsonl:PATH:KEY with one of them"
-          )
-        value = record[field]
-        if not isinstance(value, str):
-          raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file}: field {field!r} is {type_name(value)}, "
-              "not a string; pick a text field"
-          )
-        docs.append(value.encode("utf-8", errors="surrogatepass"))
-  return docs
-
-
-def _load_one(part: str) -> list[bytes]:
+def _part_documents(part: str):
   if part in BUILTIN_SOURCES:
-    return stdlib_documents(part)
-  if part.startswith("jsonl:"):
-    return _jsonl_documents(part)
+    return iter(stdlib_documents(part))
   if part.startswith("synthetic:"):
-    return synthetic.documents(part)
-  docs = []
-  for file in _resolve_paths(part, part):
-    with open(file, "rb") as f:
-      docs.append(f.read())
-  return docs
+    return iter(synthetic.documents(part))
+  return sources.part_documents(part)
+
+
+def iter_documents(source: str):
+  """The non-empty documents of `source` (comma-separated sources) in a deterministic order, as a stream."""
+  for part in _parts(source):
+    for doc in _part_documents(part):
+      if doc:
+        yield doc
 
 
 def source_size(source: str) -> tuple[int, int, int] | None:
   """(bytes, documents, files) of `source` from the file system alone (no file is read), or None when a part's size
   is known only by building it (`python-prose`, `python-code`, `synthetic:`). `bytes + 2 * documents` bounds
-the text's bytes plus a bos and an eos per document: a file is one document; a jsonl file counts as none,
-since JSON spends at least two bytes per record beyond its text. Missing paths and empty globs raise the
+the text's bytes plus a bos and an eos per document where documents are counted: a file of a directory is one
+document; jsonl, parquet, compressed and single split files count none. Missing paths and empty globs raise the
 same one-line error as loading them would."""
-  parts = [p.strip() for p in source.split(",") if p.strip()]
-  if not parts:
-    raise DataError(f"data.source {source!r} is empty; {_SOURCE_HELP}")
   n_bytes = n_docs = n_files = 0
-  for part in parts:
+  for part in _parts(source):
     if part in BUILTIN_SOURCES or part.startswith("synthetic:"):
       return None
-    pattern = part
-    if part.startswith("jsonl:"):
-      pattern = part[len("jsonl:"):].rpartition(":")[0]
-      if not pattern:
-        raise DataError(f"data.source {part!r}: expected 'jsonl:PATH:FIELD', e.g. 'jsonl:data/*.jsonl:text'")
-    files = _resolve_paths(pattern, part)
-    n_bytes += sum(os.path.getsize(f) for f in files)
-    n_docs += 0 if part.startswith("jsonl:") else len(files)
-    n_files += len(files)
+    b, d, f = sources.part_size(part)
+    n_bytes, n_docs, n_files = n_bytes + b, n_docs + d, n_files + f
   return n_bytes, n_docs, n_files
 
 
 def load_documents(source: str = "python-prose") -> list[bytes]:
   """Loads the documents of `source` (comma-separated sources) in a deterministic order; empty ones dropped."""
-  parts = [p.strip() for p in source.split(",") if p.strip()]
-  if not parts:
-    raise DataError(f"data.source {source!r} is empty; {_SOURCE_HELP}")
-  docs = []
-  for part in parts:
-    docs.extend(_load_one(part))
-  n_docs, n_bytes = len(docs), sum(map(len, docs))
-  # An empty document carries no text to predict; it would only add a bos->eos pair.
-  docs = [d for d in docs if d]
+  docs = list(iter_documents(source))
   if not docs:
-    raise DataError(
-        f"data.source {source!r}: corpus is empty ({plural(n_docs, 'document')}, {plural(n_bytes, 'byte')}); point it at non-empty text"
-    )
+    raise DataError(f"data.source {source!r}: corpus is empty (no non-empty document); point it at non-empty text")
   return docs
 
 
@@ -274,6 +197,21 @@ def _split_key(doc: bytes, seed: int) -> int:
   return int.from_bytes(h.digest(), "little")
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+  if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+    raise DataError(
+        f"data split: val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum to "
+        "< 1; lower them"
+    )
+
+
+def split_of(doc: bytes, settings: dict) -> str:
+  """The split of one document under `settings` (val_fraction, test_fraction, split_seed), as split_documents."""
+  k = _split_key(doc, settings["split_seed"])
+  val, test = settings["val_fraction"], settings["test_fraction"]
+  return "val" if k < val * 2**64 else "test" if k < (val + test) * 2**64 else "train"
+
+
 def split_documents(
     docs: list[bytes], val_fraction: float = 0.02, test_fraction: float = 0.02, seed: int = 0,
     source: str | None = None,
@@ -282,11 +220,7 @@ def split_documents(
 
   `source` (the data.source the documents came from) is named in the error when the train split is empty.
   """
-  if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-    raise DataError(
-        f"data split: val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum to "
-        "< 1; lower them"
-    )
+  check_fractions(val_fraction, test_fraction)
   keys = [_split_key(d, seed) for d in docs]
   val_end, test_end = val_fraction * 2**64, (val_fraction + test_fraction) * 2**64
   which = ["val" if k < val_end else "test" if k < test_end else "train" for k in keys]
@@ -307,3 +241,12 @@ def split_documents(
         f"val_fraction={val_fraction}, test_fraction={test_fraction}); add documents or lower the fractions"
     )
   return splits
+
+
+def check_held_out(splits: dict, source: str, val_fraction: float, test_fraction: float) -> None:
+  """An empty val split (or test split, when asked for) is an error: bits per byte of nothing would read 0."""
+  for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+    if not splits[name] and (fraction > 0 or name == "val"):
+      n = sum(map(len, splits.values()))
+      raise DataError(f"data.source {source!r}: the {name} split is empty ({plural(n, 'document')}; "
+                      f"{sources.describe_split(source)}); add documents or raise data.{name}_fraction")

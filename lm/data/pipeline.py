@@ -5,13 +5,15 @@ Shapes: N rows, T = seq_len pairs per row, B rows per batch. A document of n ids
 document of its input, and `segment_ids` (1, 2, ... per row, 0 = padding) keep attention inside a document.
 """
 
+import dataclasses
 import functools
 import hashlib
+import re
 
 import grain
 import numpy as np
 
-from lm.data import corpus, segment
+from lm.data import corpus, prepared, segment, stream
 from lm.data import tokenizers as tokenizers_lib
 from lm.errors import DataError, plural
 
@@ -123,29 +125,195 @@ class _TakeRows:
     return {k: v[index_b] for k, v in self.rows.items()}
 
 
-class TokenData:
-  """Documents split train/val/test, a tokenizer, train rows for grain, and fixed held-out eval batches."""
+def check_processes(batch_size: int, process_index: int, process_count: int) -> None:
+  if batch_size < 1 or batch_size % process_count:
+    raise DataError(
+        f"data: batch_size={batch_size} must be a positive multiple of the process count {process_count}; "
+        "change batch_size"
+    )
+  if not 0 <= process_index < process_count:
+    raise DataError(f"data: process_index={process_index} is outside [0, {process_count}); check the launcher")
 
-  def __init__(self, splits: dict[str, list[bytes]], tokenizer: tokenizers_lib.Tokenizer, seq_len: int,
-               source: str = "<memory>", eval_max_bytes: int | None = None):
+
+def row_iterator(rows: dict[str, np.ndarray], batch_size: int, seed: int, process_index: int, process_count: int,
+                 source: str, what: str):
+  """Packed in-memory rows shuffled per epoch: this process's block of every global batch (chunked families)."""
+  check_processes(batch_size, process_index, process_count)
+  n_rows = len(rows["loss_mask"])
+  if n_rows < batch_size:
+    raise DataError(f"data.source {source!r}: train split packs into {plural(n_rows, 'row')} of {what}, fewer than "
+                    f"one batch of {batch_size}; lower batch_size or the row length, or add text")
+  local = batch_size // process_count
+  ds = grain.MapDataset.range(n_rows).shuffle(seed=_shuffle_seed(seed)).repeat()
+  ds = ds.batch(batch_size, drop_remainder=True)  # batch indices, not rows: one fancy-index per batch
+  ds = ds.map(_TakeRows(rows, process_index * local, (process_index + 1) * local))
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+
+
+class MemoryStore:
+  """Train documents held in memory: texts, tokenized on first use into `lengths` and `get(doc indices)`."""
+
+  def __init__(self, texts: list[bytes], tokenizer: tokenizers_lib.Tokenizer):
+    self.texts, self.tokenizer = texts, tokenizer
+
+  @functools.cached_property
+  def ids(self) -> list[np.ndarray]:
+    return [np.asarray(x, np.int32).ravel() for x in self.tokenizer.encode_batch(self.texts)]
+
+  @functools.cached_property
+  def lengths(self) -> np.ndarray:
+    return np.array([len(x) for x in self.ids], dtype=np.int64)
+
+  def get(self, docs) -> list[np.ndarray]:
+    return [self.ids[int(d)] for d in docs]
+
+
+@dataclasses.dataclass
+class Part:
+  """One source of a (possibly mixed) corpus: its name, mixture weight, train store and held-out texts."""
+  name: str
+  weight: float
+  store: object  # MemoryStore or prepared.RecordStore: `lengths` and `get(doc indices)`
+  held_out: dict  # {"val": texts, "test": texts}, each a sequence of bytes
+
+
+class TokenBatches:
+  """Batch index -> this process's rows [lo, hi) of that global batch: documents shuffled per epoch, packed
+  concat-then-split (`stream.RowPlan`); with several parts, rows come from each by its weight
+  (`stream.mixture_rows`). A grain map over batch indices: random access, so grain's state is the position."""
+
+  def __init__(self, parts: list[Part], batch_size: int, lo: int, hi: int, seed: int, seq_len: int,
+               bos_id: int, eos_id: int):
+    self.stores = [p.store for p in parts]
+    self.weights = [p.weight for p in parts]
+    self.batch_size, self.lo, self.hi, self.seed, self.T = batch_size, lo, hi, int(seed), int(seq_len)
+    self.bos, self.eos = bos_id, eos_id
+    self._plans = None
+
+  def __getstate__(self):
+    return dict(self.__dict__, _plans=None)
+
+  @property
+  def plans(self) -> list[stream.RowPlan]:
+    if self._plans is None:
+      self._plans = [stream.RowPlan(s, self.T, stream.part_seed(self.seed, i), extra=1)
+                     for i, s in enumerate(self.stores)]
+    return self._plans
+
+  def _rows_of(self, part: int, pieces) -> tuple[np.ndarray, ...]:
+    occ, docs, los, his = pieces
+    unique = np.unique(docs)
+    by_id = dict(zip(unique.tolist(), self.stores[part].get(unique)))
+    ins, tgs = [], []
+    for d, lo, hi in zip(docs.tolist(), los.tolist(), his.tolist()):
+      ids = by_id[d]
+      ins.append(np.concatenate([[self.bos], ids])[lo:hi] if lo == 0 else ids[lo - 1:hi - 1])
+      tgs.append(ids[lo:hi] if hi <= len(ids) else np.concatenate([ids[lo:], [self.eos]]))
+    return np.concatenate(ins), np.concatenate(tgs), np.repeat(occ, his - los)
+
+  def __call__(self, batch: int) -> dict[str, np.ndarray]:
+    n = self.hi - self.lo
+    if len(self.stores) == 1:
+      flat = [self._rows_of(0, self.plans[0].pieces(batch * self.batch_size + self.lo, n))]
+    else:
+      part_R, row_R = stream.mixture_rows(self.weights, self.batch_size, batch, self.seed)
+      flat = [self._rows_of(p, self.plans[p].pieces(r, 1))
+              for p, r in zip(part_R[self.lo:self.hi].tolist(), row_R[self.lo:self.hi].tolist())]
+    inputs, targets, unit = (np.concatenate(x).reshape(n, self.T) for x in zip(*flat))
+    return _rows(inputs, targets, unit)
+
+
+def parse_source(source: str) -> list[tuple[str, float | None]]:
+  """`A,B` -> [(A, None), (B, None)]; `0.7*A,0.3*B` -> [(A, 0.7), (B, 0.3)] (a mixture)."""
+  out = []
+  for part in [p.strip() for p in source.split(",") if p.strip()]:
+    m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*\*\s*(.+)", part)
+    if m:
+      try:
+        weight = float(m.group(1))
+      except ValueError:
+        raise DataError(f"data.source {source!r}: weight {m.group(1)!r} of {m.group(2)!r} is not a number; write "
+                        "'0.7*DIR_A,0.3*DIR_B'") from None
+      if not weight > 0 or not np.isfinite(weight):
+        raise DataError(f"data.source {source!r}: weight {m.group(1)} of {m.group(2)!r} must be positive; give every "
+                        "source a weight > 0")
+      out.append((m.group(2).strip(), weight))
+    else:
+      out.append((part, None))
+  if not out:
+    raise DataError(f"data.source {source!r} is empty; {corpus.sources.SOURCE_HELP}")
+  weighted = [w is not None for _, w in out]
+  if any(weighted) and not all(weighted):
+    raise DataError(f"data.source {source!r}: a mixture needs a weight on every source, e.g. '0.7*DIR_A,0.3*DIR_B'")
+  return out
+
+
+def _names(specs: list[str]) -> list[str]:
+  names = []
+  for spec in specs:
+    base = spec.rstrip("/").rsplit("/", 1)[-1].split(":")[0] or spec
+    name, k = base, 2
+    while name in names:
+      name, k = f"{base}_{k}", k + 1
+    names.append(name)
+  return names
+
+
+class TokenData:
+  """A corpus (one source, or a weighted mixture of parts) split train/val/test, a tokenizer, a streaming
+  grain iterator of train rows and fixed held-out eval batches. `splits` are the first part's texts."""
+
+  def __init__(self, splits: dict, tokenizer: tokenizers_lib.Tokenizer, seq_len: int,
+               source: str = "<memory>", eval_max_bytes: int | None = None, parts: list[Part] | None = None):
     if seq_len < 1:
       raise DataError(f"data: seq_len={seq_len} must be >= 1; set a positive seq_len")
     self.splits, self.tokenizer, self.seq_len = splits, tokenizer, int(seq_len)
     self.source, self.eval_max_bytes = source, eval_max_bytes
+    self.parts = parts or [Part(source, 1.0, MemoryStore(splits["train"], tokenizer),
+                                {k: v for k, v in splits.items() if k != "train"})]
     self._eval_cache = {}
 
   @classmethod
   def build(cls, source: str = "python-prose", tokenizer_spec: "str | tokenizers_lib.Tokenizer" = "bytes",
             vocab_size: int = 4096, seq_len: int = 256, val_fraction: float = 0.02, test_fraction: float = 0.02,
             split_seed: int = 0, eval_max_bytes: int | None = None) -> "TokenData":
-    """Loads `source`, splits it by document, builds the tokenizer on the train split (or uses a given one)."""
-    docs = corpus.load_documents(source)
-    splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=source)
-    if isinstance(tokenizer_spec, tokenizers_lib.Tokenizer):  # A trained run's own tokenizer, for eval.
-      tokenizer = tokenizer_spec
-    else:
-      tokenizer = tokenizers_lib.build_tokenizer(tokenizer_spec, splits["train"], vocab_size)
-    return cls(splits, tokenizer, seq_len, source=source, eval_max_bytes=eval_max_bytes)
+    """Loads `source` (raw text split and tokenized in memory, a prepared directory read lazily, or a weighted
+    mixture of them) and the tokenizer: a given one, the prepared one, or one built on the train split."""
+    parsed = parse_source(source)
+    specs = [s for s, _ in parsed] if parsed[0][1] is not None or any(
+        prepared.is_prepared(s) for s, _ in parsed) else [source]
+    weights = [w or 1.0 for _, w in parsed] if len(specs) > 1 else [1.0]
+    loaded = []  # (spec, texts splits or None, prepared tuple or None)
+    for spec in specs:
+      if prepared.is_prepared(spec):
+        loaded.append((spec, None, prepared.open_prepared(spec)))
+      else:
+        docs = corpus.load_documents(spec)
+        splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=spec)
+        corpus.check_held_out(splits, spec, val_fraction, test_fraction)
+        loaded.append((spec, splits, None))
+    tokenizer = tokenizer_spec if isinstance(tokenizer_spec, tokenizers_lib.Tokenizer) else None
+    for (spec, _, p) in loaded:
+      if p is not None and tokenizer is not None and tokenizer.files() != p[1].files() and not isinstance(
+          tokenizer_spec, tokenizers_lib.Tokenizer):
+        raise DataError(f"data.source {source!r}: the prepared parts have different tokenizers ({spec}); prepare "
+                        "them with the same --tokenizer PATH")
+      if p is not None and tokenizer is None:
+        tokenizer = p[1]
+    if tokenizer is None:
+      train = [d for _, splits, _ in loaded for d in splits["train"]]
+      tokenizer = tokenizers_lib.build_tokenizer(tokenizer_spec, train, vocab_size)
+    parts = []
+    for name, weight, (spec, splits, p) in zip(_names(specs), weights, loaded):
+      if p is None:
+        parts.append(Part(name, weight, MemoryStore(splits["train"], tokenizer),
+                          {"val": splits["val"], "test": splits["test"]}))
+      else:
+        parts.append(Part(name, weight, p[2], p[3]))
+    first = loaded[0]
+    splits = first[1] if first[1] is not None else dict(parts[0].held_out, train=_DecodedTrain(parts[0].store,
+                                                                                              tokenizer))
+    return cls(splits, tokenizer, seq_len, source=source, eval_max_bytes=eval_max_bytes, parts=parts)
 
   @property
   def vocab_size(self) -> int:
@@ -154,41 +322,53 @@ class TokenData:
   def unit_bytes(self) -> np.ndarray:
     return self.tokenizer.unit_bytes()
 
-  @functools.cached_property
-  def train_rows(self) -> dict[str, np.ndarray]:
-    """The whole train split packed into int32 [N, T] arrays (computed once)."""
-    tok = self.tokenizer
-    return pack_rows(tok.encode_batch(self.splits["train"]), self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id)
+  @property
+  def part_names(self) -> list[str]:
+    return [p.name for p in self.parts]
 
-  def train_iterator(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
+  def _batches(self, batch_size: int, seed: int, process_index: int, process_count: int) -> TokenBatches:
+    check_processes(batch_size, process_index, process_count)
+    local = batch_size // process_count
+    tok = self.tokenizer
+    return TokenBatches(self.parts, batch_size, process_index * local, (process_index + 1) * local, seed,
+                        self.seq_len, tok.bos_id, tok.eos_id)
+
+  def check_size(self, batch_size: int) -> None:
+    """A train split (of any part) that cannot fill one batch in one epoch: one line naming it."""
+    for part in self.parts:
+      lengths = part.store.lengths
+      n_units = int(np.sum(lengths, dtype=np.int64)) + len(lengths)
+      n_rows = n_units // self.seq_len
+      if n_rows < batch_size:
+        raise DataError(
+            f"data.source {part.name!r}: train split packs into {plural(n_rows, 'row')} of {self.seq_len} "
+            f"({plural(int(np.sum(lengths)), 'token')}), fewer than one batch of {batch_size}; lower batch_size or "
+            "seq_len, or add text")
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+                     workers: int = 0, prefetch: int = 4):
     """An infinite, checkpointable grain iterator of this process's [batch_size // process_count, T] rows.
 
-    Rows are shuffled per epoch from `seed`. Each process takes a contiguous block of every global batch, so
-    the global batch is the same for any process count (sharded == unsharded).
+    Documents are shuffled per epoch from `seed` and packed as the batches are drawn. Each process takes a
+    contiguous block of every global batch and reads only the documents in it, so the global batch is the
+    same for any process count (sharded == unsharded). `workers` > 0 builds batches in that many grain worker
+    processes; `prefetch` batches are built ahead.
     """
-    if batch_size < 1 or batch_size % process_count:
-      raise DataError(
-          f"data: batch_size={batch_size} must be a positive multiple of the process count {process_count}; "
-          "change batch_size"
-      )
-    if not 0 <= process_index < process_count:
-      raise DataError(f"data: process_index={process_index} is outside [0, {process_count}); check the launcher")
-    rows = self.train_rows
-    n_rows = len(rows["loss_mask"])
-    if n_rows < batch_size:
-      n_tokens = int(rows["loss_mask"].sum())
-      raise DataError(
-          f"data.source {self.source!r}: train split packs into {plural(n_rows, 'row')} of {self.seq_len} "
-          f"({plural(n_tokens, 'token')}), fewer than one batch of {batch_size}; lower batch_size or seq_len, or "
-          "add text"
-      )
-    local = batch_size // process_count
-    ds = grain.MapDataset.range(n_rows).shuffle(seed=_shuffle_seed(seed)).repeat()
-    # Batch indices, not rows: one fancy-index per batch instead of stacking B dicts.
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(_TakeRows(rows, process_index * local, (process_index + 1) * local))
-    # Rows are in memory; one prefetch thread overlaps the gather with the train step without GIL fights.
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+    builder = self._batches(batch_size, seed, process_index, process_count)
+    self.check_size(batch_size)
+    ds = grain.MapDataset.range(1 << 62).map(builder).to_iter_dataset(
+        grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=prefetch))
+    if workers:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(ds)
+
+  def sample_rows(self, batch_size: int, max_batches: int = 16) -> dict[str, np.ndarray]:
+    """The first global batches of the training stream (up to about one epoch), for FLOPs per byte."""
+    builder = self._batches(batch_size, 0, 0, 1)
+    epoch_rows = sum(int(np.sum(p.store.lengths)) + len(p.store.lengths) for p in self.parts) // self.seq_len
+    n = max(1, min(max_batches, epoch_rows // max(batch_size, 1)))
+    batches = [builder(i) for i in range(n)]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
   def _eval_rows(self, segments: list[bytes], split: str | None):  # pylint: disable=unused-argument
     """Eval rows and bytes per row for `segments` (of `split`, or of other text when None)."""
@@ -203,22 +383,52 @@ class TokenData:
     max_bytes = self.eval_max_bytes or max(1, self.seq_len - 1)
     return [s for d in docs for s in segment.cut_segments(d, max_bytes)]
 
+  def _texts(self, part: Part, split: str):
+    if split == "train":
+      store = part.store
+      return store.texts if isinstance(store, MemoryStore) else _DecodedTrain(store, self.tokenizer)
+    if split not in part.held_out:
+      raise DataError(f"data: unknown split {split!r}; use one of train, {', '.join(part.held_out)}")
+    return part.held_out[split]
+
+  def _split_rows(self, p: int, split: str, needed: int | None):
+    """Eval rows of part p's split, only as many documents read as fill `needed` rows (None: all)."""
+    key = (p, split)
+    cached = self._eval_cache.get(key)
+    if cached is not None and (cached[2] or (needed is not None and cached[3] >= needed)):
+      return cached[0], cached[1]
+    texts = self._texts(self.parts[p], split)
+    k = len(texts) if needed is None else min(len(texts), 64)
+    while True:
+      rows, bytes_per_row = self._eval_rows(self.eval_segments(texts[:k]), split)
+      complete = k >= len(texts)
+      # Sequential filling never changes a row once a later one exists: all but the last row are final.
+      final = len(rows["loss_mask"]) if complete else len(rows["loss_mask"]) - 1
+      if complete or final >= needed:
+        break
+      k = min(len(texts), k * 4)
+    if not complete:
+      rows, bytes_per_row = {k_: v[:final] for k_, v in rows.items()}, bytes_per_row[:final]
+    self._eval_cache[key] = (rows, bytes_per_row, complete, final)
+    return rows, bytes_per_row
+
   def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None,
-                   docs: list[bytes] | None = None) -> list[tuple[dict[str, np.ndarray], int]]:
+                   docs: list[bytes] | None = None, part: int | None = None
+                   ) -> list[tuple[dict[str, np.ndarray], int]]:
     """Fixed [batch_size, T] batches over a split (or `docs`), each with the number of bytes it scores.
 
     Every segment is scored in one row with its full context; the last batch is padded with masked rows.
-    An empty split gives an empty list.
+    An empty split gives an empty list. With several parts, `part` picks one (default: all, in turn);
+    only as many held-out documents are read as `max_batches` needs.
     """
-    if docs is None:
-      if split not in self.splits:
-        raise DataError(f"data: unknown split {split!r}; use one of {', '.join(self.splits)}")
-      if split not in self._eval_cache:
-        self._eval_cache[split] = self._eval_rows(self.eval_segments(self.splits[split]), split)
-      rows, bytes_per_row = self._eval_cache[split]
-    else:
+    B = batch_size
+    if docs is not None:
       rows, bytes_per_row = self._eval_rows(self.eval_segments(docs), None)
-    n_rows, B = len(rows["loss_mask"]), batch_size
+    elif part is None and len(self.parts) > 1:
+      return [b for p in range(len(self.parts)) for b in self.eval_batches(split, B, max_batches, part=p)]
+    else:
+      rows, bytes_per_row = self._split_rows(part or 0, split, None if max_batches is None else max_batches * B)
+    n_rows = len(rows["loss_mask"])
     n_batches = -(-n_rows // B)
     if max_batches is not None:
       n_batches = min(n_batches, max_batches)
@@ -233,3 +443,37 @@ class TokenData:
                  for k, v in batch.items()}
       batches.append((batch, int(bytes_per_row[i * B : (i + 1) * B].sum())))
     return batches
+
+
+def load_splits(source: str, val_fraction: float, test_fraction: float, split_seed: int) -> dict[str, list[bytes]]:
+  """Train/val/test texts in memory: of a raw source (split by content hash), or decoded from a prepared directory
+  (as the chunked families read one: their packing needs every document's chunk count)."""
+  if prepared.is_prepared(source):
+    _, tok, store, held_out = prepared.open_prepared(source)
+    return dict(train=list(_DecodedTrain(store, tok)), val=list(held_out["val"]), test=list(held_out["test"]))
+  if parse_source(source)[0][1] is not None:
+    raise DataError(f"data.source {source!r}: mixtures are read by the token family only; train this family on one "
+                    "source")
+  docs = corpus.load_documents(source)
+  splits = corpus.split_documents(docs, val_fraction, test_fraction, split_seed, source=source)
+  corpus.check_held_out(splits, source, val_fraction, test_fraction)
+  return splits
+
+
+class _DecodedTrain:
+  """A prepared train split's documents as bytes (decoded from their ids on demand)."""
+
+  def __init__(self, store, tokenizer):
+    self.store, self.tokenizer = store, tokenizer
+
+  def __len__(self) -> int:
+    return len(self.store.lengths)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self.tokenizer.decode_bytes(x) for x in self.store.get(range(*i.indices(len(self))))]
+    return self.tokenizer.decode_bytes(self.store.get([i])[0])
+
+  def __iter__(self):
+    for start in range(0, len(self), 1024):
+      yield from self[start:start + 1024]

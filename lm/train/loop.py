@@ -221,7 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   release_freed_memory()
   config, mesh = run.config, run.mesh
   train_iter = data.train_iterator(config.data.batch_size, seed=config.train.seed,
-                                   process_index=jax.process_index(), process_count=jax.process_count())
+                                   process_index=jax.process_index(), process_count=jax.process_count(),
+                                   workers=config.data.workers, prefetch=config.data.prefetch)
   if found is not None:
     train_iter.set_state(restored.data_state)
     if primary:

@@ -16,7 +16,7 @@ import numpy as np
 from lm import config as config_lib
 from lm import families, objectives, parallel
 from lm.data.tokenizers import Tokenizer
-from lm.data import corpus, tokenizers
+from lm.data import corpus, pipeline, prepared, tokenizers
 from lm.errors import CheckpointError, ConfigError, DataError, plural
 from lm.eval import bpb as bpb_lib
 from lm.families import Family
@@ -94,10 +94,17 @@ def check_data_size(config, family: Family) -> None:
   of a row holds at least one byte of text or a document's bos or eos (with SentencePiece or another loaded
   tokenizer, at most two units per byte), so rows <= ceil(factor * (bytes + 2 * documents) / units per row)."""
   d = config.data
+  parsed = pipeline.parse_source(d.source)
+  if parsed[0][1] is not None or any(prepared.is_prepared(s) for s, _ in parsed):
+    return  # prepared and mixed sources are checked when opened (their manifests hold the counts)
   size = corpus.source_size(d.source)
   if size is None:
     return
   n_bytes, n_docs, n_files = size
+  if n_bytes > d.max_raw_bytes:
+    raise DataError(f"data.source {d.source!r}: {n_bytes / 2**20:.0f} MiB of raw text is more than data.max_raw_bytes="
+                    f"{d.max_raw_bytes} to tokenize in memory at every start; run `lm prepare {d.source} --out DIR` "
+                    "once and train on --config.data.source=DIR")
   factor = 1 if d.tokenizer in ("bytes", "bpe") else 2
   per_row = family.units_per_row(config)
   rows = -(-factor * (n_bytes + 2 * n_docs) // per_row)
@@ -187,7 +194,7 @@ def evaluate(run: Run, params, data, split: str = "val", docs: list[bytes] | Non
 def train_flops_per_step(run: Run, data) -> dict:
   """FLOPs per byte of the training data and FLOPs per training step (global batch), from the packed rows:
   bytes are what the scored targets stand for (`unit_bytes`), as in the training bits per byte."""
-  rows = data.train_rows
+  rows = data.sample_rows(run.config.data.batch_size)
   n_bytes = float((data.unit_bytes()[rows["targets"]] * rows["loss_mask"]).sum())
   flops = run.flops_per_byte(n_bytes, [rows])
   bytes_per_step = n_bytes / max(len(rows["loss_mask"]), 1) * run.config.data.batch_size

@@ -1,0 +1,304 @@
+"""User text sources, read as a stream of documents (`bytes`), local or on an object store (gs://, via epath).
+
+  PATH                 a file, a directory (every regular file below it) or a glob. A directory or glob gives
+                       one document per file; a single file is split into documents at blank lines (or into
+                       pieces of about PIECE_BYTES at line ends when it has none). `.gz` and `.zst` files are
+                       decompressed; a directory saved by Hugging Face `datasets` (`save_to_disk`) gives its
+                       `text` column. Binary and other compressed files are refused by name.
+  jsonl:PATH:FIELD     one document per JSON line (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`), from FIELD
+  parquet:PATH:COLUMN  one document per row of a Parquet column (pyarrow)
+
+Nothing here holds more than one file (or one Parquet row group) at a time.
+"""
+
+import glob
+import gzip
+import io
+import json
+import os
+import re
+
+from etils import epath
+
+from lm.errors import DataError, type_name
+
+SOURCE_HELP = ("pass a file, directory, glob, 'jsonl:PATH:FIELD', 'parquet:PATH:COLUMN', 'python-prose' or "
+               "'python-code'")
+PIECE_BYTES = 64 * 1024
+_READ = 1 << 20
+# Leading bytes of formats that are not text: (magic, what it is, what to do).
+_MAGIC = (
+    (b"\x89PNG", "a PNG image", "remove it from the source"),
+    (b"\xff\xd8\xff", "a JPEG image", "remove it from the source"),
+    (b"GIF8", "a GIF image", "remove it from the source"),
+    (b"PK\x03\x04", "a zip archive", "unpack it"),
+    (b"\x1f\x8b", "gzip-compressed", "name it *.gz so it is decompressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "name it *.zst so it is decompressed"),
+    (b"BZh", "bzip2-compressed", "decompress it"),
+    (b"\xfd7zXZ", "xz-compressed", "decompress it"),
+    (b"PAR1", "a Parquet file", "read it as 'parquet:PATH:COLUMN'"),
+    (b"ARROW1", "an Arrow file", "point the source at the datasets directory that holds it"),
+    (b"\x7fELF", "an executable", "remove it from the source"),
+    (b"%PDF", "a PDF", "extract its text first"),
+)
+
+
+def is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def _epath(path: str) -> epath.Path:
+  try:
+    return epath.Path(path)
+  except ImportError as e:  # gs:// without gcsfs
+    raise DataError(f"{path!r}: {e}; pip install gcsfs (or lm[gcs])") from None
+
+
+def _call_store(fn, path: str):
+  try:
+    return fn()
+  except ImportError as e:
+    raise DataError(f"{path!r}: {str(e).splitlines()[0]}; pip install gcsfs (or lm[gcs])") from None
+
+
+def _has_magic(s: str) -> bool:
+  return any(c in s for c in "*?[")
+
+
+def _is_datasets_dir(path: str) -> bool:
+  p = _epath(path)
+  return _call_store(lambda: (p / "state.json").exists() or (p / "dataset_dict.json").exists(), path)
+
+
+def _files_under(directory: str) -> list[str]:
+  """Regular files below `directory`, sorted; hidden files and directories (.git, ...) are skipped."""
+  if is_remote(directory):
+    root = _epath(directory)
+    return sorted(str(p) for p in _call_store(lambda: list(root.rglob("*")), directory)
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file())
+  files = []
+  for dirpath, dirnames, filenames in os.walk(directory):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    files.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+  return sorted(f for f in files if os.path.isfile(f))
+
+
+def resolve_paths(pattern: str, source: str) -> list[str]:
+  """A file, directory or glob -> the sorted list of files it names (a datasets directory stays one entry)."""
+  pattern = pattern if is_remote(pattern) else os.path.expanduser(pattern)
+  if _has_magic(pattern):
+    if is_remote(pattern):
+      scheme, rest = pattern.split("://", 1)
+      bucket, _, pat = rest.partition("/")
+      root = _epath(f"{scheme}://{bucket}")
+      matches = sorted(str(p) for p in _call_store(lambda: list(root.glob(pat)), pattern))
+    else:
+      matches = sorted(glob.glob(pattern, recursive=True))
+    if not matches:
+      raise DataError(f"data.source {source!r}: glob {pattern!r} matches nothing; check the pattern or {SOURCE_HELP}")
+  elif _call_store(lambda: _epath(pattern).exists(), pattern):
+    matches = [pattern]
+  else:
+    raise DataError(f"data.source {source!r}: path {pattern!r} does not exist; {SOURCE_HELP}")
+  files = []
+  for m in matches:
+    p = _epath(m)
+    if _call_store(p.is_dir, m):
+      files.extend([m] if _is_datasets_dir(m) else _files_under(m))
+    elif _call_store(p.is_file, m):
+      files.append(m)
+  if not files:
+    raise DataError(f"data.source {source!r}: {pattern!r} holds no regular files; point it at text files")
+  return files
+
+
+def _open(file: str):
+  """A binary file object of `file`'s decoded bytes (.gz, .zst decompressed)."""
+  raw = _call_store(lambda: _epath(file).open("rb"), file) if is_remote(file) else open(file, "rb")
+  name = file.lower()
+  if name.endswith(".gz"):
+    return gzip.GzipFile(fileobj=raw)
+  if name.endswith(".zst"):
+    import zstandard  # pylint: disable=import-outside-toplevel
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+  return raw
+
+
+def check_text(head: bytes, file: str, source: str) -> None:
+  """Refuses a file whose first bytes say it is not text (an image, an archive, compressed data, ...)."""
+  for magic, what, fix in _MAGIC:
+    if head.startswith(magic):
+      raise DataError(f"data.source {source!r}: {file} is {what}, not text; {fix}")
+  if b"\x00" in head[:8192]:
+    raise DataError(f"data.source {source!r}: {file} is binary (it holds NUL bytes), not text; remove it from the "
+                    "source")
+
+
+def split_text(data: bytes) -> list[bytes]:
+  """One text as documents: its paragraphs (split at blank lines, which are dropped), or when it has no blank
+  line, pieces of about PIECE_BYTES cut after a newline where one is near."""
+  parts = [p for p in re.split(rb"\n[ \t\r\f\v]*\n\s*", data) if p.strip()]
+  if len(parts) > 1 or len(data) <= PIECE_BYTES:
+    return parts
+  pieces, start = [], 0
+  while start < len(data):
+    end = min(start + PIECE_BYTES, len(data))
+    if end < len(data):
+      cut = data.rfind(b"\n", start + PIECE_BYTES // 2, end)
+      end = cut + 1 if cut >= 0 else end
+    pieces.append(data[start:end])
+    start = end
+  return pieces
+
+
+def _text_documents(files: list[str], source: str, split_single: bool):
+  for file in files:
+    if _call_store(_epath(file).is_dir, file):  # resolve_paths keeps only datasets directories whole
+      yield from _datasets_documents(file, "text", source)
+      continue
+    with _open(file) as f:
+      data = f.read()
+    check_text(data[:8192], file, source)
+    if split_single:
+      yield from split_text(data)
+    else:
+      yield data
+
+
+def describe_split(source: str) -> str:
+  """How `source`'s files became documents, for messages about its splits."""
+  if any(p.strip().startswith(("jsonl:", "parquet:")) for p in source.split(",")):
+    return "one document per record"
+  return "a single file is split at blank lines (or into ~64 KiB pieces without them), other files are one document each"
+
+
+def _jsonl_documents(spec: str):
+  path, sep, field = spec[len("jsonl:"):].rpartition(":")
+  if not sep or not path or not field:
+    raise DataError(f"data.source {spec!r}: expected 'jsonl:PATH:FIELD', e.g. 'jsonl:data/*.jsonl:text'")
+  for file in resolve_paths(path, spec):
+    with _open(file) as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except ValueError as e:
+          raise DataError(
+              f"data.source {spec!r}: line {lineno} of {file} is not valid JSON ({e}); fix or remove that line"
+          ) from None
+        if not isinstance(record, dict) or field not in record:
+          keys = ", ".join(map(str, record)) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+          raise DataError(
+              f"data.source {spec!r}: line {lineno} of {file} has no field {field!r} (keys: {keys}); "
+              "use jsonl:PATH:KEY with one of them"
+          )
+        value = record[field]
+        if not isinstance(value, str):
+          raise DataError(
+              f"data.source {spec!r}: line {lineno} of {file}: field {field!r} is {type_name(value)}, "
+              "not a string; pick a text field"
+          )
+        yield value.encode("utf-8", errors="surrogatepass")
+
+
+def _column_values(table_batch, column: str, where: str, spec: str):
+  if column not in table_batch.schema.names:
+    raise DataError(f"data.source {spec!r}: {where} has no column {column!r} (columns: "
+                    f"{', '.join(table_batch.schema.names)}); name one of them")
+  for value in table_batch.column(column).to_pylist():
+    if value is None:
+      continue
+    if isinstance(value, str):
+      yield value.encode("utf-8", errors="surrogatepass")
+    elif isinstance(value, bytes):
+      yield value
+    else:
+      raise DataError(f"data.source {spec!r}: column {column!r} of {where} holds {type_name(value)}, not text; "
+                      "pick a text column")
+
+
+def _parquet_documents(spec: str):
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  path, sep, column = spec[len("parquet:"):].rpartition(":")
+  if not sep or not path or not column:
+    raise DataError(f"data.source {spec!r}: expected 'parquet:PATH:COLUMN', e.g. 'parquet:data/*.parquet:text'")
+  for file in resolve_paths(path, spec):
+    if _call_store(_epath(file).is_dir, file):
+      yield from _datasets_documents(file, column, spec)
+      continue
+    with _open(file) as f:
+      try:
+        pf = pq.ParquetFile(f)
+      except Exception as e:  # pylint: disable=broad-except  # pyarrow raises ArrowInvalid and friends
+        raise DataError(f"data.source {spec!r}: {file} is not a Parquet file ({str(e).splitlines()[0]})") from None
+      for g in range(pf.num_row_groups):
+        yield from _column_values(pf.read_row_group(g, columns=None), column, file, spec)
+
+
+def _datasets_documents(directory: str, column: str, spec: str):
+  """Rows of a directory written by `datasets.Dataset.save_to_disk` (Arrow stream files listed in state.json)
+  or `DatasetDict.save_to_disk` (one such directory per split, all splits read in the dict's order)."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  root = _epath(directory)
+  if (root / "dataset_dict.json").exists():
+    for split in json.loads((root / "dataset_dict.json").read_text())["splits"]:
+      yield from _datasets_documents(str(root / split), column, spec)
+    return
+  state = json.loads((root / "state.json").read_text())
+  for entry in state.get("_data_files", []):
+    file = root / entry["filename"]
+    with file.open("rb") as f:
+      reader = pa.ipc.open_stream(f)
+      for batch in reader:
+        yield from _column_values(batch, column, str(file), spec)
+
+
+def part_documents(part: str):
+  """The documents of one comma-free source part that is not built in (a generator; nothing is kept)."""
+  if part.startswith("jsonl:"):
+    return _jsonl_documents(part)
+  if part.startswith("parquet:"):
+    return _parquet_documents(part)
+  pattern = part if is_remote(part) else os.path.expanduser(part)
+  files = resolve_paths(part, part)
+  single = len(files) == 1 and not _has_magic(pattern) and not _call_store(_epath(pattern).is_dir, part)
+  return _text_documents(files, part, split_single=single)
+
+
+def part_size(part: str) -> tuple[int, int, int]:
+  """(bytes on disk, documents known from the file count, files) of one part; compressed, jsonl, parquet and
+  single split files count no documents (their records are only known by reading them)."""
+  pattern = part
+  for prefix in ("jsonl:", "parquet:"):
+    if part.startswith(prefix):
+      pattern = part[len(prefix):].rpartition(":")[0]
+      if not pattern:
+        raise DataError(f"data.source {part!r}: expected '{prefix}PATH:FIELD', e.g. '{prefix}data/*:text'")
+  files = resolve_paths(pattern, part)
+  n_bytes = 0
+  for f in files:
+    p = _epath(f)
+    if _call_store(p.is_dir, f):
+      n_bytes += sum(q.stat().length for q in p.rglob("*") if q.is_file())
+    else:
+      n_bytes += _call_store(lambda p=p: p.stat().length, f) if is_remote(f) else os.path.getsize(f)
+  counted = not part.startswith(("jsonl:", "parquet:")) and len(files) > 1
+  n_docs = sum(not f.lower().endswith((".gz", ".zst")) for f in files) if counted else 0
+  return n_bytes, n_docs, len(files)
+
+
+def fingerprint_entries(part: str) -> list:
+  """What identifies a part's content cheaply: (path, size, mtime) of each file it reads."""
+  pattern = part
+  for prefix in ("jsonl:", "parquet:"):
+    if part.startswith(prefix):
+      pattern = part[len(prefix):].rpartition(":")[0]
+  out = []
+  for f in resolve_paths(pattern, part):
+    p = _epath(f)
+    paths = [q for q in p.rglob("*") if q.is_file()] if p.is_dir() else [p]
+    for q in sorted(paths, key=str):
+      st = q.stat()
+      out.append([str(q), int(st.length), int(st.mtime)])
+  return out
