@@ -70,15 +70,15 @@ def test_packed_stream_is_concat_then_split_of_each_epochs_shuffled_documents():
   store.get = lambda ids: [docs[i] for i in ids]
   builder = TokenBatches([type("P", (), dict(store=store, weight=1.0))()], 4, 0, 4, 7, 16, 98, 99)
   plan = stream.RowPlan(store, 16, stream.part_seed(7, 0), extra=1)
-  order = [d for e in range(3) for d in plan.perm(e)(np.arange(100))]
+  epochs = -(-stream.ROW_WINDOW * 16 // plan.total) + 1  # enough stream for one whole window of rows
+  order = [d for e in range(epochs) for d in plan.perm(e)(np.arange(100))]
   assert sorted(order[:100]) == list(range(100)) and order[:100] != order[100:200]
   want = pack_rows([docs[d] for d in order], 16, 98, 99, 0)
-  n = len(want["inputs"]) - 1
-  got = {k: np.concatenate([builder(i)[k] for i in range(n // 4)]) for k in want}
-  for k in ("inputs", "targets", "positions", "loss_mask"):
-    assert np.array_equal(got[k], want[k][: len(got[k])]), k
-  # Segments restart at every document boundary, even where one document follows itself across epochs.
-  assert np.array_equal(got["segment_ids"] > 0, want["segment_ids"][: len(got[k])] > 0)
+  rows = plan.shuffled_rows(np.arange(stream.ROW_WINDOW))
+  assert sorted(rows.tolist()) == list(range(stream.ROW_WINDOW))  # a window's rows, each drawn once
+  got = {k: np.concatenate([builder(i)[k] for i in range(50)]) for k in want}
+  for k in ("inputs", "targets", "positions", "loss_mask", "segment_ids"):
+    assert np.array_equal(got[k], want[k][rows[:200]]), k
 
 
 def test_two_processes_read_only_their_own_records_and_make_the_global_batch(prepared_dir):
@@ -90,7 +90,8 @@ def test_two_processes_read_only_their_own_records_and_make_the_global_batch(pre
     assert all(np.array_equal(np.concatenate([g[k] for g in got]), want[k]) for k in want)
   for p, h in enumerate(halves):
     plan = h.plans[0]
-    expected = sum(len(np.unique(plan.pieces(i * 8 + p * 4, 4)[1])) for i in range(5))
+    draws = [plan.shuffled_rows(np.arange(i * 8 + p * 4, i * 8 + p * 4 + 4)) for i in range(5)]
+    expected = sum(len(np.unique(np.concatenate([plan.pieces(r, 1)[1] for r in rows]))) for rows in draws)
     assert h.stores[0].records.opened == expected  # exactly the documents of its own rows
   n_docs = prepared.read_manifest(str(prepared_dir))["splits"]["train"]["documents"]
   assert halves[0].stores[0].records.opened < n_docs
@@ -228,7 +229,7 @@ def test_compressed_jsonl_parquet_and_datasets_directories(tmp_path):
 @pytest.mark.parametrize("name,payload,what", [
     ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(100), "a PNG image"),
     ("data.parquet", b"PAR1" + bytes(100), r"a Parquet file, not text; read it as 'parquet:PATH:COLUMN'"),
-    ("blob.bin", b"abc\x00def" * 10, "binary"),
+    ("tool", b"\x7fELF\x02\x01" + bytes(100), "an executable"),
     ("archive.jsonl", b"\x1f\x8b\x08" + bytes(50), "gzip-compressed, not text; name it"),
 ])
 def test_binary_or_undecoded_files_are_refused_by_name(tmp_path, name, payload, what):

@@ -19,6 +19,8 @@ from lm.eval import bpb
 from lm.train import loop
 from lm.train import run as run_lib
 
+from conftest import same_losses
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 30
 
@@ -76,7 +78,8 @@ def test_first_losses_are_those_recorded(experiment, first_losses):
   CPU-faster forms (every loss within 1.2e-7 relative of the first record). token_ntp:tiny's are checked
   through a verbatim copy of lm/families/token.py (tests/test_families.py)."""
   want = json.loads((pathlib.Path(__file__).parent / "data/first_losses.json").read_text())[experiment]
-  assert first_losses(families.load_config(experiment), 20) == want
+  got = first_losses(families.load_config(experiment), 20)
+  assert same_losses(got, want), (got, want)
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +184,19 @@ def test_disk_full_while_saving_is_one_line_and_the_last_checkpoint_restores(cor
                          "the last good checkpoint (step 10) is intact"), proc.stderr[-2000:]
   assert steps_saved(tmp_path / "w") == [10]
   assert_resumes_bitwise(corpus, tmp_path / "w", reference, from_step=10)
+
+
+@pytest.mark.slow
+def test_sigkill_with_prepared_data_resumes_bitwise(corpus, tmp_path):
+  """The same kill -9 on a run that reads an `lm prepare` directory lazily: the resumed run continues the
+  exact batch order (the grain state in the checkpoint) and logs the uninterrupted run's losses bit for bit."""
+  from lm.data import prepared
+  source = tmp_path / "prepared"
+  prepared.prepare(str(corpus), str(source), tokenizer="bytes", workers=0, val_fraction=0.2, test_fraction=0.0,
+                   shard_bytes=2048, progress=False)
+  proc = run(train_args(source, tmp_path / "ref"))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  want = losses(tmp_path / "ref")
+  proc = run(train_args(source, tmp_path / "w"), "kill-after-save", 20)
+  assert proc.returncode == -9, proc.stdout + proc.stderr
+  assert_resumes_bitwise(source, tmp_path / "w", want, from_step=20)

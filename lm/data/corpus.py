@@ -181,9 +181,13 @@ same one-line error as loading them would."""
 
 def load_documents(source: str = "python-prose") -> list[bytes]:
   """Loads the documents of `source` (comma-separated sources) in a deterministic order; empty ones dropped."""
-  docs = list(iter_documents(source))
+  docs = [d for part in _parts(source) for d in _part_documents(part)]
+  n_docs, n_bytes = len(docs), sum(map(len, docs))
+  # An empty document carries no text to predict; it would only add a bos->eos pair.
+  docs = [d for d in docs if d]
   if not docs:
-    raise DataError(f"data.source {source!r}: corpus is empty (no non-empty document); point it at non-empty text")
+    raise DataError(f"data.source {source!r}: corpus is empty ({plural(n_docs, 'document')}, "
+                    f"{plural(n_bytes, 'byte')}); point it at non-empty text")
   return docs
 
 
@@ -244,9 +248,9 @@ def split_documents(
 
 
 def check_held_out(splits: dict, source: str, val_fraction: float, test_fraction: float) -> None:
-  """An empty val split (or test split, when asked for) is an error: bits per byte of nothing would read 0."""
+  """A held-out split asked for (fraction > 0) but left empty is an error: bits per byte of nothing reads 0."""
   for name, fraction in (("val", val_fraction), ("test", test_fraction)):
-    if not splits[name] and (fraction > 0 or name == "val"):
+    if not splits[name] and fraction > 0:
       n = sum(map(len, splits.values()))
       raise DataError(f"data.source {source!r}: the {name} split is empty ({plural(n, 'document')}; "
                       f"{sources.describe_split(source)}); add documents or raise data.{name}_fraction")

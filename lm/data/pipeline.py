@@ -200,27 +200,32 @@ class TokenBatches:
                      for i, s in enumerate(self.stores)]
     return self._plans
 
-  def _rows_of(self, part: int, pieces) -> tuple[np.ndarray, ...]:
-    occ, docs, los, his = pieces
-    unique = np.unique(docs)
-    by_id = dict(zip(unique.tolist(), self.stores[part].get(unique)))
-    ins, tgs = [], []
-    for d, lo, hi in zip(docs.tolist(), los.tolist(), his.tolist()):
-      ids = by_id[d]
-      ins.append(np.concatenate([[self.bos], ids])[lo:hi] if lo == 0 else ids[lo - 1:hi - 1])
-      tgs.append(ids[lo:hi] if hi <= len(ids) else np.concatenate([ids[lo:], [self.eos]]))
-    return np.concatenate(ins), np.concatenate(tgs), np.repeat(occ, his - los)
-
   def __call__(self, batch: int) -> dict[str, np.ndarray]:
     n = self.hi - self.lo
     if len(self.stores) == 1:
-      flat = [self._rows_of(0, self.plans[0].pieces(batch * self.batch_size + self.lo, n))]
+      part_R = np.zeros(n, np.int64)
+      draw_R = batch * self.batch_size + np.arange(self.lo, self.hi)
     else:
-      part_R, row_R = stream.mixture_rows(self.weights, self.batch_size, batch, self.seed)
-      flat = [self._rows_of(p, self.plans[p].pieces(r, 1))
-              for p, r in zip(part_R[self.lo:self.hi].tolist(), row_R[self.lo:self.hi].tolist())]
-    inputs, targets, unit = (np.concatenate(x).reshape(n, self.T) for x in zip(*flat))
-    return _rows(inputs, targets, unit)
+      part_R, draw_R = stream.mixture_rows(self.weights, self.batch_size, batch, self.seed)
+      part_R, draw_R = part_R[self.lo:self.hi], draw_R[self.lo:self.hi]
+    row_R = np.empty_like(draw_R)
+    for p in np.unique(part_R).tolist():
+      row_R[part_R == p] = self.plans[p].shuffled_rows(draw_R[part_R == p])
+    pieces = [self.plans[p].pieces(r, 1) for p, r in zip(part_R.tolist(), row_R.tolist())]
+    docs = {}  # (part, doc) -> ids: each document of this process's rows read once per batch
+    for p in np.unique(part_R).tolist():
+      unique = np.unique(np.concatenate([pc[1] for pc, q in zip(pieces, part_R.tolist()) if q == p]))
+      docs.update(((p, d), ids) for d, ids in zip(unique.tolist(), self.stores[p].get(unique)))
+    ins, tgs, units = [], [], []
+    for p, (occ, doc, los, his) in zip(part_R.tolist(), pieces):
+      for d, lo, hi in zip(doc.tolist(), los.tolist(), his.tolist()):
+        ids = docs[p, d]
+        ins.append(np.concatenate([[self.bos], ids[:hi - 1]]) if lo == 0 else ids[lo - 1:hi - 1])
+        tgs.append(ids[lo:hi] if hi <= len(ids) else np.concatenate([ids[lo:], [self.eos]]))
+      units.append(np.repeat(occ, his - los))
+    shape = (n, self.T)
+    return _rows(np.concatenate(ins).reshape(shape), np.concatenate(tgs).reshape(shape),
+                 np.concatenate(units).reshape(shape))
 
 
 def parse_source(source: str) -> list[tuple[str, float | None]]:
@@ -333,17 +338,27 @@ class TokenData:
     return TokenBatches(self.parts, batch_size, process_index * local, (process_index + 1) * local, seed,
                         self.seq_len, tok.bos_id, tok.eos_id)
 
+  @functools.cached_property
+  def train_rows(self) -> dict[str, np.ndarray]:
+    """One epoch of a single in-memory source's train split in corpus order, packed into int32 [N, T] rows
+    (only the last row padded): what every epoch of the training stream holds, in another order."""
+    if len(self.parts) > 1 or not isinstance(self.parts[0].store, MemoryStore):
+      raise DataError("data: train_rows packs an in-memory source; a prepared or mixed corpus streams its rows")
+    tok = self.tokenizer
+    return pack_rows(self.parts[0].store.ids, self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id)
+
   def check_size(self, batch_size: int) -> None:
     """A train split (of any part) that cannot fill one batch in one epoch: one line naming it."""
     for part in self.parts:
       lengths = part.store.lengths
-      n_units = int(np.sum(lengths, dtype=np.int64)) + len(lengths)
-      n_rows = n_units // self.seq_len
+      n_units = int(np.sum(lengths, dtype=np.int64)) + len(lengths)  # a pair per token, plus the eos
+      n_rows = -(-n_units // self.seq_len)
       if n_rows < batch_size:
+        name = self.source if len(self.parts) == 1 else part.name
         raise DataError(
-            f"data.source {part.name!r}: train split packs into {plural(n_rows, 'row')} of {self.seq_len} "
-            f"({plural(int(np.sum(lengths)), 'token')}), fewer than one batch of {batch_size}; lower batch_size or "
-            "seq_len, or add text")
+            f"data.source {name!r}: train split packs into {plural(n_rows, 'row')} of {self.seq_len} "
+            f"({plural(n_units, 'token')}), fewer than one batch of {batch_size}; lower batch_size or seq_len, "
+            "or add text")
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                      workers: int = 0, prefetch: int = 4):

@@ -272,7 +272,7 @@ def prepare(source: str, out: str, tokenizer: str = "bpe", vocab_size: int = 409
     if bar is not None:
       bar.close()
   for split, fraction in (("val", val_fraction), ("test", test_fraction)):
-    if counts[split]["documents"] == 0 and (fraction > 0 or split == "val"):
+    if counts[split]["documents"] == 0 and fraction > 0:
       shutil.rmtree(partial)
       raise DataError(f"lm prepare: {source!r} gives an empty {split} split ({plural(counts['train']['documents'], 'train document')}; "
                       f"{sources.describe_split(source)}); add documents or raise the {split} fraction")

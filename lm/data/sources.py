@@ -32,7 +32,7 @@ _MAGIC = (
     (b"\xff\xd8\xff", "a JPEG image", "remove it from the source"),
     (b"GIF8", "a GIF image", "remove it from the source"),
     (b"PK\x03\x04", "a zip archive", "unpack it"),
-    (b"\x1f\x8b", "gzip-compressed", "name it *.gz so it is decompressed"),
+    (b"\x1f\x8b\x08", "gzip-compressed", "name it *.gz so it is decompressed"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed", "name it *.zst so it is decompressed"),
     (b"BZh", "bzip2-compressed", "decompress it"),
     (b"\xfd7zXZ", "xz-compressed", "decompress it"),
@@ -124,22 +124,31 @@ def _open(file: str):
   return raw
 
 
-def check_text(head: bytes, file: str, source: str) -> None:
-  """Refuses a file whose first bytes say it is not text (an image, an archive, compressed data, ...)."""
+def binary_format(head: bytes) -> tuple[str, str] | None:
+  """(what it is, what to do) when `head` starts like a known non-text format, else None."""
   for magic, what, fix in _MAGIC:
     if head.startswith(magic):
-      raise DataError(f"data.source {source!r}: {file} is {what}, not text; {fix}")
-  if b"\x00" in head[:8192]:
-    raise DataError(f"data.source {source!r}: {file} is binary (it holds NUL bytes), not text; remove it from the "
-                    "source")
+      return what, fix
+  return None
+
+
+def check_text(head: bytes, file: str, source: str) -> None:
+  """Refuses a file whose first bytes say it is not text (an image, an archive, compressed data, ...).
+
+  Other bytes are text to us, valid UTF-8 or not: bits per byte scores the bytes a user gave."""
+  found = binary_format(head)
+  if found:
+    raise DataError(f"data.source {source!r}: {file} is {found[0]}, not text; {found[1]}")
 
 
 def split_text(data: bytes) -> list[bytes]:
   """One text as documents: its paragraphs (split at blank lines, which are dropped), or when it has no blank
   line, pieces of about PIECE_BYTES cut after a newline where one is near."""
   parts = [p for p in re.split(rb"\n[ \t\r\f\v]*\n\s*", data) if p.strip()]
-  if len(parts) > 1 or len(data) <= PIECE_BYTES:
+  if len(parts) > 1:
     return parts
+  if len(data) <= PIECE_BYTES:
+    return [data]  # one paragraph, or only whitespace: the file as it is
   pieces, start = [], 0
   while start < len(data):
     end = min(start + PIECE_BYTES, len(data))

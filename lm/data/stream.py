@@ -4,7 +4,8 @@ A training stream is every document of the train split in a fresh random order e
 into rows of R units (the token family's units are (input, target) pairs, `len(ids) + 1` per document). Row r
 holds stream units [r * R, (r + 1) * R). Which documents (and which of their units) a row holds follows from the
 documents' lengths alone, so a process computes its own rows of any batch without reading anyone else's
-records, and a batch index is the whole iterator state (grain checkpoints it; a resume replays nothing).
+records, and a batch index is the whole iterator state (rows are drawn in a keyed random order within windows of
+ROW_WINDOW rows, so one long document does not fill a batch) (grain checkpoints it; a resume replays nothing).
 
 Memory does not grow with the corpus: the per-epoch order is a keyed bijection on [0, n) (a Feistel network
 with cycle walking, evaluated for a block of positions at a time), and the cumulative length is kept only at
@@ -18,6 +19,9 @@ import hashlib
 import numpy as np
 
 BLOCK = 4096
+# Rows are drawn in a keyed random order within windows of this many consecutive stream rows, so a batch's
+# rows come from all over the window rather than from one long document.
+ROW_WINDOW = 1 << 14
 _ROUNDS = 4
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -101,7 +105,7 @@ class RowPlan:
       pos = np.arange(j * BLOCK, min((j + 1) * BLOCK, self.n), dtype=np.int64)
       docs = self.perm(epoch)(pos)
       return docs, np.asarray(self.store.lengths[docs], dtype=np.int64) + self.extra
-    return self._lru(self._blocks, (epoch, j), make, 64)
+    return self._lru(self._blocks, (epoch, j), make, 256)
 
   def cumulative(self, epoch: int) -> np.ndarray:
     """Units before position j * BLOCK of `epoch`'s order, for every block j (plus the total at the end)."""
@@ -111,6 +115,17 @@ class RowPlan:
         sums.append(int(self._block(epoch, j)[1].sum()))
       return np.cumsum(np.array(sums, dtype=np.int64))
     return self._lru(self._cum, epoch, make, 2)
+
+  def shuffled_rows(self, draws) -> np.ndarray:
+    """The stream row taken at each of `draws` (draw indices): a keyed permutation inside each window of
+    ROW_WINDOW rows, so any draw's row is computed alone."""
+    draws = np.asarray(draws, dtype=np.int64)
+    out = np.empty_like(draws)
+    for w in np.unique(draws // ROW_WINDOW).tolist():
+      at = draws // ROW_WINDOW == w
+      perm = self._lru(self._perms, ("rows", w), lambda: Permutation(ROW_WINDOW, self.seed, w, "rows"), 8)
+      out[at] = w * ROW_WINDOW + perm(draws[at] % ROW_WINDOW)
+    return out
 
   def pieces(self, first_row: int, n_rows: int = 1):
     a, b = first_row * self.row_len, (first_row + n_rows) * self.row_len

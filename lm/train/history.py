@@ -30,7 +30,7 @@ SAFE_ON_RESUME = (
     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.trackers", "train.grad_accum",
     "eval.", "sample.", "mesh.",
     "model.remat_policy", "model.scan_unroll", "model.dtype", "model.attention_impl",
-    "data.eval_max_bytes",
+    "data.eval_max_bytes", "data.workers", "data.prefetch", "data.max_raw_bytes",
 )
 
 

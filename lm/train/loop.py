@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ from lm.errors import CheckpointError, RunFinished
 from lm.train import checkpoint, history, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
 from lm.train.run import (Restored, Run, build_run, check, eval_batch_size, load_reference, make_evaluator,
+                          evaluate_parts,
                           restore_step, train_flops_per_step)
 from lm.train.state import param_count
 from lm.train.step import make_train_step
@@ -232,7 +234,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
   step_fn, extra_args = train_step(run, data, devices)
   evaluator = make_evaluator(run)
-  val_batches = data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches)
+  evaluate_val = functools.partial(evaluate_parts, evaluator, data=data, split="val",
+                                   batch_size=eval_batch_size(config))
+  for part in range(len(data.part_names)):  # held-out batches are read and packed once, here, before any compile
+    data.eval_batches("val", eval_batch_size(config), max_batches=config.train.eval_batches, part=part)
   if primary:
     print(f"{config.experiment}: {param_count(state.params) / 1e6:.2f}M params, mesh "
           f"{dict(mesh.shape)}, {mesh.size} {jax.default_backend()} devices, setup "
@@ -278,8 +283,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         preempted = done
         break
       if config.train.eval_every and done % config.train.eval_every == 0 and done < config.train.steps:
-        val = evaluator(state.params, val_batches)
-        writer.write(done, {"val_bpb": val["bpb"]})
+        val, _ = evaluate_val(state.params, max_batches=config.train.eval_batches)
+        writer.write(done, {"val_bpb": val["bpb"], **{k: v for k, v in val.items() if k.startswith("val_bpb/")}})
         if primary:
           print(f"step {done}: val_bpb {val['bpb']:.4f}", flush=True)
       if config.train.checkpoint_every and done % config.train.checkpoint_every == 0:
@@ -299,12 +304,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
       return dict(step=preempted, preempted=True, seconds=time.time() - t0, state=state, run=run)
     del step_fn, train_iter  # the compiled step and the training stream are done with: free them first
     release_freed_memory()
-    all_val = data.eval_batches("val", eval_batch_size(config), max_batches=config.eval.max_batches or None)
-    val = evaluator(state.params, all_val)
+    val, all_val = evaluate_val(state.params, max_batches=config.eval.max_batches or None)
     val.update(run.flops_per_byte(val["n_bytes"], [b for b, _ in all_val]))
     del all_val
     release_freed_memory()
-  writer.write(config.train.steps, {"final_val_bpb": val["bpb"]})
+  writer.write(config.train.steps, {"final_val_bpb": val["bpb"],
+                                    **{f"final_{k}": v for k, v in val.items() if k.startswith("val_bpb/")}})
   writer.close()
   summary = dict(step=config.train.steps, val_bpb=val["bpb"], val_n_bytes=val["n_bytes"],
                  seconds=time.time() - t0, preempted=False)

@@ -182,10 +182,35 @@ def make_evaluator(run: Run):
   return evaluate
 
 
+def evaluate_parts(evaluator, params, data, split: str, batch_size: int, max_batches: int | None) -> tuple[dict, list]:
+  """(result, batches) of a split; for a mixture, each part is scored alone too (`<split>_bpb/<name>`) and the
+  result is over all parts' bytes together."""
+  names = getattr(data, "part_names", [None])
+  if len(names) == 1:
+    batches = data.eval_batches(split, batch_size, max_batches=max_batches)
+    return evaluator(params, batches), batches
+  results, batches = [], []
+  for p, name in enumerate(names):
+    part = data.eval_batches(split, batch_size, max_batches=max_batches, part=p)
+    results.append((name, evaluator(params, part)))
+    batches += part
+  nll, n_bytes = sum(r["nll_sum"] for _, r in results), sum(r["n_bytes"] for _, r in results)
+  units = sum(r["n_units"] for _, r in results)
+  out = dict(bpb=nll / (np.log(2) * max(n_bytes, 1)), nll_sum=nll, n_bytes=n_bytes, n_units=units,
+             nll_per_unit=nll / max(units, 1))
+  out.update({f"{split}_bpb/{name}": r["bpb"] for name, r in results})
+  return out, batches
+
+
 def evaluate(run: Run, params, data, split: str = "val", docs: list[bytes] | None = None) -> dict:
   """Bits per byte (and FLOPs per byte) of `split`, or of `docs` cut into held-out segments."""
-  batches = data.eval_batches(split, eval_batch_size(run.config), max_batches=run.config.eval.max_batches or None,
-                              docs=docs)
+  max_batches = run.config.eval.max_batches or None
+  if docs is None:
+    result, batches = evaluate_parts(make_evaluator(run), params, data, split, eval_batch_size(run.config),
+                                     max_batches)
+    result.update(run.flops_per_byte(result["n_bytes"], [b for b, _ in batches]))
+    return result
+  batches = data.eval_batches(split, eval_batch_size(run.config), max_batches=max_batches, docs=docs)
   result = make_evaluator(run)(params, batches)
   result.update(run.flops_per_byte(result["n_bytes"], [b for b, _ in batches]))
   return result
