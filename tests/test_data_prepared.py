@@ -176,6 +176,31 @@ def test_bad_prepared_directories_are_one_line(prepared_dir, tmp_path):
     _build(bad)
   with pytest.raises(DataError, match="fewer than one batch of 100000"):
     _build(prepared_dir).train_iterator(100000, seed=0)
+  half = tmp_path / "half"
+  half.mkdir()
+  for name in ("train-00000.arrayrecord", "train.lengths"):
+    (half / name).write_bytes((prepared_dir / name).read_bytes())
+  with pytest.raises(DataError, match=r"holds lm prepare output but no manifest.json .*run lm prepare again"):
+    _build(half)
+
+
+def test_lm_prepare_command_and_workers_give_the_same_batches(corpus_dir, prepared_dir, tmp_path, capsys):
+  from lm import cli
+  out = tmp_path / "cli"
+  assert cli.main(["prepare", str(corpus_dir), "--out", str(out), "--tokenizer", "bpe", "--vocab-size", "300",
+                   "--workers", "0", "--val-fraction", "0.1", "--test-fraction", "0.05"]) == 0
+  assert f"train with --config.data.source={out}" in capsys.readouterr().out
+  same = ("splits", "tokenizer", "dtype", "fingerprint", "settings")
+  a, b = (prepared.read_manifest(str(d)) for d in (out, prepared_dir))
+  assert {k: a[k] for k in same if k != "splits"} == {k: b[k] for k in same if k != "splits"}
+  assert all(a["splits"][s][k] == b["splits"][s][k] for s in a["splits"] for k in ("documents", "tokens", "bytes"))
+  data = _build(prepared_dir)
+  threads, procs = data.train_iterator(8, seed=2), data.train_iterator(8, seed=2, workers=2)
+  for _ in range(6):
+    x, y = next(threads), next(procs)
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+  assert cli.main(["prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+  assert "does not exist" in capsys.readouterr().err
 
 
 def test_a_single_text_file_is_split_into_documents_at_blank_lines(tmp_path):

@@ -222,13 +222,15 @@ def test_heads_train_with_finite_gradients_and_eval_ignores_them(spec, subtree, 
 
 
 def test_rho_trains_against_a_reference_run_and_checks_its_tokenizer(tmp_path):
+  corpus = tmp_path / "corpus"  # not tmp_path itself: the runs write their checkpoints there
+  corpus.mkdir()
   import random
   rng = random.Random(0)
   for i in range(12):
-    (tmp_path / f"{i}.txt").write_text(" ".join(rng.choice(["ab", "cd", "efg", "hi"]) for _ in range(150)))
+    (corpus / f"{i}.txt").write_text(" ".join(rng.choice(["ab", "cd", "efg", "hi"]) for _ in range(150)))
   base = ["train.steps=6", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0",
           "eval.max_batches=1", "data.seq_len=16", "data.batch_size=4", "model.num_layers=1", "model.d_model=16",
-          "model.d_ff=32", "model.num_heads=2", "model.num_kv_heads=2", f"data.source={tmp_path}",
+          "model.d_ff=32", "model.num_heads=2", "model.num_kv_heads=2", f"data.source={corpus}",
           "data.val_fraction=0.2", "data.test_fraction=0"]
   ref = config_lib.load_experiment("token_ntp:tiny")
   config_lib.apply_overrides(ref, base)

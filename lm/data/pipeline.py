@@ -374,6 +374,9 @@ class TokenData:
     ds = grain.MapDataset.range(1 << 62).map(builder).to_iter_dataset(
         grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=prefetch))
     if workers:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; lm has none of its own
+        flags.FLAGS.mark_as_parsed()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(ds)
 

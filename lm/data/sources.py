@@ -263,8 +263,19 @@ def _datasets_documents(directory: str, column: str, spec: str):
         yield from _column_values(batch, column, str(file), spec)
 
 
+def _check_not_half_prepared(pattern: str, source: str) -> None:
+  """A directory `lm prepare` wrote into but never finished has shards and no manifest: not a text corpus."""
+  if is_remote(pattern) or not os.path.isdir(pattern):
+    return
+  names = os.listdir(pattern)
+  if ".partial" in names or "train.lengths" in names or any(n.endswith(".arrayrecord") for n in names):
+    raise DataError(f"data.source {source!r}: {pattern} holds lm prepare output but no manifest.json (an interrupted "
+                    "or older prepare); run lm prepare again into it")
+
+
 def part_documents(part: str):
   """The documents of one comma-free source part that is not built in (a generator; nothing is kept)."""
+  _check_not_half_prepared(os.path.expanduser(part), part)
   if part.startswith("jsonl:"):
     return _jsonl_documents(part)
   if part.startswith("parquet:"):

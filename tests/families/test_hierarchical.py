@@ -75,10 +75,12 @@ def test_batched_bits_per_byte_equals_decoding_one_byte_at_a_time():
 
 
 def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path):
+  corpus = tmp_path / "corpus"  # not tmp_path itself: the runs write their checkpoints there
+  corpus.mkdir()
   words = ["alpha", "beta,", "gamma.", "delta", "epsilon!", "zeta"]
   for i in range(12):
-    (tmp_path / f"{i}.txt").write_text(" ".join(words[(i + k) % 6] for k in range(60)))
-  overrides = [f"data.source={tmp_path}", "data.val_fraction=0.2", "data.test_fraction=0", "train.steps=8",
+    (corpus / f"{i}.txt").write_text(" ".join(words[(i + k) % 6] for k in range(60)))
+  overrides = [f"data.source={corpus}", "data.val_fraction=0.2", "data.test_fraction=0", "train.steps=8",
                "train.log_every=1", "train.checkpoint_every=4", "eval.max_batches=2"]
   summary = loop.train(small_config(*overrides), str(tmp_path / "w"))
   assert math.isfinite(summary["val_bpb"]) and summary["val_n_bytes"] > 0
