@@ -6,7 +6,7 @@ The corpus (at least --gb GB of real text, written once under --workdir as JSONL
 sources (python-prose, python-code) plus every text file this machine has under the running Python's
 prefix and /usr/share/doc (`.py .md .rst .txt .html .json .c .h`, `.gz` decompressed), deduplicated, then
 repeated with a copy-number line prepended to every document (so each copy is a new document to the content
-hash) until the size is reached. A second corpus is the first tenth of its records.
+hash) until the size is reached. A second corpus is its first tenth, by bytes.
 
 Measured, one process each, on both corpora:
   prepare   `lm prepare jsonl:DIR/*.jsonl:text --tokenizer bytes --workers 2`: MB/s of source text; also
@@ -116,11 +116,11 @@ def small_corpus(big: pathlib.Path, directory: pathlib.Path, fraction: float = 0
     return json.loads(done.read_text())
   info = json.loads((big / "done.json").read_text())
   directory.mkdir(parents=True, exist_ok=True)
-  want, written, records = int(info["records"] * fraction), 0, 0
+  want, written, records = int(info["text_bytes"] * fraction), 0, 0
   with open(directory / "part-000.jsonl", "w") as out:
     for path in sorted(big.glob("part-*.jsonl")):
       for line in open(path):
-        if records >= want:
+        if written >= want:
           break
         out.write(line)
         written += len(json.loads(line)["text"].encode())
