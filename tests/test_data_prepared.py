@@ -3,7 +3,6 @@ streaming packer, mixtures, per-process reads, the formats, and the one-line err
 
 import gzip
 import json
-import os
 import random
 
 import numpy as np

@@ -10,7 +10,6 @@ A source string names one or more sources joined by commas:
 """
 
 import ast
-import glob
 import hashlib
 import inspect
 import io
@@ -24,7 +23,7 @@ import warnings
 import numpy as np
 
 from lm.data import sources, synthetic
-from lm.errors import DataError, plural, type_name
+from lm.errors import DataError, plural
 
 BUILTIN_SOURCES = ("python-prose", "python-code")
 _SOURCE_HELP = "pass a file, directory, glob, 'jsonl:PATH:FIELD', 'python-prose' or 'python-code'"

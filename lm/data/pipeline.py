@@ -298,13 +298,13 @@ class TokenData:
         corpus.check_held_out(splits, spec, val_fraction, test_fraction)
         loaded.append((spec, splits, None))
     tokenizer = tokenizer_spec if isinstance(tokenizer_spec, tokenizers_lib.Tokenizer) else None
-    for (spec, _, p) in loaded:
-      if p is not None and tokenizer is not None and tokenizer.files() != p[1].files() and not isinstance(
-          tokenizer_spec, tokenizers_lib.Tokenizer):
-        raise DataError(f"data.source {source!r}: the prepared parts have different tokenizers ({spec}); prepare "
-                        "them with the same --tokenizer PATH")
-      if p is not None and tokenizer is None:
-        tokenizer = p[1]
+    if tokenizer is None:  # prepared parts bring their own tokenizer, and must agree on it
+      own = [(spec, p[1]) for spec, _, p in loaded if p is not None]
+      for spec, tok in own[1:]:
+        if tok.files() != own[0][1].files():
+          raise DataError(f"data.source {source!r}: {spec} was prepared with another tokenizer than {own[0][0]}; "
+                          "prepare them with the same --tokenizer PATH")
+      tokenizer = own[0][1] if own else None
     if tokenizer is None:
       train = [d for _, splits, _ in loaded for d in splits["train"]]
       tokenizer = tokenizers_lib.build_tokenizer(tokenizer_spec, train, vocab_size)
