@@ -33,7 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
       scan_layers=True,
       scan_unroll=0,            # 0: per backend (fully unrolled on CPU, rolled on TPU/GPU); else lax.scan unroll
       remat_policy="none",      # none | full | dots | comma-separated names from models.transformer.REMAT_NAMES
-      attention_impl="auto",    # auto | xla | cudnn
+      attention_impl="auto",    # auto (TPU splash, GPU pallas_gpu, CPU xla) | xla | cudnn | splash | pallas_gpu
+      attention_block_q=512, attention_block_kv=512,  # fused kernels' block lengths
+      attention_interpret=False,  # run the fused kernels in Pallas' interpreter (set on CPU when one is asked)
       dtype="auto",             # activations: auto = bfloat16 on TPU/GPU, float32 on CPU
       param_dtype="float32",
       mlp="swiglu",             # swiglu | gelu (GPT-2 / nanoGPT: d_ff = 4 * d_model)
@@ -310,8 +312,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.mesh.cpu_devices < 0:
     raise ConfigError(f"mesh.cpu_devices={config.mesh.cpu_devices} must be 0 (one per core the batch divides "
                       "over) or a device count")
-  if m.attention_impl not in ("auto", "xla", "cudnn"):
-    raise ConfigError(f"model.attention_impl={m.attention_impl!r}; choose auto, xla or cudnn")
+  if m.attention_impl not in ATTENTION_IMPLS:
+    raise ConfigError(f"model.attention_impl={m.attention_impl!r}; choose {', '.join(ATTENTION_IMPLS)}")
+  for key in ("attention_block_q", "attention_block_kv"):
+    if m[key] < 1:
+      raise ConfigError(f"model.{key}={m[key]} must be a positive block length (e.g. 512)")
   if d.batch_size % t.grad_accum:
     raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
   if o.schedule not in ("cosine", "linear", "constant"):
@@ -323,11 +328,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.objectives[{i}]={dict(obj)} has no 'name'")
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
+
+
 def resolve_backend_defaults(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
   """Replace `auto` model settings with concrete ones for `backend` (cpu, gpu, tpu); returns a copy.
 
   CPU: float32 compute and fully unrolled layers (a rolled scan measured ~35% slower per step there).
-  TPU/GPU: bfloat16 compute and a rolled scan, so compile time stays flat in depth.
+  TPU/GPU: bfloat16 compute and a rolled scan, so compile time stays flat in depth. Attention: the fused
+  kernel with segment ids (TPU splash, GPU Pallas/Triton flash); XLA ops on CPU.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   m = config.model
@@ -337,7 +346,9 @@ def resolve_backend_defaults(config: ml_collections.ConfigDict, backend: str) ->
   if m.scan_unroll == 0:
     m.scan_unroll = 1 if accel else m.num_layers
   if m.attention_impl == "auto":
-    m.attention_impl = "cudnn" if backend in ("gpu", "cuda") and m.dtype in ("bfloat16", "float16") else "xla"
+    m.attention_impl = {"tpu": "splash", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}.get(backend, "xla")
+  if m.attention_impl in ("splash", "pallas_gpu") and not accel:
+    m.attention_interpret = True  # asked for by name on CPU: Pallas' interpreter (slow; for numerics)
   return config
 
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from lm.models import kernels
+
 Array = jax.Array
 Dtype = Any
 
@@ -118,14 +120,13 @@ def attention_mask(q_segment_BxT: Array | None, kv_segment_BxS: Array | None,
 
 def dot_product_attention(q_BxTxHxE: Array, k_BxSxKxE: Array, v_BxSxKxE: Array, mask_Bx1xTxS: Array,
                           implementation: str | None = None) -> Array:
-  """The one attention kernel every family goes through (GQA when K < H).
+  """Masked attention in XLA ops (GQA when K < H): the reference the fused kernels are tested against.
 
-  `implementation="cudnn"` goes through `jax.nn.dot_product_attention` (the fused flash kernel on GPU).
-  Otherwise it is written out: scores and softmax in float32, masked probabilities set to exactly zero,
+  `implementation="cudnn"` goes through `jax.nn.dot_product_attention` (cuDNN on GPU, with the mask as a
+  dense bias: no causal block skipping). Otherwise it is written out: scores and softmax in float32, masked probabilities set to exactly zero,
   so a row with no allowed key (padding) returns zeros. On XLA:CPU this form's forward + backward ran
   1.6x faster than `jax.nn.dot_product_attention`'s XLA path at T=64 (which adds a bias, a second `where`
-  over the output for empty rows, and a grouped layout even without GQA). On TPU both are plain XLA
-  ops too (no fused kernel); only `cudnn` selects one.
+  over the output for empty rows, and a grouped layout even without GQA).
   """
   if implementation == "cudnn":
     out = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_Bx1xTxS,
@@ -150,6 +151,29 @@ def dot_product_attention(q_BxTxHxE: Array, k_BxSxKxE: Array, v_BxSxKxE: Array, 
   return jnp.einsum("bkgts,bske->btkge", p_BxKxGxTxS, v_BxSxKxE).reshape(B, T, H, E)
 
 
+FUSED_KERNELS = ("splash", "pallas_gpu")
+
+
+def attention(q_BxTxHxE: Array, k_BxSxKxE: Array, v_BxSxKxE: Array, q_segment_BxT: Array | None,
+              kv_segment_BxS: Array | None, q_pos_BxT: Array, kv_pos_BxS: Array, causal: bool,
+              cfg: "TransformerConfig") -> Array:
+  """The one attention entry point of every family: `cfg.attention_impl` picks the kernel.
+
+  `xla` (and `cudnn`) build the [B, 1, T, S] mask and go through `dot_product_attention`; `splash` (TPU)
+  and `pallas_gpu` (GPU) are fused kernels taking segment ids (`lm.models.kernels`), never materialising the
+  scores; `auto` was resolved per backend before the model was built. A fused kernel falls back to `xla`
+  for shapes it cannot tile (splash: lengths not a multiple of 128, e.g. a HAT encoder's short chunks), and
+  is never used with a KV cache (decoding attends one query to the cache: no scores to fuse).
+  """
+  impl = cfg.attention_impl
+  T, S = q_BxTxHxE.shape[1], k_BxSxKxE.shape[1]
+  if impl in FUSED_KERNELS and T == S and (impl != "splash" or kernels.splash_fits(T, S)):
+    return kernels.fused_attention(impl, q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_segment_BxT, kv_segment_BxS,
+                                   causal, cfg.attention_block_q, cfg.attention_block_kv, cfg.attention_interpret)
+  mask = attention_mask(q_segment_BxT, kv_segment_BxS, q_pos_BxT, kv_pos_BxS, causal)
+  return dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, "cudnn" if impl == "cudnn" else None)
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Static, hashable model hyper-parameters (built from `config.model`)."""
@@ -166,7 +190,10 @@ class TransformerConfig:
   scan_layers: bool = True
   scan_unroll: int = 1         # 1: rolled loop; >= num_layers: fully unrolled
   remat_policy: str = "none"   # none | full | dots | comma-separated checkpoint names to save
-  attention_impl: str = "xla"  # xla | cudnn
+  attention_impl: str = "xla"  # xla | cudnn | splash | pallas_gpu (`attention` above)
+  attention_block_q: int = 512   # fused kernels' query / key block lengths (capped at the sequence)
+  attention_block_kv: int = 512
+  attention_interpret: bool = False  # fused kernels in Pallas' interpreter (any backend; for tests)
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: float = 0.02
@@ -223,8 +250,8 @@ class Attention(nn.Module):
     else:
       k_BxSxKxE, v_BxSxKxE, kv_pos_BxS = k_BxTxKxE, v_BxTxKxE, positions_BxT
       q_seg_BxT = kv_seg_BxS = segment_ids_BxT
-    mask = attention_mask(q_seg_BxT, kv_seg_BxS, positions_BxT, kv_pos_BxS, self.causal)
-    out_BxTxHxE = dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, cfg.attention_impl)
+    out_BxTxHxE = attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_seg_BxT, kv_seg_BxS, positions_BxT, kv_pos_BxS,
+                            self.causal, cfg)
     out_BxTxHxE = checkpoint_name(out_BxTxHxE, "attn_out")
     kernel = self.param("out", _init(init, "heads", "head_dim", "embed"), (H, E, cfg.d_model), pdtype)
     out_NxD = jnp.dot(out_BxTxHxE.astype(dtype).reshape(-1, H * E), kernel.reshape(H * E, -1).astype(dtype))

@@ -29,7 +29,8 @@ SAFE_ON_RESUME = (
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.trackers", "train.grad_accum",
     "eval.", "sample.", "mesh.",
-    "model.remat_policy", "model.scan_unroll", "model.dtype", "model.attention_impl",
+    "model.remat_policy", "model.scan_unroll", "model.dtype", "model.attention_impl", "model.attention_block_q",
+    "model.attention_block_kv", "model.attention_interpret",
     "data.eval_max_bytes", "data.workers", "data.prefetch", "data.max_raw_bytes",
 )
 
