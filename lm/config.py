@@ -29,7 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
       family="token",
       d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=512, head_dim=0,
       rope_base=10_000.0, tie_embeddings=True, norm_eps=1e-6, init_std=0.02,
-      vocab_multiple=8,         # embedding/unembedding padded to a multiple (tensor-parallel split); masked
+      vocab_multiple=0,         # embedding/unembedding padded to a multiple (0: 128 on TPU/GPU, 8 on CPU); masked
+      logits_chunk=0,           # token family: positions per tile of the main head's loss (0 auto: tiles when
+                                # a row's logits pass 2^24; -1 always dense), so [B, T, V] logits never exist
       scan_layers=True,
       scan_unroll=0,            # 0: per backend (fully unrolled on CPU, rolled on TPU/GPU); else lax.scan unroll
       remat_policy="none",      # none | full | dots | comma-separated names from models.transformer.REMAT_NAMES
@@ -314,6 +316,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "over) or a device count")
   if m.attention_impl not in ATTENTION_IMPLS:
     raise ConfigError(f"model.attention_impl={m.attention_impl!r}; choose {', '.join(ATTENTION_IMPLS)}")
+  if m.logits_chunk < -1 or m.vocab_multiple < 0:
+    raise ConfigError(f"model.logits_chunk={m.logits_chunk}, model.vocab_multiple={m.vocab_multiple}: "
+                      "logits_chunk is positions per tile, 0 (auto) or -1 (dense); vocab_multiple >= 0")
   for key in ("attention_block_q", "attention_block_kv"):
     if m[key] < 1:
       raise ConfigError(f"model.{key}={m[key]} must be a positive block length (e.g. 512)")
@@ -345,6 +350,8 @@ def resolve_backend_defaults(config: ml_collections.ConfigDict, backend: str) ->
     m.dtype = "bfloat16" if accel else "float32"
   if m.scan_unroll == 0:
     m.scan_unroll = 1 if accel else m.num_layers
+  if not m.vocab_multiple:
+    m.vocab_multiple = 128 if accel else 8  # TPU lanes / GPU tensor-core tiles; 8 lets `tensor` split it on CPU
   if m.attention_impl == "auto":
     m.attention_impl = {"tpu": "splash", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}.get(backend, "xla")
   if m.attention_impl in ("splash", "pallas_gpu") and not accel:

@@ -14,8 +14,8 @@ from lm.train.state import param_count
 
 @pytest.mark.parametrize("arch", [[], ["model.mlp=gelu", "model.positions=learned", "model.norm=layer"]])
 def test_flops_count_every_matmul_parameter_once(arch):
-  c = families.load_config("token_ntp:tiny", arch)
-  model = families.get("token").build_model(config_lib.resolve_backend_defaults(c, "cpu"), 259)
+  c = config_lib.resolve_backend_defaults(families.load_config("token_ntp:tiny", arch), "cpu")
+  model = families.get("token").build_model(c, 259)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 8), jnp.int32)})["params"]
   # Norm scales and the learned position table (a lookup) are no matmul.
   norms = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]

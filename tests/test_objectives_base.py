@@ -1,6 +1,10 @@
 """Loss protocol: sums and counts against numpy, composition, schedules."""
 
+import dataclasses
 import math
+
+import flax.linen as nn
+import jax
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +24,7 @@ def _case(seed=0, B=2, T=5, V=7):
   unit_bytes = rng.integers(0, 4, size=V).astype(np.float32)
   batch = dict(targets=jnp.asarray(targets), loss_mask=jnp.asarray(mask))
   ctx = LossContext(step=jnp.asarray(0), unit_bytes=jnp.asarray(unit_bytes))
-  return ModelOutputs(logits=jnp.asarray(logits)), batch, ctx, (logits, targets, mask, unit_bytes)
+  return ModelOutputs(head_logits=jnp.asarray(logits)), batch, ctx, (logits, targets, mask, unit_bytes)
 
 
 def _ref_nll(logits, targets):
@@ -58,7 +62,7 @@ def test_sums_combine_exactly_across_splits():
   outputs, batch, ctx, _ = _case(2, B=4)
   loss = objectives.build([dict(name="ntp")])
   whole = loss(outputs, batch, ctx)
-  halves = [loss(ModelOutputs(logits=outputs.logits[s]), {k: v[s] for k, v in batch.items()}, ctx)
+  halves = [loss(ModelOutputs(head_logits=outputs.logits[s]), {k: v[s] for k, v in batch.items()}, ctx)
             for s in (slice(0, 2), slice(2, 4))]
   np.testing.assert_allclose(whole.total, sum(h.total for h in halves), rtol=1e-6)
   assert float(whole.count) == sum(float(h.count) for h in halves)
@@ -88,3 +92,55 @@ def test_unknown_objective_and_option_name_the_nearest():
     objectives.build([dict(name="ntp", zloss=1.0)])
   with pytest.raises(ConfigError, match="linear"):
     objectives.schedule(dict(kind="cosine"))
+
+
+@pytest.mark.parametrize("tied,vocab,z_loss,smoothing", [(True, 37, 0.0, 0.0), (False, 40, 1e-3, 0.1)])
+def test_chunked_loss_equals_direct_loss_and_gradient(tied, vocab, z_loss, smoothing):
+  """The token model with `logits_chunk` (tiles of positions, lazy logits) against the same params dense:
+  loss, metrics and every gradient to 1e-6 in float32, the padded vocabulary masked in both."""
+  from lm.families.token import TokenLM
+  from lm.models.layers import TransformerConfig
+  cfg = TransformerConfig(vocab_size=vocab, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, d_ff=32,
+                          tie_embeddings=tied, vocab_multiple=16)
+  rng = np.random.default_rng(0)
+  B, T = 3, 24
+  seg = np.ones((B, T), np.int32)
+  seg[1, 10:] = 2
+  batch = dict(inputs=rng.integers(0, vocab, (B, T)), targets=rng.integers(0, vocab, (B, T)), segment_ids=seg,
+               positions=np.tile(np.arange(T), (B, 1)), loss_mask=(rng.random((B, T)) < 0.8).astype(np.int32))
+  batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+  params = nn.unbox(TokenLM(cfg).init(jax.random.PRNGKey(0), batch))["params"]
+  loss = objectives.build([dict(name="ntp", z_loss=z_loss, label_smoothing=smoothing)])
+  c = LossContext(step=jnp.asarray(0), unit_bytes=jnp.ones((cfg.padded_vocab,), jnp.float32))
+
+  def run(chunk):
+    model = TokenLM(dataclasses.replace(cfg, logits_chunk=chunk))
+    def total(p):
+      terms = loss(model.apply({"params": p}, batch), batch, c)
+      return terms.total, terms.metrics
+    return jax.value_and_grad(total, has_aux=True)(params)
+
+  (want, want_m), want_g = run(0)
+  for chunk in (8, 5):  # 5 -> tiles of 4 (the largest divisor of T not above it)
+    (got, got_m), got_g = run(chunk)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for k in want_m:
+      np.testing.assert_allclose(float(got_m[k]), float(want_m[k]), rtol=1e-6, err_msg=k)
+    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got_g)[0], jax.tree.leaves(want_g)):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6,
+                                 err_msg=jax.tree_util.keystr(path))
+
+
+def test_lazy_outputs_give_the_dense_logits():
+  from lm.families.token import TokenLM, logits_chunk
+  from lm.models.layers import TransformerConfig
+  cfg = TransformerConfig(vocab_size=30, d_model=8, num_layers=1, num_heads=2, num_kv_heads=2, d_ff=16,
+                          vocab_multiple=16)
+  batch = {"inputs": jnp.arange(12, dtype=jnp.int32).reshape(2, 6)}
+  params = nn.unbox(TokenLM(cfg).init(jax.random.PRNGKey(1), batch))["params"]
+  dense = TokenLM(cfg).apply({"params": params}, batch)
+  lazy = TokenLM(dataclasses.replace(cfg, logits_chunk=2)).apply({"params": params}, batch)
+  assert lazy.head_logits is None and lazy.logits.shape == (2, 6, 32)
+  np.testing.assert_allclose(np.asarray(lazy.logits), np.asarray(dense.logits), rtol=1e-6, atol=1e-6)
+  assert float(lazy.logits[0, 0, 30]) < -1e8  # padded vocabulary entries masked
+  assert logits_chunk(0, 128256, 8192) == 130 and logits_chunk(0, 264, 1024) == 0 and logits_chunk(-1, 10**6, 8) == 0

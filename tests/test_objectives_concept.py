@@ -17,7 +17,7 @@ def _outputs(rng, B=2, C=5, K=6):
   k1, k2 = jax.random.split(rng)
   pred, true = jax.random.normal(k1, (B, C, K)), jax.random.normal(k2, (B, C, K))
   mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], jnp.int32)
-  return ModelOutputs(logits=jnp.zeros((B, C, 3, 4)), aux={"concept_pred": pred, "concept_target": true}), mask
+  return ModelOutputs(head_logits=jnp.zeros((B, C, 3, 4)), aux={"concept_pred": pred, "concept_target": true}), mask
 
 
 def _ctx():
@@ -65,7 +65,7 @@ def test_concept_mse_stop_gradient_keeps_the_target_still():
 def test_concept_objective_errors():
   with pytest.raises(ConfigError, match="negatives='doc'; choose 'batch' or 'row'"):
     objectives.build([dict(name="concept_contrastive", negatives="doc")])
-  token_out = ModelOutputs(logits=jnp.zeros((1, 2, 4)))
+  token_out = ModelOutputs(head_logits=jnp.zeros((1, 2, 4)))
   with pytest.raises(ConfigError, match="needs a concept model; set model.family='concept'"):
     objectives.build([dict(name="concept_mse")])(token_out, {"chunk_mask": jnp.ones((1, 2))}, _ctx())
   c = config_lib.load_experiment("token_ntp:tiny")

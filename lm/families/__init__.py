@@ -66,7 +66,7 @@ class Family:
     """(params, batch) -> sums: `nll_sum` and `count` of the main next-unit head, plus any extras."""
     def step(params, batch):
       outputs = model.apply({"params": params}, batch, with_heads=False)
-      nll, _, count = masked_nll(outputs.logits, batch["targets"], batch["loss_mask"])
+      nll, _, count = masked_nll(outputs, batch["targets"], batch["loss_mask"])
       return dict(nll_sum=nll, count=count)
     return step
 

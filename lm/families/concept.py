@@ -101,7 +101,7 @@ class ConceptLM(nn.Module):
     aux = {"concept_pred": pred_BxCxK, "concept_target": true_BxCxK}
     if n > 1:
       aux["recon_logits"] = logits[1]
-    return ModelOutputs(logits=logits[0], aux=aux)
+    return ModelOutputs(head_logits=logits[0], aux=aux)
 
   def __call__(self, batch: dict[str, Array], with_heads: bool = True) -> ModelOutputs:
     """Training and scoring; the reconstruction pass runs in training when an objective asked for it."""

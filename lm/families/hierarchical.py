@@ -66,7 +66,7 @@ class HierarchicalLM(nn.Module):
     ctx_NxDd = self.backbone_to_decoder(context_BxCxD.reshape(B * C, cfg.d_model))
     logits = chunked.decode_chunks(self, self.decoder_cfg, ctx_NxDd, units_BxCxL.reshape(B * C, L),
                                    unit_mask_BxCxL.reshape(B * C, L))
-    return ModelOutputs(logits=logits.reshape(B, C, L + 1, -1), aux={"words": word_BxCxD, "context": context_BxCxD})
+    return ModelOutputs(head_logits=logits.reshape(B, C, L + 1, -1), aux={"words": word_BxCxD, "context": context_BxCxD})
 
   def backbone_step(self, chunk: dict[str, Array]) -> dict[str, Array]:
     """Decoding: read one word (`units`, `unit_mask` [B, 1, L]) at `positions` [B, 1] (the start vector at 0)

@@ -69,12 +69,16 @@ class TokenLM(nn.Module):
     x_BxTxD = self.embed.add_positions(self.embed(ids_BxT), positions_BxT)
     x_BxTxD = self.decoder(x_BxTxD, positions_BxT, segment_ids_BxT)
     h_BxTxD = self.final_norm(x_BxTxD)
-    logits_BxTxV = constrain(self._logits(h_BxTxD), ("batch", "length", "vocab"))
     aux = {"hidden": h_BxTxD, "trunk_out": x_BxTxD}
     if with_heads:
       aux.update(self._heads(TrunkOutputs(x_BxTxD, h_BxTxD, ids_BxT, positions_BxT, segment_ids_BxT, self.embed,
                                           self._logits)))
-    return ModelOutputs(logits=logits_BxTxV, aux=aux)
+    if self.cfg.logits_chunk > 0 and not self.decode:  # lazy: the loss unembeds tile by tile
+      unembedding = self.embed.unembedding() if self.cfg.tie_embeddings else self.unembed()
+      return ModelOutputs(aux=aux, hidden=h_BxTxD, unembedding=unembedding, vocab_size=self.cfg.vocab_size,
+                          logits_chunk=self.cfg.logits_chunk)
+    logits_BxTxV = constrain(self._logits(h_BxTxD), ("batch", "length", "vocab"))
+    return ModelOutputs(head_logits=logits_BxTxV, aux=aux, vocab_size=self.cfg.vocab_size)
 
   def run_heads(self, trunk_out_BxTxD: Array, inputs_BxT: Array, positions_BxT: Array,
                 next_inputs_BxT: Array | None = None) -> dict[str, Array]:
@@ -109,12 +113,27 @@ def flops_per_unit(model_cfg, vocab_size: int, seq_len: int, heads: tuple[Head, 
   return dict(forward=forward, train=3 * (forward + sum(head.flops_per_unit(cfg, seq_len) for head in heads)))
 
 
+# A chunked loss holds at most this many float32 logits per row at once (64 MiB; 128 positions of a 128k vocabulary).
+LOGITS_PER_TILE = 1 << 24
+
+
+def logits_chunk(setting: int, padded_vocab: int, seq_len: int) -> int:
+  """Positions per tile of the main head's loss: `model.logits_chunk` N > 0 as given, -1 dense, 0 (auto) tiles
+  of at most `LOGITS_PER_TILE` logits per row, dense when a whole row fits in one (small vocabularies)."""
+  if setting:
+    return max(setting, 0)
+  per_tile = max(LOGITS_PER_TILE // padded_vocab, 1)
+  return 0 if per_tile >= seq_len else per_tile
+
+
 class TokenFamily(Family):
 
   def build_model(self, config, vocab_size: int, decode: bool = False,
                   needs: Requirements = Requirements()) -> TokenLM:
     no_extra_passes(config, needs)
     cfg = transformer_config(config.model, vocab_size)
+    cfg = dataclasses.replace(cfg, logits_chunk=logits_chunk(config.model.logits_chunk, cfg.padded_vocab,
+                                                             config.data.seq_len))
     if cfg.positions == "learned":
       cfg = dataclasses.replace(cfg, max_positions=config.data.seq_len)
     trunk_layers(cfg, needs.heads)  # a head that takes every layer fails here, before any compile

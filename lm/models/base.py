@@ -5,16 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
-from lm.models.layers import TransformerConfig
+from lm.models.layers import TransformerConfig, mask_padded_vocab
 
 
 @struct.dataclass
 class ModelOutputs:
-  """`logits` of the main next-unit head (float32) and auxiliary outputs by name (heads, hidden states)."""
-  logits: jax.Array
+  """What a model returns: its main next-unit head and auxiliary outputs by name (heads, hidden states).
+
+  The main head is either materialised (`head_logits`, float32 [..., V]) or lazy: the final hidden states
+  `hidden` [..., D] and the unembedding matrix `unembedding` [D, V], so a loss can compute it tile by tile
+  (`lm.objectives.base.next_unit_nll`) and [B, T, V] logits never exist at once. `logits` gives the full
+  logits either way; under `jit` they are computed only where something reads them.
+  """
+  head_logits: jax.Array | None = None
   aux: dict[str, Any] = struct.field(default_factory=dict)
+  hidden: jax.Array | None = None
+  unembedding: jax.Array | None = None
+  vocab_size: int = struct.field(pytree_node=False, default=0)  # real entries of the (padded) vocabulary
+  logits_chunk: int = struct.field(pytree_node=False, default=0)  # positions per tile of a chunked loss; 0: dense
+
+  @property
+  def logits(self) -> jax.Array:
+    if self.head_logits is not None:
+      return self.head_logits
+    logits = jnp.einsum("...d,dv->...v", self.hidden, self.unembedding.astype(self.hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    return mask_padded_vocab(logits, self.vocab_size)
 
 
 def transformer_config(model_cfg, vocab_size: int) -> TransformerConfig:

@@ -198,6 +198,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
   init_std: float = 0.02
   vocab_multiple: int = 8      # so `tensor` can split the vocabulary; padded logits are masked out
+  logits_chunk: int = 0        # > 0: the main head's loss runs over tiles of this many positions (lazy logits)
   mlp: str = "swiglu"          # swiglu | gelu (GPT-2's: wo(gelu(wi x)), d_ff wide)
   positions: str = "rope"      # rope | learned (GPT-2's absolute table, max_positions rows)
   norm: str = "rms"            # rms | layer (LayerNorm without bias, as nanoGPT's bias=False)
@@ -353,18 +354,36 @@ class Embedding(nn.Module):
   def attend(self, x_BxTxD: Array) -> Array:
     return jnp.einsum("btd,vd->btv", x_BxTxD, self.table_VxD.astype(x_BxTxD.dtype))
 
+  def unembedding(self) -> Array:
+    """The tied unembedding as a [D, V] matrix (for a loss that applies it tile by tile)."""
+    return self.table_VxD.T
+
+
+class _Matrix(nn.Module):
+  """One parameter named `kernel`, returned as is (keeps `nn.Dense`'s parameter path `kernel/kernel`)."""
+  shape: tuple[int, ...]
+  names: tuple[str, ...]
+  std: float
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("kernel", _init(nn.initializers.normal(self.std), *self.names), self.shape, self.param_dtype)
+
 
 class Unembed(nn.Module):
-  """Untied output projection to the vocabulary."""
+  """Untied output projection to the vocabulary; called without input it returns its [D, V] matrix."""
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD: Array) -> Array:
+  def __call__(self, x_BxTxD: Array | None = None) -> Array:
     cfg = self.cfg
-    return nn.Dense(cfg.padded_vocab, use_bias=False, dtype=dtype_of(cfg.dtype),
-                    param_dtype=dtype_of(cfg.param_dtype),
-                    kernel_init=_init(nn.initializers.normal(cfg.init_std), "embed", "vocab"),
-                    name="kernel")(x_BxTxD)
+    w_DxV = _Matrix((cfg.d_model, cfg.padded_vocab), ("embed", "vocab"), cfg.init_std, dtype_of(cfg.param_dtype),
+                    name="kernel")()
+    if x_BxTxD is None:
+      return w_DxV
+    dtype = dtype_of(cfg.dtype)
+    return jnp.einsum("btd,dv->btv", x_BxTxD.astype(dtype), w_DxV.astype(dtype))
 
 
 def mask_padded_vocab(logits_BxTxV: Array, vocab_size: int) -> Array:

@@ -270,9 +270,68 @@ def token_nll(logits_BxTxV: Array, targets_BxT: Array) -> tuple[Array, Array]:
   return logz_BxT - target_logit_BxT, logz_BxT
 
 
+@struct.dataclass
+class UnitStats:
+  """Per-position statistics of the main head's distribution, in float32 (all [B, T]): what every
+  token-level loss reads, computable without the [B, T, V] logits (`next_unit_nll`)."""
+  nll: Array            # log Z - logit[target]
+  logz: Array           # log-partition
+  correct: Array        # 1.0 where the target has the largest logit (accuracy; ties count as correct)
+  mean_logit: Array     # mean logit over the real vocabulary (label smoothing)
+
+
+def _stats(logits_BxTxV: Array, targets_BxT: Array, vocab_size: int) -> UnitStats:
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  V = logits_BxTxV.shape[-1]
+  vocab_size = vocab_size or V
+  nll, logz = token_nll(logits_BxTxV, targets_BxT)
+  target_logit = logz - nll
+  correct = (target_logit >= jnp.max(logits_BxTxV, axis=-1)).astype(jnp.float32)
+  real = logits_BxTxV if vocab_size == V else jnp.where(jnp.arange(V) < vocab_size, logits_BxTxV, 0.0)
+  return UnitStats(nll, logz, correct, jnp.sum(real, axis=-1) / vocab_size)
+
+
+def _tile(length: int, want: int) -> int:
+  """The largest divisor of `length` that is at most `want`."""
+  return max(d for d in range(1, min(want, length) + 1) if length % d == 0)
+
+
+def next_unit_nll(outputs: ModelOutputs, targets_BxT: Array) -> UnitStats:
+  """`UnitStats` of the main head against `targets`. With lazy outputs (`ModelOutputs.hidden` and
+  `unembedding`, `logits_chunk` > 0) the unembedding and the statistics run over tiles of `logits_chunk`
+  positions in a scan whose body is rematerialised: forward and backward each hold one tile's float32
+  logits [B, c, V], never [B, T, V]. Equal to the dense computation (tested to 1e-6 with its gradient)."""
+  chunk = outputs.logits_chunk
+  if outputs.head_logits is not None or not chunk or outputs.hidden is None:
+    return _stats(outputs.logits, targets_BxT, outputs.vocab_size)
+  h_BxTxD, w_DxV = outputs.hidden, outputs.unembedding
+  B, T, D = h_BxTxD.shape
+  c = _tile(T, chunk)
+  if c == T:
+    return _stats(outputs.logits, targets_BxT, outputs.vocab_size)
+
+  @jax.checkpoint
+  def tile(h_BxCxD, targets_BxC):
+    logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV.astype(h_BxCxD.dtype), preferred_element_type=jnp.float32)
+    from lm.models.layers import mask_padded_vocab
+    return _stats(mask_padded_vocab(logits, outputs.vocab_size), targets_BxC, outputs.vocab_size)
+
+  def body(_, xs):
+    return None, tile(*xs)
+
+  n = T // c
+  h_NxBxCxD = jnp.moveaxis(h_BxTxD.reshape(B, n, c, D), 1, 0)
+  t_NxBxC = jnp.moveaxis(targets_BxT.reshape(B, n, c), 1, 0)
+  _, stats = jax.lax.scan(body, None, (h_NxBxCxD, t_NxBxC))
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(B, T), stats)
+
+
 def masked_nll(logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array) -> tuple[Array, Array, Array]:
-  """(summed NLL, summed correct argmaxes, summed mask) of logits against targets where `mask` is 1."""
+  """(summed NLL, summed correct predictions, summed mask) of logits (or lazy `ModelOutputs`) against
+  targets where `mask` is 1."""
   mask_BxT = mask_BxT.astype(jnp.float32)
-  nll_BxT, _ = token_nll(logits_BxTxV, targets_BxT)
-  correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
-  return jnp.sum(nll_BxT * mask_BxT), jnp.sum(correct_BxT * mask_BxT), jnp.sum(mask_BxT)
+  if isinstance(logits_BxTxV, ModelOutputs):
+    stats = next_unit_nll(logits_BxTxV, targets_BxT)
+  else:
+    stats = _stats(logits_BxTxV, targets_BxT, 0)
+  return jnp.sum(stats.nll * mask_BxT), jnp.sum(stats.correct * mask_BxT), jnp.sum(mask_BxT)

@@ -10,7 +10,8 @@ from lm.errors import ConfigError
 from lm.models import heads
 from lm.models.base import ModelOutputs
 from lm.models.heads import shift_left
-from lm.objectives.base import Batch, Head, LossContext, LossTerms, at_least, masked_nll, register, token_nll
+from lm.objectives.base import (Batch, Head, LossContext, LossTerms, at_least, masked_nll, next_unit_nll, register,
+                                token_nll)
 
 
 @register("ntp")
@@ -19,16 +20,15 @@ def ntp(z_loss: float = 0.0, label_smoothing: float = 0.0):
   mixes in the uniform target: (1 - eps) * nll + eps * (log Z - mean logit)."""
 
   def loss(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> LossTerms:
-    logits_BxTxV, targets_BxT = outputs.logits, batch["targets"]
+    targets_BxT = batch["targets"]
     mask_BxT = batch["loss_mask"].astype(jnp.float32)
-    nll_BxT, logz_BxT = token_nll(logits_BxTxV, targets_BxT)
-    objective_BxT = nll_BxT
+    stats = next_unit_nll(outputs, targets_BxT)  # tile by tile when the model's outputs are lazy
+    nll_BxT, objective_BxT = stats.nll, stats.nll
     if label_smoothing:
-      smooth_BxT = logz_BxT - jnp.mean(logits_BxTxV.astype(jnp.float32), axis=-1)
-      objective_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * smooth_BxT
+      objective_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * (stats.logz - stats.mean_logit)
     if z_loss:
-      objective_BxT = objective_BxT + z_loss * jnp.square(logz_BxT)
-    correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+      objective_BxT = objective_BxT + z_loss * jnp.square(stats.logz)
+    correct_BxT = stats.correct
     n_bytes = jnp.sum(ctx.unit_bytes[targets_BxT] * mask_BxT)
     count = jnp.sum(mask_BxT)
     return LossTerms(
@@ -60,7 +60,7 @@ def future_targets(batch: Batch, k: int) -> tuple[jax.Array, jax.Array]:
 def _next_unit_metrics(outputs: ModelOutputs, batch: Batch, ctx: LossContext) -> tuple[jax.Array, dict]:
   """The next-unit head's summed NLL and its metrics (bits per byte comes from these)."""
   mask_BxT = batch["loss_mask"].astype(jnp.float32)
-  nll, correct, count = masked_nll(outputs.logits, batch["targets"], mask_BxT)
+  nll, correct, count = masked_nll(outputs, batch["targets"], mask_BxT)
   n_bytes = jnp.sum(ctx.unit_bytes[batch["targets"]] * mask_BxT)
   return nll, dict(nll_sum=nll, accuracy_sum=correct, n_bytes=n_bytes, nll_count=count, accuracy_count=count)
 
@@ -195,7 +195,7 @@ def rho(keep: float = 0.6, reference: str = ""):  # pylint: disable=unused-argum
     if ctx.reference_logits is None:
       raise ConfigError("objective 'rho' needs a reference model: set its `reference` to a trained workdir")
     mask_BxT = batch["loss_mask"].astype(jnp.float32)
-    nll_BxT, _ = token_nll(outputs.logits, batch["targets"])
+    nll_BxT = next_unit_nll(outputs, batch["targets"]).nll
     ref_nll_BxT, _ = token_nll(jax.lax.stop_gradient(ctx.reference_logits), batch["targets"])
     excess_N = jax.lax.stop_gradient(nll_BxT - ref_nll_BxT).reshape(-1)
     valid_N = mask_BxT.reshape(-1) > 0
