@@ -24,6 +24,7 @@ from flax import struct
 
 from lm.errors import ConfigError, did_you_mean, type_name
 from lm.models.base import ModelOutputs
+from lm.models.layers import mask_padded_vocab
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -313,7 +314,6 @@ def next_unit_nll(outputs: ModelOutputs, targets_BxT: Array) -> UnitStats:
   @jax.checkpoint
   def tile(h_BxCxD, targets_BxC):
     logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV.astype(h_BxCxD.dtype), preferred_element_type=jnp.float32)
-    from lm.models.layers import mask_padded_vocab
     return _stats(mask_padded_vocab(logits, outputs.vocab_size), targets_BxC, outputs.vocab_size)
 
   def body(_, xs):
