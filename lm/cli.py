@@ -1,10 +1,11 @@
-"""`lm train|eval|sample|probe|compare|sentences|list|config|launch` (also `python -m lm ...`).
+"""`lm train|compile|eval|sample|probe|compare|sentences|list|config|launch` (also `python -m lm ...`).
 
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
            [--coordinator HOST:PORT --num-processes N --process-id I]
   lm train --config=experiments/token_ntp.py:tiny --workdir DIR
   lm prepare SOURCE --out DIR [--tokenizer bpe|bytes|PATH] [--vocab-size N] [--workers K]
              [--tokenizer-sample-bytes B] [--val-fraction F] [--test-fraction F] [--split-seed S]
+  lm compile EXPERIMENT[:ARG] --topology v5p:4x4x2 [--config.a.b=VALUE ...] [--json FILE] [--no-flops]
   lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
@@ -139,6 +140,17 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   return 0
 
 
+def _cmd_compile(args, overrides: list[str], spec: str | None) -> int:
+  """Compile the train and eval steps for a TPU topology here (no TPU needed); exit 1 when they do not fit."""
+  if "jax" not in sys.modules:  # compiling for a topology needs no accelerator of this machine's own
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  config = _load_config(args, overrides, spec, command="lm compile")
+  from lm import aot
+  name = config.experiment.replace(":", "_")
+  out = args.json or f"runs/compile/{name}-{args.topology.replace(':', '_')}.json"
+  return aot.compile_command(config, args.topology, out, flops=not args.no_flops)
+
+
 def _cmd_eval(args) -> int:
   from etils import epath
 
@@ -270,6 +282,14 @@ def parser() -> argparse.ArgumentParser:
   pp.add_argument("--test-fraction", type=float, default=0.02)
   pp.add_argument("--split-seed", type=int, default=0)
   pp.add_argument("--shard-bytes", type=int, default=256 << 20, help="bytes per ArrayRecord shard (default 256 MiB)")
+  co = sub.add_parser("compile", help="compile EXPERIMENT's train and eval steps ahead of time for a TPU slice "
+                      "(libtpu, no TPU needed): memory per device against HBM, FLOPs, collectives",
+                      epilog=config_lib.overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+  co.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
+  co.add_argument("--topology", required=True, help="TPU slice, GENERATION:SHAPE: v4:2x2x1, v5p:4x4x2, v5e:4x4, "
+                  "v6e:2x2, ...")
+  co.add_argument("--json", help="where to write the report (default runs/compile/NAME-TOPOLOGY.json)")
+  co.add_argument("--no-flops", action="store_true", help="skip the second (unrolled) compile that counts FLOPs")
   e = sub.add_parser("eval", help="bits per byte of a trained run")
   e.add_argument("workdir")
   e.add_argument("--split", default="val", choices=("val", "test"))
@@ -316,15 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `lm`: what there is to do
       p.print_help()
       return 0
-    if args.command not in ("train", "launch", "sentences", "config") and (overrides or spec):
-      raise LMError(f"--config options only apply to `lm train`, `lm config`, `lm launch` and `lm sentences`, not "
-                    f"`lm {args.command}`")
+    if args.command not in ("train", "compile", "launch", "sentences", "config") and (overrides or spec):
+      raise LMError(f"--config options only apply to `lm train`, `lm compile`, `lm config`, `lm launch` and "
+                    f"`lm sentences`, not `lm {args.command}`")
     if args.command == "list":
       return _cmd_list(args)
     if args.command == "config":
       return _cmd_config(args, overrides, spec)
     if args.command == "train":
       return _cmd_train(args, overrides, spec)
+    if args.command == "compile":
+      return _cmd_compile(args, overrides, spec)
     if args.command == "launch":
       return _cmd_launch(args, overrides, spec)
     if args.command == "prepare":

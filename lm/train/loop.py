@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -120,7 +121,7 @@ class LogWindow:
     self._reset()
 
   def _reset(self):
-    self.sums: dict[str, float] = {}
+    self.sums = None  # device arrays until a log step reads them
     self.steps, self.timed, self.start = 0, 0, time.time()
 
   def start_clock(self, first_step_seconds: float) -> None:
@@ -129,13 +130,14 @@ class LogWindow:
     self.start, self.timed, self.first_seconds = time.time(), 0, first_step_seconds
 
   def add(self, step: int, step_metrics, timed: bool = True) -> None:
-    host = jax.device_get(step_metrics)
-    for k, v in host.items():
-      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    """Adds a step's metrics on the device; only a log step reads them (one transfer per window)."""
+    self.sums = step_metrics if self.sums is None else _accumulate(self.sums, step_metrics)
     self.steps += 1
     self.timed += int(timed)
     if step % self.config.train.log_every == 0 or step == self.config.train.steps:
-      self.flush(step, float(host["lr"]))
+      sums, lr = read_host((self.sums, step_metrics["lr"]))
+      self.sums = {k: float(v) for k, v in sums.items()}
+      self.flush(step, float(lr))
 
   def flush(self, step: int, lr: float) -> None:
     n, w = self.steps, self.sums
@@ -154,6 +156,22 @@ class LogWindow:
     self._reset()
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(sums: dict, step_metrics: dict) -> dict:
+  return jax.tree.map(jnp.add, sums, step_metrics)
+
+
+def read_host(tree):
+  """The one way the training loop reads device values: at log steps and non-finite checks, never every step
+  (tests count the calls)."""
+  return jax.device_get(tree)
+
+
+# Steps dispatched ahead of the one the host waits for: enough to keep the device busy, few enough that
+# batches for far-future steps do not pile up in device memory.
+RUN_AHEAD = 2
+
+
 def train_step(run: Run, data, devices=None):
   """The jitted `(state, batch, *extra) -> (state, metrics)` of a run and the `extra` arguments it takes
   (a reference model's params, for objectives that ask for one)."""
@@ -163,7 +181,8 @@ def train_step(run: Run, data, devices=None):
   step_fn = jax.jit(
       make_train_step(run.model, objectives.build(config.objectives), run.tx,
                       learning_rate(config.optim, config.train.steps), jnp.asarray(data.unit_bytes(), jnp.float32),
-                      config.train.grad_accum, reference_model=reference[0].model if reference else None),
+                      config.train.grad_accum, reference_model=reference[0].model if reference else None,
+                      backend=mesh.devices.flat[0].platform),
       in_shardings=(run.state_shardings, parallel.batch_sharding(mesh), *extra_shardings),
       out_shardings=(run.state_shardings, parallel.replicated(mesh)), donate_argnums=0)
   return step_fn, extra_args
@@ -243,8 +262,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
           f"{dict(mesh.shape)}, {mesh.size} {jax.default_backend()} devices, setup "
           f"{time.time() - t0:.1f}s", flush=True)
 
-  pending = None  # metrics of the previous step: read one step late so dispatch stays ahead
   preempted = None
+  # Non-finite streak checks read one scalar from the device: every `check_every` steps, not every step.
+  max_bad = config.train.max_nonfinite_steps
+  check_every = min(config.train.log_every, max_bad) if max_bad else 0
+  in_flight = collections.deque()
   with parallel.activation_context(mesh), Preemption() as preemption:
     batch = run.put_batch(next(train_iter))
     release_freed_memory()
@@ -261,24 +283,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     window = LogWindow(config, run, train_flops_per_step(run, data), writer,
                        metrics_lib.Progress(config.train.steps, enabled=primary))
     for step in range(start, config.train.steps):
-      if batch is None:
+      if batch is None:  # put while the previous steps still run: dispatch is asynchronous
         batch = run.put_batch(next(train_iter))
       t_step = time.time()
       state, step_metrics = step_fn(state, batch, *extra_args)
       batch = None
+      done = step + 1
       if step == start:  # throughput counts from the second step on
         jax.block_until_ready(step_metrics)
         window.start_clock(time.time() - t_step)
-      if pending is not None:
-        window.add(*pending)
-      pending = (step + 1, step_metrics, step != start)
-      done = step + 1
-      streak = int(state.nonfinite_streak) if config.train.max_nonfinite_steps else 0
-      if config.train.max_nonfinite_steps and streak >= config.train.max_nonfinite_steps:
-        ckpts.wait()
-        raise CheckpointError(
-            f"{streak} non-finite steps in a row at step {done}; stopped with the last good checkpoint "
-            f"(step {ckpts.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
+      window.add(done, step_metrics, step != start)
+      in_flight.append(step_metrics["loss"])
+      if len(in_flight) > RUN_AHEAD:
+        in_flight.popleft().block_until_ready()  # bounds how far the host runs ahead; reads nothing
+      if check_every and (done % check_every == 0 or done == config.train.steps):
+        streak = int(read_host(state.nonfinite_streak))
+        if streak >= max_bad:
+          ckpts.wait()
+          raise CheckpointError(
+              f"{streak} non-finite steps in a row at step {done}; stopped with the last good checkpoint "
+              f"(step {ckpts.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
       if preemption.should_stop(done):
         preempted = done
         break
@@ -289,8 +313,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
           print(f"step {done}: val_bpb {val['bpb']:.4f}", flush=True)
       if config.train.checkpoint_every and done % config.train.checkpoint_every == 0:
         ckpts.save(done, state, train_iter.get_state(), config.to_dict(), data.tokenizer)
-    if pending is not None:
-      window.add(*pending)
 
     last = preempted or config.train.steps
     if start < last and ckpts.latest_step() != last:

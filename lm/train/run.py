@@ -114,11 +114,17 @@ def check_data_size(config, family: Family) -> None:
                     f"{d.batch_size}; lower data.batch_size or the row length, or add text")
 
 
+def backend_of(devices=None) -> str:
+  """The platform `devices` belong to (default: jax's backend): `lm compile` builds runs for TPU devices of a
+  topology while this process's own backend is CPU."""
+  return devices[0].platform if devices else jax.default_backend()
+
+
 def _resolve(config, devices):
   """What `check` and `build_run` both start from: the config resolved for this backend and validated, its
   family, the mesh (checked against the devices and the split fields) and what the objectives need (their
   names and options checked)."""
-  config = config_lib.resolve_backend_defaults(config, jax.default_backend())
+  config = config_lib.resolve_backend_defaults(config, backend_of(devices))
   families.validate(config)
   family = families.get(config.model.family)
   mesh = parallel.make_mesh(config.mesh, devices)

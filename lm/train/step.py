@@ -22,24 +22,25 @@ def _microbatches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def _keep_if(ok: jax.Array, new, old):
+def _keep_if(ok: jax.Array, new, old, backend: str):
   """`new` where `ok` else `old`, leaf by leaf.
 
   On CPU a `lax.cond` picks the whole tree: an elementwise `jnp.where` over donated buffers made XLA:CPU
   copy every optimizer-state leaf first (~6% of a small model's step). Elsewhere `jnp.where`, because a
   conditional on GPU reads its predicate on the host, which would stall dispatch every step.
   """
-  if jax.default_backend() == "cpu":
+  if backend == "cpu":
     return jax.lax.cond(ok, lambda: new, lambda: old)
   return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransformation,
                     lr_schedule: Callable, unit_bytes: jax.Array, grad_accum: int = 1,
-                    reference_model: nn.Module | None = None):
+                    reference_model: nn.Module | None = None, backend: str | None = None):
   """(state, batch[, reference_params]) -> (state, metrics). Metrics are sums with counts, plus loss,
   grad_norm, lr, skipped. With `reference_model`, its frozen logits reach the loss as
-  `LossContext.reference_logits`."""
+  `LossContext.reference_logits`. `backend` is the platform the step compiles for (default jax's own)."""
+  backend = backend or jax.default_backend()
 
   def sums_and_grads(params, batch, step, reference_params):
     reference_logits = None
@@ -74,7 +75,7 @@ def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransform
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step leaves params and optimizer state untouched; the loop stops after too many in a row.
-    params, opt_state = _keep_if(ok, (params, opt_state), (state.params, state.opt_state))
+    params, opt_state = _keep_if(ok, (params, opt_state), (state.params, state.opt_state), backend)
     new_state = TrainState(
         step=state.step + 1, params=params, opt_state=opt_state,
         rng=jax.random.fold_in(state.rng, state.step),

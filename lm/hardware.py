@@ -1,0 +1,89 @@
+"""What an accelerator chip can do (HBM, peak bf16 FLOP/s, HBM bandwidth), per jax device, and TPU topologies
+that libtpu builds on any machine for ahead-of-time compiles (`lm compile`).
+
+Figures are the vendors' published dense bf16 peaks and HBM sizes per chip. A TPU v4 or v5p chip has two
+TensorCores that jax shows as one device ("megacore"); topologies here are built that way, as pods run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lm.errors import ConfigError
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: float        # per chip
+  peak_bf16: float        # dense FLOP/s per chip
+  hbm_bandwidth: float    # bytes/s per chip
+  cores: int = 1          # TensorCores per chip (TPU)
+
+
+CHIPS = {
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, 1.2e12, cores=2),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, 0.82e12),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, 2.76e12, cores=2),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, 1.64e12),
+    "a100": Chip("NVIDIA A100 80GB", 80 * GIB, 312e12, 2.04e12),
+    "h100": Chip("NVIDIA H100", 80 * GIB, 989e12, 3.35e12),
+    "h200": Chip("NVIDIA H200", 141 * GIB, 989e12, 4.8e12),
+    "b200": Chip("NVIDIA B200", 192 * GIB, 2.25e15, 8.0e12),
+}
+
+# jax's device_kind -> table key; the first matching substring wins (so "v5 lite" before "v5").
+_KINDS = (("tpu v5 lite", "v5e"), ("tpu v5e", "v5e"), ("tpu v5p", "v5p"), ("tpu v5", "v5p"), ("tpu v6", "v6e"),
+          ("tpu v4", "v4"), ("a100", "a100"), ("h100", "h100"), ("h200", "h200"), ("b200", "b200"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+  """One jax device's share of its chip."""
+  chip: str
+  hbm_bytes: float
+  peak_bf16: float
+  hbm_bandwidth: float
+
+
+def device_spec(device) -> DeviceSpec | None:
+  """The chip figures of one jax device (a share of the chip when a chip shows as several devices), or None
+  for CPUs and chips not in the table."""
+  kind = str(getattr(device, "device_kind", "")).lower()
+  key = next((k for sub, k in _KINDS if sub in kind), None)
+  if key is None:
+    return None
+  chip = CHIPS[key]
+  share = chip.cores / max(int(getattr(device, "num_cores", chip.cores) or chip.cores), 1)
+  share = max(share, 1.0)
+  return DeviceSpec(chip.name, chip.hbm_bytes / share, chip.peak_bf16 / share, chip.hbm_bandwidth / share)
+
+
+def peak_flops(devices) -> float | None:
+  """The summed peak bf16 FLOP/s of `devices`, or None when any is not in the table (CPU)."""
+  specs = [device_spec(d) for d in devices]
+  if not specs or any(s is None for s in specs):
+    return None
+  return sum(s.peak_bf16 for s in specs)
+
+
+def topology_devices(name: str) -> list:
+  """The devices of a TPU slice (`v5p:4x4x2`, `v4:2x2x1`, `v5e:4x4`, `v6e:2x2`, ...) built by libtpu on this
+  machine, for ahead-of-time compiles; v4 and v5p as megacore (one device per chip)."""
+  try:
+    import importlib
+    importlib.import_module("libtpu")
+    from jax.experimental import topologies
+  except ImportError as e:
+    raise ConfigError("compiling for a TPU topology needs libtpu: pip install -e '.[tpu]' (or pip install "
+                      "libtpu)") from e
+  generation = name.split(":")[0].lower()
+  kwargs = dict(chip_config_name="megacore") if generation in ("v4", "v5p") else {}
+  try:
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
+  except Exception as e:  # libtpu raises plain RuntimeError/ValueError for names it does not know
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    raise ConfigError(f"--topology {name!r} is not a TPU topology libtpu builds ({first}); use GENERATION:SHAPE, "
+                      "e.g. v4:2x2x1, v5p:4x4x2, v5e:4x4, v6e:2x2") from e
