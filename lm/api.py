@@ -104,7 +104,7 @@ def load(workdir: str) -> LM:
   if restored is None:
     raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
                           f"`lm train EXPERIMENT --workdir {workdir}`")
-  return LM(restored.run, restored.state.params, step=restored.step, workdir=str(workdir))
+  return LM(restored.run, restored.params, step=restored.step, workdir=str(workdir))
 
 
 def build(experiment: str, seed: int | None = None, **overrides: Any) -> LM:

@@ -124,18 +124,16 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   summary = loop.train(config, workdir)
   if summary["preempted"]:  # saved; the same command resumes
     return 0
-  params = summary["state"].params
-  if multi and config.sample.max_new > 0:
-    # Params span every process's devices; gather a host copy (every process must join) to sample on one.
-    from jax.experimental import multihost_utils
-    params = multihost_utils.process_allgather(params, tiled=True)
-  if jax.process_index() == 0:
+  primary = jax.process_index() == 0
+  if primary:
     print(f"bpb: {summary['val_bpb']:.4f}  (val split, {summary['val_n_bytes']} bytes; "
           f"{summary['seconds']:.1f}s)", flush=True)
-    s = config.sample
-    if s.max_new > 0:
-      loop.release_freed_memory()
-      text = summary["run"].sample(params, s.prompt, s.max_new, s.temperature, s.top_k, s.top_p, s.seed)
+  s = config.sample
+  if s.max_new > 0:  # params stay sharded where training left them; every process joins the decode
+    loop.release_freed_memory()
+    text = summary["run"].sample(summary["state"].params, s.prompt, s.max_new, s.temperature, s.top_k, s.top_p,
+                                 s.seed)
+    if primary:
       print(f"sample: {s.prompt}{text}", flush=True)
   return 0
 

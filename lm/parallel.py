@@ -92,6 +92,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def to_host(x) -> np.ndarray:
+  """A device array as numpy on every process, also when its shards span other processes' devices (a
+  collective then: every process must call it)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Process-local rows -> global arrays sharded over (data, fsdp)."""
   sharding = batch_sharding(mesh)

@@ -181,3 +181,58 @@ def test_non_finite_streak_stops_with_the_last_good_checkpoint_intact(corpus, tm
   assert sum(r.get("skipped_steps", 0) for r in logged) >= 2  # counted in the metrics
   _, params = run_lib.restore_for_inference(tmp_path / "w")
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("error", [
+    OSError(5, "Input/output error"),
+    ValueError("UNAVAILABLE: Error reading local file: connection reset"),
+    ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 96.00GiB"),
+    ValueError("Unsupported checkpoint metadata version 9"),
+    MemoryError(),
+])
+def test_a_failed_restore_that_is_not_damage_moves_nothing_and_exits_non_zero(corpus, trained, tmp_path,
+                                                                             monkeypatch, capsys, error):
+  from lm import cli
+  workdir = copy_run(trained, tmp_path)
+  before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+
+  def fail(*args, **kwargs):
+    raise error
+  monkeypatch.setattr(checkpoint, "restore_state", fail)
+  argv = ["--workdir", str(workdir), f"--config.data.source={corpus}", "--config.train.steps=40",
+          "--config.data.val_fraction=0.2", "--config.data.test_fraction=0.0", "--config.data.seq_len=32",
+          "--config.data.batch_size=8", "--config.model.d_model=32", "--config.model.num_layers=1",
+          "--config.model.num_heads=2", "--config.model.num_kv_heads=2", "--config.model.d_ff=64",
+          "--config.train.checkpoint_every=10", "--config.train.eval_every=0", "--config.eval.max_batches=1"]
+  assert cli.main(["train", "token_ntp:tiny", *argv]) == 2
+  err = capsys.readouterr().err
+  assert "error: reading checkpoint step 30 in" in err and "every step was left in place" in err
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # nothing moved or written
+  assert not (workdir / "corrupt-checkpoints").exists()
+
+
+def test_a_workdir_whose_checkpoints_are_all_damaged_never_starts_over_silently(corpus, trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  for p in (workdir / "checkpoints").rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+      p.write_bytes(b"")
+  with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores: step 30, 20, 10 cannot be read \(damaged "
+                     r"steps are kept in .*corrupt-checkpoints\); pass --restart to start over"):
+    loop.train(make_config(corpus, "train.steps=40"), str(workdir))
+  assert len(list((workdir / "corrupt-checkpoints").iterdir())) == 3
+  with pytest.raises(CheckpointError, match="every step it had was moved aside as damaged"):  # nor on a rerun
+    loop.train(make_config(corpus, "train.steps=40"), str(workdir))
+  loop.move_aside(workdir)  # --restart
+  assert loop.train(make_config(corpus, "train.steps=2"), str(workdir))["step"] == 2
+
+
+def test_inference_restores_params_only(corpus, trained, monkeypatch):
+  mngr = checkpoint.manager(trained, read_only=True)
+  meta = checkpoint.restore_meta(mngr, 30)
+  full = checkpoint.restore_state(mngr, 30, run_lib.build_run(make_config(corpus), meta["tokenizer"]).abstract_state)
+  monkeypatch.setattr(checkpoint, "restore_state", lambda *a, **k: pytest.fail("the whole state was read"))
+  run, params = run_lib.restore_for_inference(trained)
+  assert jax.tree.structure(params) == jax.tree.structure(full.params)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full.params)))
+  assert all(x.sharding.is_equivalent_to(s, x.ndim)  # placed as the run's own layout says, not on one device
+             for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(run.param_shardings)))

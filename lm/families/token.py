@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import parallel
 from lm.data.pipeline import TokenData
 from lm.errors import ConfigError, LMError
 from lm.families import Family, no_extra_passes
@@ -162,7 +163,8 @@ class TokenFamily(Family):
     out, lengths = decode.generate(run.decode_model(), params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed),
                                    max_new=max_new, eos_id=tok.eos_id, temperature=float(temperature),
                                    top_k=int(top_k), top_p=float(top_p))
-    out = np.asarray(out[0][: int(lengths[0])])
+    out, lengths = parallel.to_host(out), parallel.to_host(lengths)
+    out = out[0][: int(lengths[0])]
     return tok.decode(out[out != tok.eos_id])
 
   def speculative(self, run, params, prompt: str, max_new: int) -> tuple[str, dict]:
@@ -176,7 +178,8 @@ class TokenFamily(Family):
     ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
     out, lengths, passes = decode.speculative_greedy(model, params, jnp.asarray(ids)[None], max_new=max_new,
                                                      eos_id=tok.eos_id)
-    out = np.asarray(out[0][: int(lengths[0])])
+    out, lengths, passes = parallel.to_host(out), parallel.to_host(lengths), parallel.to_host(passes)
+    out = out[0][: int(lengths[0])]
     n, passes = int(lengths[0]), int(passes)
     stats = dict(units=n, forward_passes=passes, units_per_pass=n / max(passes, 1))
     return tok.decode(out[out != tok.eos_id]), stats

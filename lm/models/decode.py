@@ -16,6 +16,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from lm import parallel
+
 
 def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
@@ -247,7 +249,7 @@ def generate_chunks(model: nn.Module, params, prompt_chunks: list, *, max_new: i
       if len(chunk) == L:  # a full chunk can only end (a longer word or sentence continues as the next chunk)
         logits = jnp.where(ends[None], logits, -jnp.inf)
       rng, key = jax.random.split(rng)
-      unit = int(sample_logits(logits, key, temperature, top_k, top_p)[0])
+      unit = int(parallel.to_host(sample_logits(logits, key, temperature, top_k, top_p))[0])
       if unit in stops or len(out) >= max_new:
         break
       chunk.append(unit)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -83,6 +83,15 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
   """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), whatever mesh saved it."""
   return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params):
+  """The `params` subtree of a step's state alone: inference never reads (or holds) the optimizer state."""
+  tree = {"params": abstract_params}
+  handler = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  args = ocp.args.PyTreeRestore(item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
+                                partial_restore=True)
+  return handler.restore(epath.Path(mngr.directory) / str(step) / "state", args=args)["params"]
 
 
 def leaf_shapes(tree) -> dict[str, tuple]:
@@ -155,12 +164,37 @@ def _disk_full(e: BaseException) -> bool:
                                    "os_error_code='27'"))
 
 
+class Unreadable(Exception):
+  """A step's own files are missing, truncated or garbled: the one failure that moves a step aside."""
+
+  def __init__(self, step: int, error: BaseException | str):
+    super().__init__(error if isinstance(error, str) else first_line(error))
+    self.step = step
+
+
+# tensorstore's status codes for a file that is absent or shorter than its index says (see `is_damage`).
+_DAMAGE_CODES = ("NOT_FOUND:", "OUT_OF_RANGE:", "DATA_LOSS:")
+
+
+def is_damage(e: BaseException, step_dir: str) -> bool:
+  """Whether `e`, raised reading a step, says the step's own files are bad (absent, truncated, not JSON), as
+  opposed to anything that may pass or that a rerun must see: a storage or network error, a permission, an
+  out-of-memory, a format version this orbax does not read. Only damage is moved aside."""
+  if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):  # the step's JSON items are the only JSON read
+    return True
+  text = str(e)
+  if isinstance(e, FileNotFoundError):
+    return step_dir in text or step_dir in str(getattr(e, "filename", "") or "")
+  return isinstance(e, ValueError) and text.startswith(_DAMAGE_CODES) and step_dir in text
+
+
 class Checkpoints:
   """A workdir's checkpoints: the steps there, reading a step (its JSON items, its state), saving
-  asynchronously, and moving an unreadable step aside (to `corrupt-checkpoints/`, never deleted).
+  asynchronously, and moving a damaged step aside (to `corrupt-checkpoints/`, never deleted).
 
-  Reads report an unreadable step by returning None after a warning naming it, so a caller walks `steps()`
-  newest first and takes the first step that reads. Save errors (disk full, permissions) become one line
+  A read raises `Unreadable` when the step's own files are bad (`is_damage`): the caller then tries an older
+  step, and `restore_newest` decides with every process which step that is. Any other failure is a
+  `CheckpointError` that leaves every step in place. Save errors (disk full, permissions) become one line
   naming the last good step; orbax renames a step into place only when complete, so that step stays intact.
   """
 
@@ -182,38 +216,50 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.mngr.latest_step() if self.mngr is not None else None
 
-  def _unreadable(self, step: int, e: BaseException) -> None:
+  def quarantined(self) -> list[str]:
+    """Steps moved aside as damaged, by this run or an earlier one."""
+    path = self.workdir / QUARANTINE_DIR
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+  def set_aside(self, step: int, why: str) -> None:
+    """Warn that `step` is damaged and, when this run may, move it aside (process 0 only)."""
     where = ""
     if self.quarantine_unreadable and self.primary:
       where = f"; moved it to {quarantine(self.workdir, step)}"
-      self.mngr.reload()  # forget the moved step, so this run can save it again
     if self.primary:
-      print(f"warning: checkpoint step {step} in {self.workdir} cannot be restored ({first_line(e)}){where}; "
+      print(f"warning: checkpoint step {step} in {self.workdir} cannot be restored ({why}){where}; "
             "trying the previous one", file=sys.stderr, flush=True)
 
-  def read_meta(self, step: int) -> dict | None:
-    """{'config', 'data', 'tokenizer'} of a step, or None (warned, and moved aside if asked) if unreadable."""
+  def reload(self) -> None:
+    if self.mngr is not None:
+      self.mngr.reload()  # forget moved steps, so this run can save them again
+
+  def _read(self, step: int, fn, *args):
     try:
-      return restore_meta(self.mngr, step)
-    except Exception as e:  # pylint: disable=broad-except  # unreadable files: the caller tries an older step
-      self._unreadable(step, e)
-      return None
+      return fn(self.mngr, step, *args)
+    except Exception as e:  # pylint: disable=broad-except  # sorted into damage and everything else
+      if is_damage(e, str(self.workdir / CHECKPOINT_DIR / str(step))):
+        raise Unreadable(step, e) from e
+      raise CheckpointError(
+          f"reading checkpoint step {step} in {self.workdir} failed ({first_line(e)}); that is not damage to "
+          "the step's files (a storage or network error, permissions, memory, a format this version does not "
+          "read), so every step was left in place: fix the cause and rerun") from e
+
+  def read_meta(self, step: int) -> dict:
+    """{'config', 'data', 'tokenizer'} of a step; `Unreadable` if its files are damaged."""
+    return self._read(step, restore_meta)
 
   def read_state(self, step: int, abstract_state):
-    """The step's train state on the shardings `abstract_state` carries, or None if its files do not read."""
-    try:
-      return restore_state(self.mngr, step, abstract_state)
-    except Exception as e:  # pylint: disable=broad-except
-      self._unreadable(step, e)
-      return None
+    """The step's train state on the shardings `abstract_state` carries."""
+    return self._read(step, restore_state, abstract_state)
 
-  def read_shapes(self, step: int) -> dict[str, tuple] | None:
-    """`leaf_shapes` of the step's saved state from its metadata (no array read), or None if unreadable."""
-    try:
-      return saved_shapes(self.mngr, step)
-    except Exception as e:  # pylint: disable=broad-except
-      self._unreadable(step, e)
-      return None
+  def read_params(self, step: int, abstract_params):
+    """Only the step's params (no optimizer state is read), on the shardings `abstract_params` carries."""
+    return self._read(step, restore_params, abstract_params)
+
+  def read_shapes(self, step: int) -> dict[str, tuple]:
+    """`leaf_shapes` of the step's saved state from its metadata (no array read)."""
+    return self._read(step, saved_shapes)
 
   def save(self, step: int, state, data_state, config_dict: dict, tokenizer) -> None:
     try:
@@ -241,3 +287,64 @@ class Checkpoints:
         f"saving checkpoint step {self.requested} in {self.workdir} failed ({why}); the last good checkpoint "
         f"(step {latest_step(self.workdir)}) is intact: free space or fix the directory, then rerun the same "
         "command to resume")
+
+
+def _agree_steps(steps: list[int]) -> list[int]:
+  """Process 0's list of steps, on every process (object stores list eventually; hosts must not differ)."""
+  if jax.process_count() == 1:
+    return steps
+  import numpy as np
+  from jax.experimental import multihost_utils
+  n = int(multihost_utils.broadcast_one_to_all(np.int64(len(steps))))
+  mine = np.asarray(steps if jax.process_index() == 0 else [0] * n, np.int64).reshape(n)
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)] if n else []
+
+
+def _outcomes(mine: int) -> list[int]:
+  """Every process's outcome of one attempt (0 restored, 1 damaged, 2 failed)."""
+  if jax.process_count() == 1:
+    return [mine]
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(mine))).reshape(-1)]
+
+
+def restore_newest(ckpts: Checkpoints, attempt: Callable[[int], Any]) -> tuple[int, Any] | None:
+  """(step, attempt(step)) for the newest step whose files read, every process agreeing: process 0's list of
+  steps is tried in order and a step counts only if it read on every process. A damaged step is set aside
+  (moved by process 0 when `ckpts` may); any other failure on any process stops every process with every step
+  in place. None only when the workdir has no step at all: a workdir whose steps are all damaged, or were
+  moved aside by an earlier run, is an error (never a silent start from step 0)."""
+  steps = _agree_steps(ckpts.steps())
+  damaged = []
+  for step in steps:
+    outcome, result, error = 0, None, None
+    try:
+      result = attempt(step)
+    except Unreadable as e:
+      outcome, error = 1, e
+    except Exception as e:  # pylint: disable=broad-except  # shared below, then raised on every process
+      outcome, error = 2, e
+    everyone = _outcomes(outcome)
+    if max(everyone) == 2:
+      if outcome == 2:
+        raise error
+      raise CheckpointError(f"process {everyone.index(2)} could not restore checkpoint step {step} in "
+                            f"{ckpts.workdir} (its log says why); every step was left in place")
+    if max(everyone) == 1:
+      ckpts.set_aside(step, str(error) if error is not None else
+                      f"damaged as read by process {everyone.index(1)}")
+      damaged.append(step)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"lm-set-aside-{step}")
+      ckpts.reload()
+      continue
+    return step, result
+  if damaged or (ckpts.quarantine_unreadable and ckpts.quarantined()):
+    kept = (f"kept in {ckpts.workdir / QUARANTINE_DIR}" if ckpts.quarantine_unreadable else "left in place")
+    what = (f"step {', '.join(map(str, damaged))} cannot be read" if damaged else
+            "every step it had was moved aside as damaged")
+    raise CheckpointError(f"no checkpoint in {ckpts.workdir} restores: {what} (damaged steps are {kept}); pass "
+                          "--restart to start over from step 0 (nothing is deleted)")
+  return None

@@ -35,15 +35,13 @@ def _saved_config(meta: dict) -> dict:
 
 def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restored, object, dict] | None:
   """The newest step that restores into `config`, with its data and the config fields that changed since it
-  was saved; None when there is none. Unreadable steps are moved aside. A change that a resume may not make
-  (`history.SAFE_ON_RESUME`), or a run that already reached `train.steps`, is an error before any data is
-  loaded; the data always uses the checkpoint's own tokenizer."""
-  family = families.get(config.model.family)
-  found = None
-  for step in ckpts.steps():
+  was saved; None when the workdir has no checkpoint. Damaged steps are moved aside; any other failure stops
+  with every step in place (`checkpoint.restore_newest`, which also makes every process agree on the step). A
+  change that a resume may not make (`history.SAFE_ON_RESUME`), or a run that already reached `train.steps`,
+  is an error before any data is loaded; the data always uses the checkpoint's own tokenizer."""
+
+  def attempt(step):
     meta = ckpts.read_meta(step)
-    if meta is None:
-      continue
     changed = history.changes(_saved_config(meta), config.to_dict())
     refused = [history.describe(k, *v) for k, v in changed.items() if not history.is_safe(k)]
     if refused:
@@ -53,17 +51,16 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
           "microbatching; set these back or pass --restart to start over (old checkpoints are kept)")
     run = build_run(config, meta["tokenizer"], devices)
     state = restore_step(ckpts, step, run, meta["config"])
-    if state is None:
-      continue
     if step >= config.train.steps:
       raise RunFinished(f"run finished at step {step} in {ckpts.workdir} (train.steps={config.train.steps}); "
                         "raise --config.train.steps or use --restart (`lm eval` scores it)")
-    found = Restored(step, state, meta["data"], run), family.load_data(config, meta["tokenizer"]), changed
-    break
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("lm-restore-newest")  # nobody saves until corrupt steps moved
-  return found
+    return meta, run, state, changed
+
+  found = checkpoint.restore_newest(ckpts, attempt)
+  if found is None:
+    return None
+  step, (meta, run, state, changed) = found
+  return Restored(step, state, meta["data"], run), run.family.load_data(config, meta["tokenizer"]), changed
 
 
 class Preemption:
@@ -156,7 +153,7 @@ class LogWindow:
     self._reset()
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@jax.jit  # not donating: the first step's metrics are also what the loop waits on to bound its run-ahead
 def _accumulate(sums: dict, step_metrics: dict) -> dict:
   return jax.tree.map(jnp.add, sums, step_metrics)
 
@@ -344,8 +341,8 @@ def move_aside(workdir) -> None:
   """`--restart`: keep the old run's checkpoints, metrics and config history under `<workdir>/previous-<time>/`,
   never delete them."""
   workdir = epath.Path(workdir)
-  names = (checkpoint.CHECKPOINT_DIR, "metrics.jsonl", "tensorboard", history.CONFIG, history.HISTORY, "wandb",
-           "wandb_id", "eval_val.json")
+  names = (checkpoint.CHECKPOINT_DIR, checkpoint.QUARANTINE_DIR, "metrics.jsonl", "tensorboard", history.CONFIG,
+           history.HISTORY, "wandb", "wandb_id", "eval_val.json")
   moved = [workdir / name for name in names if (workdir / name).exists()]
   if not moved or jax.process_index() != 0:
     return

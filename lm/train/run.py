@@ -71,13 +71,12 @@ class Run:
 
   def sample(self, params, prompt: str, max_new: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0) -> str:
-    """Text continuing `prompt`, decoded on one device (decoding is latency-bound)."""
-    params = jax.device_put(params, jax.local_devices()[0])
+    """Text continuing `prompt`, decoded with `params` where they are (sharded as the run placed them, never
+    gathered onto one device); in a multi-process run every process must call it."""
     return self.family.sample(self, params, prompt, max_new=max_new, temperature=temperature, top_k=top_k,
                               top_p=top_p, seed=seed)
 
   def speculative(self, params, prompt: str, max_new: int) -> tuple[str, dict]:
-    params = jax.device_put(params, jax.local_devices()[0])
     return self.family.speculative(self, params, prompt, max_new)
 
   def flops_per_byte(self, n_bytes: float, rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -239,9 +238,13 @@ _SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attenti
 
 
 def check_compatible(ckpts: checkpoint.Checkpoints, step: int, saved_shapes: dict, run: Run,
-                     saved_config: dict) -> None:
-  """One line naming the config fields that make the saved state a different shape from this run's."""
-  differences = checkpoint.shape_differences(saved_shapes, checkpoint.leaf_shapes(run.abstract_state))
+                     saved_config: dict, params_only: bool = False) -> None:
+  """One line naming the config fields that make the saved state (or only its params) a different shape from
+  this run's."""
+  expected = checkpoint.leaf_shapes(run.abstract_state)
+  if params_only:
+    saved_shapes, expected = ({k: v for k, v in d.items() if k.startswith("params/")} for d in (saved_shapes, expected))
+  differences = checkpoint.shape_differences(saved_shapes, expected)
   if not differences:
     return
   where = f"checkpoint step {step} in {ckpts.workdir}"
@@ -261,47 +264,62 @@ def check_compatible(ckpts: checkpoint.Checkpoints, step: int, saved_shapes: dic
 
 
 def restore_step(ckpts: checkpoint.Checkpoints, step: int, run: Run, saved_config: dict):
-  """The step's train state in `run`'s layout; None if its files do not read (warned), an error naming the
-  config fields if its shapes do not fit `run`."""
-  shapes = ckpts.read_shapes(step)
-  if shapes is None:
-    return None
-  check_compatible(ckpts, step, shapes, run, saved_config)
+  """The step's train state in `run`'s layout; `checkpoint.Unreadable` if its files are damaged, an error naming
+  the config fields if its shapes do not fit `run`."""
+  check_compatible(ckpts, step, ckpts.read_shapes(step), run, saved_config)
   return ckpts.read_state(step, run.abstract_state)
 
 
 @dataclasses.dataclass
 class Restored:
-  """A checkpoint that restored: its step, state, data iterator state, and the run built for it."""
+  """A checkpoint that restored: its step, state (None when only params were read), data iterator state, the
+  run built for it, and its params."""
   step: int
   state: Any
   data_state: Any
   run: Run
+  params: Any = None
+
+  def __post_init__(self):
+    if self.params is None and self.state is not None:
+      self.params = self.state.params
+
+
+def _inference_mesh(saved_mesh: dict, devices) -> dict:
+  """The mesh a run trained with, on these devices (so params stay sharded as they trained: an 8B model
+  trained with fsdp evaluates sharded), or all data parallel when those sizes do not fit these devices."""
+  mesh = dict(saved_mesh, cpu_devices=0)
+  try:
+    parallel.mesh_shape(ml_collections.ConfigDict(mesh), len(devices or jax.devices()))
+    return mesh
+  except ConfigError:
+    return dict(data=-1, fsdp=1, tensor=1, cpu_devices=0)
 
 
 def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: int | None = None,
                   tokenizer: Tokenizer | None = None, role: str = "run") -> Restored | None:
-  """The newest step of `workdir` that restores, as its own saved config describes it, on `devices` with
-  `mesh` (default: all data parallel); None when the workdir has no checkpoint. With `tokenizer`, a
-  checkpoint trained with another one is an error before any array is read."""
+  """The params of the newest step of `workdir` that restores (never its optimizer state), as its own saved
+  config describes the model, sharded on `devices` over `mesh` (default: the mesh it trained with, where it
+  fits); None when the workdir has no checkpoint. With `tokenizer`, a checkpoint trained with another one is an
+  error before any array is read."""
   ckpts = checkpoint.Checkpoints(workdir)
-  for step in ckpts.steps():
+
+  def attempt(step):
     meta = ckpts.read_meta(step)
-    if meta is None:
-      continue
     if tokenizer is not None and meta["tokenizer"].files() != tokenizer.files():
       raise CheckpointError(
           f"{role} {str(workdir)!r} has a tokenizer of {meta['tokenizer'].vocab_size} ids, this run's has "
           f"{tokenizer.vocab_size} (or a different vocabulary); train the {role} with this data.tokenizer")
     config = families.from_json(json.dumps(meta["config"]))
-    config.mesh = ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
+    config.mesh = ml_collections.ConfigDict(mesh or _inference_mesh(config.mesh.to_dict(), devices))
     if batch_size is not None:
       config.data.batch_size = batch_size
     run = build_run(config, meta["tokenizer"], devices)
-    state = restore_step(ckpts, step, run, meta["config"])
-    if state is not None:
-      return Restored(step, state, meta["data"], run)
-  return None
+    check_compatible(ckpts, step, ckpts.read_shapes(step), run, meta["config"], params_only=True)
+    return Restored(step, None, meta["data"], run, params=ckpts.read_params(step, run.abstract_state.params))
+
+  found = checkpoint.restore_newest(ckpts, attempt)
+  return None if found is None else found[1]
 
 
 def restore_for_inference(workdir) -> tuple[Run, Any]:
@@ -310,7 +328,7 @@ def restore_for_inference(workdir) -> tuple[Run, Any]:
   if restored is None:
     raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
                           f"`lm train EXPERIMENT --workdir {workdir}`")
-  return restored.run, restored.state.params
+  return restored.run, restored.params
 
 
 def _check_reference(needs: Requirements) -> str:
@@ -334,4 +352,4 @@ def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
                            tokenizer=run.tokenizer, role="reference run")
   if restored is None:
     raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
-  return restored.run, restored.state.params
+  return restored.run, restored.params
