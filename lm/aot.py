@@ -173,27 +173,50 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, flops: bool
     report["advice"] = _advice(config)
   report["analytic_flops_per_step"] = analytic_flops_per_step(run)
   if flops:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    small = build_run(_flops_config(config, shards), run.tokenizer, devices)
-    small_fn = _train_fn(small, backend)
-    with parallel.activation_context(mesh):
-      unrolled = _compile(small_fn, small.abstract_state, _abstract_batch(small, shards), hlo=False)
-    report["flops_compile_seconds"] = unrolled.seconds
-    if unrolled.cost and "flops" in unrolled.cost:
-      scale = config.data.batch_size / shards
-      per_device = unrolled.cost["flops"] * scale
-      report["compiled_flops_per_step"] = per_device * len(devices)
-      # memory: bytes accessed of one row per device scaled to the batch, so the weights' reads count once per
-      # row (an upper bound); libtpu: the compiler's own estimate, scaled the same way
-      seconds = dict(compute=per_device / spec.peak_bf16 if spec else None,
-                     memory_upper_bound=unrolled.cost.get("bytes accessed", 0.0) * scale / spec.hbm_bandwidth if spec else None,
-                     libtpu=unrolled.cost["optimal_seconds"] * scale if "optimal_seconds" in unrolled.cost else None)
-      seconds["roofline"] = seconds["compute"]
-      report["step_seconds_estimate"] = seconds
-    else:
-      report["compiled_flops_per_step"] = None
-      report["flops_note"] = unrolled.oom or "the compiler reported no FLOPs"
+    report.update(_compiled_flops(run, devices, spec))
   return report
+
+
+def _unrolled_cost(config, tokenizer, devices, rows: int) -> Compiled:
+  small = build_run(_flops_config(config, rows), tokenizer, devices)
+  fn = _train_fn(small, devices[0].platform)  # outside the mesh context: its constants live on this host
+  with parallel.activation_context(small.mesh):
+    return _compile(fn, small.abstract_state, _abstract_batch(small, rows), hlo=False)
+
+
+def _compiled_flops(run: Run, devices, spec) -> dict:
+  """FLOPs per step from the unrolled compile, with a roofline step-time estimate. When the unrolled step
+  itself does not fit (its attention and logits are dense, its layers unscheduled: e.g. 8B at 8192 tokens),
+  the cost of L layers is extrapolated exactly from 1- and 2-layer compiles, FLOPs being linear in depth."""
+  config, mesh = run.config, run.mesh
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  unrolled = _unrolled_cost(config, run.tokenizer, devices, shards)
+  out = dict(flops_compile_seconds=unrolled.seconds)
+  cost = unrolled.cost
+  layers = int(config.model.get("num_layers", 0) or 0)
+  if unrolled.oom and layers > 2:
+    one, two = (ml_collections.ConfigDict(config.to_dict()) for _ in range(2))
+    one.model.num_layers, two.model.num_layers = 1, 2
+    c1, c2 = (_unrolled_cost(c, run.tokenizer, devices, shards) for c in (one, two))
+    out["flops_compile_seconds"] += c1.seconds + c2.seconds
+    if c1.cost and c2.cost and "flops" in c1.cost and "flops" in c2.cost:
+      cost = {k: c1.cost[k] + (layers - 1) * (c2.cost[k] - c1.cost[k]) for k in c1.cost if k in c2.cost}
+      out["flops_note"] = (f"the unrolled {layers}-layer step does not fit ({unrolled.oom}); FLOPs extrapolated "
+                           "from 1- and 2-layer compiles")
+  if not cost or "flops" not in cost:
+    return dict(out, compiled_flops_per_step=None,
+                flops_note=unrolled.oom or "the compiler reported no FLOPs")
+  scale = config.data.batch_size / shards
+  per_device = cost["flops"] * scale
+  out["compiled_flops_per_step"] = per_device * len(devices)
+  # memory: bytes accessed of one row per device scaled to the batch, so the weights' reads count once per row
+  # (an upper bound); libtpu: the compiler's own estimate, scaled the same way
+  seconds = dict(compute=per_device / spec.peak_bf16 if spec else None,
+                 memory_upper_bound=cost.get("bytes accessed", 0.0) * scale / spec.hbm_bandwidth if spec else None,
+                 libtpu=cost["optimal_seconds"] * scale if "optimal_seconds" in cost else None)
+  seconds["roofline"] = seconds["compute"]
+  out["step_seconds_estimate"] = seconds
+  return out
 
 
 def _gib(n) -> str:
@@ -227,6 +250,8 @@ def format_report(r: dict) -> str:
     ratio = f" = {compiled / analytic:.2f} x analytic {analytic:.3e} (compiled counts remat recompute and " \
         "elementwise work)" if analytic else ""
     lines.append(f"FLOPs per step: compiled {compiled:.3e}{ratio}")
+    if r.get("flops_note"):
+      lines.append(f"  ({r['flops_note']})")
     s = r["step_seconds_estimate"]
     parts = [f"{k} {v * 1e3:.1f} ms" for k, v in s.items() if v is not None]
     lines.append("step time estimate (roofline, not a measurement): " + ", ".join(parts))

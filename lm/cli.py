@@ -104,6 +104,9 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   parallel.check_distributed_args(args.coordinator, args.num_processes, args.process_id)
   config = _load_config(args, overrides, spec)
   workdir = args.workdir or f"runs/{config.experiment.replace(':', '_')}"
+  if config.train.tpu_flags:  # libtpu reads its flags once, at its start: before anything touches devices
+    from lm import hardware
+    hardware.apply_tpu_flags(os.environ, hardware.tpu_generation(os.environ.get("TPU_ACCELERATOR_TYPE", "")))
   # Before anything touches devices: joining other processes is impossible once a backend exists.
   if parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id) is None:
     parallel.use_cpu_cores(config)  # one XLA:CPU device per core that the batch divides over
@@ -143,7 +146,9 @@ def _cmd_compile(args, overrides: list[str], spec: str | None) -> int:
   if "jax" not in sys.modules:  # compiling for a topology needs no accelerator of this machine's own
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
   config = _load_config(args, overrides, spec, command="lm compile")
-  from lm import aot
+  from lm import aot, hardware
+  if config.train.tpu_flags:  # compiled with the flags `lm train` would run with on that generation
+    hardware.apply_tpu_flags(os.environ, hardware.tpu_generation(args.topology))
   name = config.experiment.replace(":", "_")
   out = args.json or f"runs/compile/{name}-{args.topology.replace(':', '_')}.json"
   return aot.compile_command(config, args.topology, out, flops=not args.no_flops)

@@ -67,6 +67,14 @@ def base_config() -> ml_collections.ConfigDict:
       steps=1000, log_every=50, eval_every=500, eval_batches=8, checkpoint_every=500,
       keep_checkpoints=3, seed=0, grad_accum=1, max_nonfinite_steps=10,
       trackers=("jsonl", "tensorboard"),  # lm/train/trackers.py: jsonl | tensorboard | wandb | module.Class
+      # "START:STOP": a jax profiler trace of steps START+1..STOP in WORKDIR/profile (TensorBoard's profile tab)
+      profile_steps="",
+      # persistent XLA compilation cache: "auto" (~/.cache/lm/xla on accelerators, off on CPU), "" off, or a
+      # directory (gs:// too); a restarted or resumed run then skips its compiles
+      compilation_cache="auto",
+      # libtpu flags that overlap collectives with compute (`hardware.tpu_flags`), for the TPU generation the
+      # host reports; only set where the user's LIBTPU_INIT_ARGS do not name them already
+      tpu_flags=True,
   )
   # cpu_devices: XLA:CPU devices `lm train` makes of this host's cores (0: as many as divide the batch rows,
   # for a data mesh: XLA:CPU runs one program per device in parallel, where small matmuls of one program run
@@ -324,6 +332,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"model.{key}={m[key]} must be a positive block length (e.g. 512)")
   if d.batch_size % t.grad_accum:
     raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+  if t.profile_steps:
+    parts = t.profile_steps.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) >= int(parts[1]):
+      raise ConfigError(f"train.profile_steps={t.profile_steps!r}; write START:STOP with START < STOP (e.g. 10:15 "
+                        "traces steps 11 to 15)")
   if o.schedule not in ("cosine", "linear", "constant"):
     raise ConfigError(f"optim.schedule={o.schedule!r}; choose cosine, linear or constant")
   if not config.objectives:

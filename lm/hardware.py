@@ -69,6 +69,42 @@ def peak_flops(devices) -> float | None:
   return sum(s.peak_bf16 for s in specs)
 
 
+# libtpu flags that overlap collectives with compute (the groups MaxText keeps in its xla_flags_library). Each
+# set was compiled here for its generation with libtpu 0.0.52 (`lm compile`, BUILD_NOTES issue 15): the async
+# collectives for v4, v5e, v5p and v6e; continuation fusion of all-gathers only for v5e, as libtpu refuses it
+# elsewhere ("not supported/recommended on platforms other than TPU v5e").
+ASYNC_COLLECTIVES = ("--xla_enable_async_all_reduce=true", "--xla_enable_async_all_gather=true",
+                     "--xla_tpu_overlap_compute_collective_tc=true")
+CONTINUATION_FUSION = ("--xla_tpu_enable_async_collective_fusion=true",
+                       "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true",
+                       "--xla_tpu_enable_async_collective_fusion_multiple_steps=true")
+_GENERATIONS = (("v5litepod", "v5e"), ("v5e", "v5e"), ("v5p", "v5p"), ("v6e", "v6e"), ("v4", "v4"))
+
+
+def tpu_generation(name: str) -> str | None:
+  """`v4`, `v5e`, `v5p` or `v6e` of a Cloud TPU accelerator type (`v5litepod-16`, `v5p-32`) or a topology name
+  (`v5e:4x4`); None when it names none of them."""
+  name = (name or "").lower()
+  return next((g for prefix, g in _GENERATIONS if name.startswith(prefix)), None)
+
+
+def tpu_flags(generation: str | None) -> tuple[str, ...]:
+  if generation not in ("v4", "v5e", "v5p", "v6e"):
+    return ()
+  return ASYNC_COLLECTIVES + (CONTINUATION_FUSION if generation == "v5e" else ())
+
+
+def apply_tpu_flags(environ, generation: str | None) -> list[str]:
+  """Adds `tpu_flags(generation)` to LIBTPU_INIT_ARGS in `environ`, except flags it names already (the user's
+  choice wins); returns those added. Must run before libtpu starts (jax's first use of a TPU)."""
+  current = environ.get("LIBTPU_INIT_ARGS", "")
+  named = {f.split("=")[0] for f in current.split()}
+  added = [f for f in tpu_flags(generation) if f.split("=")[0] not in named]
+  if added:
+    environ["LIBTPU_INIT_ARGS"] = " ".join([*current.split(), *added])
+  return added
+
+
 def topology_devices(name: str) -> list:
   """The devices of a TPU slice (`v5p:4x4x2`, `v4:2x2x1`, `v5e:4x4`, `v6e:2x2`, ...) built by libtpu on this
   machine, for ahead-of-time compiles; v4 and v5p as megacore (one device per chip)."""
@@ -79,6 +115,8 @@ def topology_devices(name: str) -> list:
   except ImportError as e:
     raise ConfigError("compiling for a TPU topology needs libtpu: pip install -e '.[tpu]' (or pip install "
                       "libtpu)") from e
+  import os
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # without it, a second process using libtpu here fails
   generation = name.split(":")[0].lower()
   kwargs = dict(chip_config_name="megacore") if generation in ("v4", "v5p") else {}
   try:

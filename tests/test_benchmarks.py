@@ -1,9 +1,12 @@
 """Smoke test: the training-throughput benchmark runs in --quick mode and writes the JSON it promises."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,17 @@ def test_speculative_quick(tmp_path):
   assert result["identical_outputs"] == result["prompts"] == 4
   assert result["plain_passes_per_unit"] == 1.0 and 0 < result["spec_passes_per_unit"] <= 1.0
   assert "accepted units per pass" in proc.stdout
+
+
+@pytest.mark.slow
+def test_accelerator_check_quick(tmp_path):
+  """The script for GPU/TPU days runs here too: the kernel in interpret mode, a tiny training run."""
+  out = tmp_path / "accelerator_check.json"
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--quick", "--out",
+                         str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  f32 = [r for r in result["kernels"] if r["dtype"] == "float32"]
+  assert f32 and all(max(r["out"], r["dq"], r["dk"], r["dv"]) < 1e-4 for r in f32)
+  assert result["training"]["tokens_per_s"] > 0 and result["training"]["compile_s"] > 0

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import types
 
+import jax
+import numpy as np
 import pytest
 
 from lm import config as config_lib
@@ -51,7 +53,8 @@ def test_tokens_per_sec_counts_from_the_second_step(monkeypatch):
   class NoProgress:
     def update(self, step, out):
       pass
-  run = types.SimpleNamespace(family=families.get("token"))
+  run = types.SimpleNamespace(family=families.get("token"),
+                              mesh=types.SimpleNamespace(devices=np.array([types.SimpleNamespace(device_kind="cpu")])))
   compute = dict(bytes_per_step=30.0, flops_per_step=1.0, flops_per_byte_train=1.0)
   window = loop.LogWindow(config, run, compute, Writer(), NoProgress())
   step_metrics = {"loss": 1.0, "grad_norm": 1.0, "lr": 0.1, "skipped": 0.0}
@@ -62,11 +65,49 @@ def test_tokens_per_sec_counts_from_the_second_step(monkeypatch):
     window.add(step, step_metrics, timed=step > 1)
   assert records[-1][0] == 4 and records[-1][1]["tokens_per_sec"] == 3 * 2 * 10 / 2.0
   assert records[-1][1]["bytes_per_sec"] == 3 * 30.0 / 2.0
+  assert "mfu" not in records[-1][1]  # a CPU has no peak in the table
   config.train.log_every = 1
   window = loop.LogWindow(config, run, compute, Writer(), NoProgress())
   window.start_clock(first_step_seconds=8.0)
   window.add(1, step_metrics, timed=False)
   assert records[-1][1]["tokens_per_sec"] == 2 * 10 / 8.0
+
+
+def test_mfu_is_model_flops_over_the_mesh_peak(monkeypatch):
+  clock = [0.0]
+  monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+  config = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(config, ["train.log_every=2"])
+  records = []
+  writer = types.SimpleNamespace(write=lambda step, out: records.append(out))
+  chips = [types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3") for _ in range(8)]
+  run = types.SimpleNamespace(family=families.get("token"), mesh=types.SimpleNamespace(devices=np.array(chips)))
+  window = loop.LogWindow(config, run, dict(bytes_per_step=1.0, flops_per_step=4e15, flops_per_byte_train=1.0),
+                          writer, types.SimpleNamespace(update=lambda *a: None))
+  window.start_clock(first_step_seconds=1.0)
+  for step in (1, 2):
+    clock[0] += 2.0
+    window.add(step, {"loss": 1.0, "grad_norm": 1.0, "lr": 0.1, "skipped": 0.0}, timed=True)
+  assert records[-1]["mfu"] == pytest.approx(2 * 4e15 / 4.0 / (8 * 989e12))
+
+
+def test_no_step_reads_the_device_between_log_steps(tmp_path, monkeypatch):
+  """The hot loop reads device values only at log steps and non-finite checks (both every 10 steps here):
+  never once per step."""
+  reads = []
+  read_host = loop.read_host
+  monkeypatch.setattr(loop, "read_host", lambda tree: reads.append(1) or read_host(tree))
+  gets, device_get = [], jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda tree: gets.append(1) or device_get(tree))
+  config = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(config, ["train.steps=40", "train.log_every=10", "train.max_nonfinite_steps=10",
+                                      "train.eval_every=0", "eval.max_batches=1", "sample.max_new=0",
+                                      "train.checkpoint_every=0", "train.profile_steps=30:32"])
+  loop.train(config, str(tmp_path / "w"))
+  assert len(reads) == 8  # 4 log steps + 4 streak checks, of 40 steps
+  assert len(gets) == len(reads) + 1  # and the final evaluation's one read
+  traces = list((tmp_path / "w" / "profile").rglob("*.xplane.pb"))
+  assert traces, "train.profile_steps wrote no trace"
 
 
 @pytest.mark.slow

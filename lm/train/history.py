@@ -28,6 +28,7 @@ SAFE_ON_RESUME = (
     "experiment",
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.trackers", "train.grad_accum",
+    "train.profile_steps", "train.compilation_cache", "train.tpu_flags",
     "eval.", "sample.", "mesh.",
     "model.remat_policy", "model.scan_unroll", "model.dtype", "model.attention_impl", "model.attention_block_q",
     "model.attention_block_kv", "model.attention_interpret",
@@ -61,11 +62,9 @@ def record(workdir, config: dict, step: int, changed: dict[str, tuple[Any, Any]]
   past = path.read_text() if path.exists() else ""
   if past and not past.endswith("\n"):
     past += "\n"
-  # Rewritten whole through a temporary file and a rename (append is not a thing on every store, gs://
-  # included): a crash leaves the old history or the new one, never half a line.
-  tmp = workdir / (HISTORY + ".tmp")
-  tmp.write_text(past + json.dumps(entry, sort_keys=True) + "\n")
-  tmp.replace(path)
+  # Rewritten whole (append is not a thing on every store, gs:// included), atomically: a crash leaves the
+  # old history or the new one, never half a line.
+  checkpoint.write_text(path, past + json.dumps(entry, sort_keys=True) + "\n")
   checkpoint.write_json(workdir / CONFIG, config)
 
 

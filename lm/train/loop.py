@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from lm import families, objectives, parallel
+from lm import families, hardware, objectives, parallel
 from lm.data import tokenizers
 from lm.errors import CheckpointError, RunFinished
 from lm.train import checkpoint, history, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
+from lm.train import run as run_lib
 from lm.train.run import (Restored, Run, build_run, check, eval_batch_size, load_reference, make_evaluator,
                           evaluate_parts,
                           restore_step, train_flops_per_step)
@@ -112,6 +113,7 @@ class LogWindow:
   def __init__(self, config, run: Run, compute: dict, writer, progress):
     self.config, self.compute, self.writer, self.progress = config, compute, writer, progress
     self.units_per_step = config.data.batch_size * run.family.units_per_row(config)
+    self.peak_flops = hardware.peak_flops(run.mesh.devices.flat)  # None on CPUs: no MFU there
     main = config.objectives[0]
     self.main = main.get("label", main["name"])
     self.first_seconds = 0.0
@@ -146,6 +148,8 @@ class LogWindow:
                bytes_per_sec=timed * self.compute["bytes_per_step"] / elapsed,
                train_flops=step * self.compute["flops_per_step"],
                flops_per_byte_train=self.compute["flops_per_byte_train"])
+    if self.peak_flops:  # model FLOPs (the analytic count, no remat recompute) over the mesh's peak bf16 FLOP/s
+      out["mfu"] = timed * self.compute["flops_per_step"] / elapsed / self.peak_flops
     if f"{self.main}/bpb" in out:
       out["bpb"] = out[f"{self.main}/bpb"]
     self.writer.write(step, out)
@@ -199,6 +203,39 @@ def _check_writable(workdir) -> None:
                           "writable directory")
 
 
+class Profile:
+  """`train.profile_steps="START:STOP"`: a jax profiler trace of steps START+1..STOP, in WORKDIR/profile."""
+
+  def __init__(self, spec: str, workdir, last_step: int):
+    self.start = self.stop = None
+    self.last_step = last_step
+    self.directory, self.active = str(epath.Path(workdir) / "profile"), False
+    if spec:
+      self.start, self.stop = (int(x) for x in spec.split(":"))
+
+  def before(self, step: int) -> None:
+    if step == self.start:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, done: int, outputs) -> None:
+    if self.active and (done >= self.stop or done == self.last_step):
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.active = False
+      print(f"profile of steps {self.start + 1}..{done} written to {self.directory}", flush=True)
+
+
+def use_compilation_cache(setting: str, backend: str) -> str | None:
+  """Point jax's persistent compilation cache at `train.compilation_cache` ("auto": a per-user directory on
+  accelerators, none on CPU, whose compiles are quick); returns the directory used."""
+  directory = (os.path.expanduser("~/.cache/lm/xla") if backend != "cpu" else "") if setting == "auto" else setting
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return directory or None
+
+
 def release_freed_memory() -> None:
   """Hands memory that the C heap holds freed back to the OS (glibc's `malloc_trim`; elsewhere nothing).
 
@@ -225,6 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   config = check(config, devices)
   if primary:
     _check_writable(workdir)
+  use_compilation_cache(config.train.compilation_cache, run_lib.backend_of(devices))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints, read_only=False, quarantine=True)
   found = resume(ckpts, config, devices)
   changed = None
@@ -279,9 +317,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     writer = trackers.Trackers(config.train.trackers, workdir, config.to_dict(), start, enabled=primary)
     window = LogWindow(config, run, train_flops_per_step(run, data), writer,
                        metrics_lib.Progress(config.train.steps, enabled=primary))
+    profile = Profile(config.train.profile_steps, workdir, config.train.steps)
     for step in range(start, config.train.steps):
       if batch is None:  # put while the previous steps still run: dispatch is asynchronous
         batch = run.put_batch(next(train_iter))
+      profile.before(step)
       t_step = time.time()
       state, step_metrics = step_fn(state, batch, *extra_args)
       batch = None
@@ -290,6 +330,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         jax.block_until_ready(step_metrics)
         window.start_clock(time.time() - t_step)
       window.add(done, step_metrics, step != start)
+      profile.after(done, step_metrics)
       in_flight.append(step_metrics["loss"])
       if len(in_flight) > RUN_AHEAD:
         in_flight.popleft().block_until_ready()  # bounds how far the host runs ahead; reads nothing
@@ -302,6 +343,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
               f"(step {ckpts.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
       if preemption.should_stop(done):
         preempted = done
+        profile.after(profile.stop or done, step_metrics)
         break
       if config.train.eval_every and done % config.train.eval_every == 0 and done < config.train.steps:
         val, _ = evaluate_val(state.params, max_batches=config.train.eval_batches)
