@@ -21,6 +21,8 @@ def script(train_argv: list[str], nodes: int, gpus_per_node: int, job_name: str,
   (the others would wait for it in a collective until the job's time runs out)."""
   if nodes < 1 or gpus_per_node < 1:
     raise LMError(f"--nodes {nodes} and --gpus-per-node {gpus_per_node} must both be at least 1")
+  if "://" in output:
+    raise LMError(f"--output {output} must be a path on the cluster's own filesystem: SLURM writes the log there")
   lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
            f"#SBATCH --ntasks-per-node={gpus_per_node}", f"#SBATCH --gpus-per-node={gpus_per_node}",
            f"#SBATCH --output={output}"]
@@ -32,15 +34,20 @@ def script(train_argv: list[str], nodes: int, gpus_per_node: int, job_name: str,
 
 
 def default_output(workdir: str) -> str:
-  return f"{workdir.rstrip('/')}/slurm-%j.out"  # %j: SLURM's job id
+  """WORKDIR/slurm-%j.out (%j: SLURM's job id); for a gs:// workdir, which SLURM cannot write to, slurm-%j.out
+  in the directory sbatch runs in."""
+  if "://" in workdir:
+    return "slurm-%j.out"
+  return f"{workdir.rstrip('/')}/slurm-%j.out"
 
 
 def launch(text: str, workdir: str, output: str, dry_run: bool = False) -> int:
-  """Print the script (`dry_run`), or write it to WORKDIR/launch.sbatch and submit it with sbatch."""
+  """Print the script (`dry_run`), or write it to WORKDIR/launch.sbatch (for a gs:// workdir, ./launch.sbatch:
+  sbatch reads a local file) and submit it with sbatch."""
   if dry_run:
     print(text, end="")
     return 0
-  path = pathlib.Path(workdir) / "launch.sbatch"
+  path = pathlib.Path("launch.sbatch" if "://" in workdir else pathlib.Path(workdir) / "launch.sbatch")
   path.parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(output).parent.mkdir(parents=True, exist_ok=True)  # SLURM does not create --output's folder
   path.write_text(text)

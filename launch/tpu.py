@@ -35,12 +35,14 @@ def ssh(name: str, zone: str, project: str | None, command: str) -> list[str]:
 
 
 def install_command(repo: str, ref: str) -> str:
-  """uv, a Python new enough for jax, and jax for TPU plus the package at `repo@ref` (a git URL)."""
+  """uv, a Python new enough for jax, and jax for TPU plus the package at `repo@ref` (a git URL) with its
+  `gcs` extra: a pod's workdir is a gs:// bucket, which etils.epath reaches through gcsfs."""
   uv = ".local/bin/uv"  # where uv's installer puts it
   return " && ".join([
       "curl -LsSf https://astral.sh/uv/install.sh | sh",
       shlex.join([uv, "venv", "--python", PYTHON_VERSION, "--allow-existing", VENV]),
-      shlex.join([uv, "pip", "install", "--python", f"{VENV}/bin/python", "-U", "jax[tpu]", f"git+{repo}@{ref}"]),
+      shlex.join([uv, "pip", "install", "--python", f"{VENV}/bin/python", "-U", "jax[tpu]",
+                  f"lm[gcs] @ git+{repo}@{ref}"]),
   ])
 
 

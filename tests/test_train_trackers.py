@@ -5,8 +5,11 @@ before a run starts."""
 import io
 import json
 import struct
+import sys
 
 import pytest
+from etils import epath
+from fsspec.implementations.memory import MemoryFileSystem
 
 from lm.errors import ConfigError
 from lm.train import metrics, trackers
@@ -44,6 +47,67 @@ def _scalars(directory):
       i += 12 + n + 4
     assert versions == ["brain.Event:2"]
   return out
+
+
+class ObjectStore(MemoryFileSystem):
+  """An in-memory `gs://` that, like an object store, has no append: gcsfs opens "a" as "w", which would
+  silently drop every earlier record, so here it fails loudly instead."""
+
+  protocol = ("gs", "gcs")
+  store, pseudo_dirs = {}, [""]
+
+  @classmethod
+  def _strip_protocol(cls, path):
+    return "/" + str(path).split("://", 1)[-1].strip("/")
+
+  def _open(self, path, mode="rb", **kwargs):
+    if "a" in mode:
+      raise OSError(f"append ({mode!r}) to {path}: objects are written whole")
+    return super()._open(path, mode, **kwargs)
+
+
+@pytest.fixture
+def object_store(monkeypatch):
+  """`gs://` served by `ObjectStore` for etils.epath (whose fsspec backend caches its filesystems)."""
+  from etils.epath import backend
+  ObjectStore.store.clear()
+  for name in ObjectStore.protocol:  # the module's own table (`fsspec.registry` is a read-only view of it)
+    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, name, ObjectStore)
+  backend.fsspec_backend._get_filesystem.cache_clear()
+  yield ObjectStore.store
+  backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+def test_remote_trackers_rewrite_whole_files_and_keep_records_across_a_resume(object_store, monkeypatch):
+  workdir = epath.Path("gs://bucket/w")
+  monkeypatch.setattr(trackers, "REMOTE_FLUSH_SECONDS", 3600.0)
+  t = trackers.Trackers(("jsonl", "tensorboard"), workdir, {})
+  t.write(1, {"loss": 2.5, "bpb": 3})
+  assert not (workdir / "metrics.jsonl").exists()  # buffered within the flush window...
+  t.close()  # ...and uploaded whole at the end
+  monkeypatch.setattr(trackers, "REMOTE_FLUSH_SECONDS", 0.0)
+  t = trackers.Trackers(("jsonl", "tensorboard"), workdir, {}, start_step=1)  # a resume reads the records back
+  t.write(2, {"loss": 2.0})
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert records == [{"step": 1, "loss": 2.5, "bpb": 3.0}, {"step": 2, "loss": 2.0}]  # each window flushed
+  t.write(3, {"loss": 1.5})
+  t.close()
+  assert t.trackers == {}
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [1, 2, 3]
+  # One event file per flush window, each a complete TFRecord file that TensorBoard reads in name order.
+  assert len(list((workdir / "tensorboard").iterdir())) == 3
+  assert _scalars(workdir / "tensorboard") == [(1, "loss", 2.5), (1, "bpb", 3.0), (2, "loss", 2.0), (3, "loss", 1.5)]
+
+
+def test_a_remote_tracker_that_cannot_upload_at_close_says_so(object_store, monkeypatch, capsys):
+  monkeypatch.setattr(trackers, "REMOTE_FLUSH_SECONDS", 3600.0)
+  t = trackers.Trackers(("jsonl",), "gs://bucket/w", {})
+  t.write(1, {"loss": 1.0})
+  monkeypatch.setattr(ObjectStore, "_open", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "bucket gone")))
+  t.close()
+  assert capsys.readouterr().err == ("warning: tracker 'jsonl' cannot close in gs://bucket/w (bucket gone); its last "
+                                     "records may be missing\n")
 
 
 def test_crc32c_matches_the_standard_check_value():

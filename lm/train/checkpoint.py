@@ -9,6 +9,7 @@ mid-save leaves the previous step as it was, and a half-written step is never li
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import sys
@@ -27,10 +28,22 @@ CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt-checkpoints"
 
 
+# What etils.epath needs installed to reach each remote scheme, and the install that provides it.
+_REMOTE_PACKAGES = {"gs": ("gcsfs", "pip install -e '.[gcs]'")}
+
+
 def workdir_path(workdir) -> epath.Path:
-  """Local paths made absolute (orbax's tensorstore writer rejects relative ones); `gs://...` kept."""
+  """Local paths made absolute (orbax's tensorstore writer rejects relative ones); `gs://...` kept, after
+  checking that the filesystem package it needs is installed (one line, before anything is read or written)."""
   text = str(workdir)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  scheme, remote, _ = text.partition("://")
+  if not remote:
+    return epath.Path(os.path.abspath(text))
+  module, install = _REMOTE_PACKAGES.get(scheme, (None, None))
+  if module and importlib.util.find_spec(module) is None:
+    raise CheckpointError(f"workdir {text!r} is on {scheme}:// but {module} is not installed; {install} "
+                          f"(or pip install {module})")
+  return epath.Path(text)
 
 
 def _handlers() -> dict:
@@ -147,10 +160,19 @@ def abstract_with_shardings(abstract_tree, shardings):
 
 
 def write_json(path, obj) -> None:
-  """Atomic JSON write (tmp + rename): a crash leaves either the old or the new file."""
+  """Atomic JSON write: a crash leaves either the old or the new file."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def write_text(path, text: str) -> None:
+  """Replace a file whole and atomically: locally through a temporary file and a rename; on an object store
+  (gs://) by one upload, which is atomic there, where a rename is a copy and a delete."""
   path = epath.Path(path)
+  if "://" in str(path):
+    path.write_text(text)
+    return
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  tmp.write_text(text)
   tmp.replace(path)
 
 

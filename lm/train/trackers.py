@@ -5,6 +5,11 @@ and `wandb` (Weights & Biases; `pip install -e '.[wandb]'`; `WANDB_MODE=offline`
 `WANDB_PROJECT` / `WANDB_ENTITY` choose where it goes online). Any other name is a dotted path to a `Tracker`
 subclass (`mypkg.trackers.MLflow`). Trackers run on process 0 only. A tracker that fails (a full disk, a lost
 connection) warns once and stops; the run goes on, since its checkpoints report their own errors.
+
+On an object store (a `gs://` workdir) nothing is appended, since an object is written whole: `jsonl` keeps
+the file's records in memory and uploads it whole at most every `REMOTE_FLUSH_SECONDS` and at `close()`, and
+`tensorboard` writes each such window's events to a new event file (TensorBoard reads every file in the
+directory). A run killed without `close()` (SIGKILL) loses at most that window of metrics there.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import secrets
 import socket
 import struct
 import sys
+import tempfile
 import time
 from typing import Any
 
 from etils import epath
 
 from lm.errors import ConfigError, did_you_mean
+from lm.train import checkpoint
 
 
 class Tracker:
@@ -40,19 +47,49 @@ class Tracker:
     """Flush and release; called once at the end of the run (or its preemption)."""
 
 
+REMOTE_FLUSH_SECONDS = 60.0
+
+
+def is_remote(path) -> bool:
+  """Whether `path` is on an object store (`gs://...`), where files are written whole, never appended to."""
+  return "://" in str(path)
+
+
 class Jsonl(Tracker):
-  """`metrics.jsonl`: `{"step": N, "loss": ..., ...}` per record, appended across resumes."""
+  """`metrics.jsonl`: `{"step": N, "loss": ..., ...}` per record, appended across resumes (on an object store:
+  the earlier records read back first, the whole file rewritten at each flush)."""
 
   def __init__(self, workdir, config, start_step):
     super().__init__(workdir, config, start_step)
-    self._file = (epath.Path(workdir) / "metrics.jsonl").open("a")
+    self._path = epath.Path(workdir) / "metrics.jsonl"
+    self._remote = is_remote(self._path)
+    if self._remote:
+      text = self._path.read_text() if self._path.exists() else ""
+      self._lines = [text + ("\n" if text and not text.endswith("\n") else "")]
+      self._pending, self._flushed = False, time.monotonic()
+    else:
+      self._file = self._path.open("a")
 
   def write(self, step, metrics):
-    self._file.write(json.dumps({"step": int(step), **metrics}) + "\n")
-    self._file.flush()
+    line = json.dumps({"step": int(step), **metrics}) + "\n"
+    if not self._remote:
+      self._file.write(line)
+      self._file.flush()
+      return
+    self._lines.append(line)
+    self._pending = True
+    if time.monotonic() - self._flushed >= REMOTE_FLUSH_SECONDS:
+      self._flush()
+
+  def _flush(self):
+    checkpoint.write_text(self._path, "".join(self._lines))
+    self._pending, self._flushed = False, time.monotonic()
 
   def close(self):
-    self._file.close()
+    if not self._remote:
+      self._file.close()
+    elif self._pending:
+      self._flush()
 
 
 def _crc32c_table() -> list[int]:
@@ -112,29 +149,53 @@ def event_record(wall_time: float, step: int = 0, scalars: dict[str, float] | No
 class TensorBoard(Tracker):
   """Scalars in `tensorboard/` event files, written synchronously by this module (TFRecords of `Event`
   protos): a failed write is an error here, where it stops this tracker, never a dead background thread.
-  No tensorboardX: importing it imports torch where torch is installed (~150 MB of a CPU run's RSS)."""
+  No tensorboardX: importing it imports torch where torch is installed (~150 MB of a CPU run's RSS).
+  Locally one file is appended to; on an object store each flush window is a file of its own."""
 
   def __init__(self, workdir, config, start_step):
     super().__init__(workdir, config, start_step)
-    directory = epath.Path(workdir) / "tensorboard"
-    directory.mkdir(parents=True, exist_ok=True)
-    # TensorBoard's name pattern; the pid and step keep two writers in one second apart.
-    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{int(start_step)}"
-    self._file = (directory / name).open("wb")
-    self._file.write(event_record(time.time(), file_version="brain.Event:2"))
-    self._file.flush()
+    self._directory = epath.Path(workdir) / "tensorboard"
+    self._directory.mkdir(parents=True, exist_ok=True)
+    self._start_step, self._remote = int(start_step), is_remote(self._directory)
+    if self._remote:
+      self._records, self._windows, self._flushed = [], 0, time.monotonic()
+    else:
+      self._file = self._new_file().open("wb")
+      self._file.write(event_record(time.time(), file_version="brain.Event:2"))
+      self._file.flush()
+
+  def _new_file(self) -> epath.Path:
+    # TensorBoard's name pattern; the pid and step keep two writers in one second apart, and the window
+    # number (zero-padded) keeps one writer's files in the order they were written, which TensorBoard reads in.
+    name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{self._start_step}"
+            + (f".{self._windows:06d}" if self._remote else ""))
+    return self._directory / name
 
   def write(self, step, metrics):
-    self._file.write(event_record(time.time(), step, {k: float(v) for k, v in metrics.items()}))
-    self._file.flush()
+    record = event_record(time.time(), step, {k: float(v) for k, v in metrics.items()})
+    if not self._remote:
+      self._file.write(record)
+      self._file.flush()
+      return
+    self._records.append(record)
+    if time.monotonic() - self._flushed >= REMOTE_FLUSH_SECONDS:
+      self._flush()
+
+  def _flush(self):
+    self._new_file().write_bytes(event_record(time.time(), file_version="brain.Event:2") + b"".join(self._records))
+    self._records, self._windows, self._flushed = [], self._windows + 1, time.monotonic()
 
   def close(self):
-    self._file.close()
+    if not self._remote:
+      self._file.close()
+    elif self._records:
+      self._flush()
 
 
 class Wandb(Tracker):
   """A Weights & Biases run named after the experiment; its id is kept in `WORKDIR/wandb_id`, so a resumed
-  run continues the same W&B run. Files go under `WORKDIR/wandb/`."""
+  run continues the same W&B run. Files go under `WORKDIR/wandb/` (wandb writes only local files: for a
+  `gs://` workdir under `$WANDB_DIR`, else the temporary directory)."""
 
   requires = ("wandb",)
 
@@ -145,9 +206,12 @@ class Wandb(Tracker):
     id_file = workdir / "wandb_id"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     id_file.write_text(run_id)
-    (workdir / "wandb").mkdir(parents=True, exist_ok=True)
+    local = workdir
+    if is_remote(workdir):
+      local = epath.Path(os.environ.get("WANDB_DIR") or tempfile.gettempdir()) / f"lm-wandb-{run_id}"
+    (local / "wandb").mkdir(parents=True, exist_ok=True)
     self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", "lm"), name=config.get("experiment") or None,
-                           id=run_id, resume="allow", dir=str(workdir), config=config,
+                           id=run_id, resume="allow", dir=str(local), config=config,
                            settings=wandb.Settings(console="off", silent=True))
 
   def write(self, step, metrics):
@@ -207,10 +271,10 @@ class Trackers:
       except Exception as e:  # pylint: disable=broad-except  # a tracker must never stop a run
         self._warn(name, e, "cannot start")
 
-  def _warn(self, name: str, e: BaseException, what: str) -> None:
+  def _warn(self, name: str, e: BaseException, what: str, then: str = "training goes on without it") -> None:
     text = str(e).strip()
     why = getattr(e, "strerror", None) or (text.splitlines()[0][:200] if text else type(e).__name__)
-    sys.stderr.write(f"warning: tracker {name!r} {what} in {self.workdir} ({why}); training goes on without it\n")
+    sys.stderr.write(f"warning: tracker {name!r} {what} in {self.workdir} ({why}); {then}\n")
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     record = {k: float(v) for k, v in metrics.items()}
@@ -221,13 +285,14 @@ class Trackers:
         self._warn(name, e, "cannot write")
         self._close(name)
 
-  def _close(self, name: str) -> None:
+  def _close(self, name: str, warn: bool = False) -> None:
     tracker = self.trackers.pop(name)
     try:
       tracker.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
+    except Exception as e:  # pylint: disable=broad-except
+      if warn:  # on an object store the last window is uploaded here: its failure is worth a line
+        self._warn(name, e, "cannot close", "its last records may be missing")
 
   def close(self) -> None:
     for name in list(self.trackers):
-      self._close(name)
+      self._close(name, warn=True)
