@@ -2,7 +2,8 @@
 
 Each process is one jax process with its own devices (CPU devices by default, collectives over gloo), so the
 multi-host code paths (per-process data shards, global arrays, process-0-only logs, orbax across processes)
-run exactly as on a pod. Output lines are prefixed `[i] `; the first process to fail stops the others.
+run exactly as on a pod. Output lines are prefixed `[i] `; the first process to fail stops the others, and on
+Linux the processes die with the launcher however it ends (SIGKILL included).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Mapping, TextIO
+from typing import Callable, Mapping, TextIO
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -46,6 +48,26 @@ def environment(base: Mapping[str, str], devices_per_process: int | None = None)
   return env
 
 
+def die_with_parent() -> Callable[[], None] | None:
+  """A `preexec_fn` that has the kernel SIGKILL the child when the thread that started it dies, however it
+  dies (Linux's PR_SET_PDEATHSIG); None where there is no prctl. SIGKILL because a child hung in a collective
+  never runs a handler, and jax's preemption notifier swallows SIGTERM."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child only calls it
+  except (OSError, AttributeError):
+    return None
+  parent = os.getpid()
+
+  def preexec() -> None:
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the launcher died before prctl took effect: nobody else will stop us
+      os.kill(os.getpid(), signal.SIGKILL)
+  return preexec
+
+
 def _pump(index: int, stream, out: TextIO, lock: threading.Lock) -> None:
   for line in stream:
     with lock:
@@ -71,12 +93,16 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
 def run(cmds: list[list[str]], env: Mapping[str, str] | None = None, out: TextIO | None = None,
         grace: float = 3.0) -> int:
   """Run `cmds` at once, streaming each one's output prefixed `[i] `; 0 when all succeed, else the exit code
-  of the first to fail (128 + signal when killed), after stopping the rest."""
+  of the first to fail (128 + signal when killed), after stopping the rest. The processes die with the
+  thread that calls this (which waits for them), also when it is killed."""
   out = sys.stdout if out is None else out
   lock = threading.Lock()
-  # Own session: a terminal's Ctrl-C reaches only the launcher, which forwards exactly one SIGTERM.
+  # Own session: a terminal's Ctrl-C reaches only the launcher, which forwards exactly one SIGTERM. Outside
+  # the launcher's process group, nothing would stop them if it died: the parent-death signal does.
+  preexec = die_with_parent()
   procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                            errors="replace", bufsize=1, start_new_session=True) for cmd in cmds]
+                            errors="replace", bufsize=1, start_new_session=True, preexec_fn=preexec)
+           for cmd in cmds]
   pumps = [threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True)
            for i, p in enumerate(procs)]
   for t in pumps:

@@ -1,5 +1,6 @@
 """Launchers and multi-host setup: README's TPU/SLURM commands are what the launchers print; two local
-processes (fake hosts over gloo) train to the same losses as one process; a failing process stops the run."""
+processes (fake hosts over gloo) train to the same losses as one process; a failing process stops the run; a
+killed launcher takes its processes with it; two processes of two devices each never hang."""
 
 import email
 import json
@@ -60,7 +61,7 @@ def test_tpu_commands_run_the_same_train_command_on_every_worker():
   argv = launch.train_argv("token_ntp:tiny", "gs://b/r", ["sample.prompt=It was"], restart=True)
   install, run = tpu.commands("pod", "zone-a", None, argv, repo="https://x/lm.git", ref="v1")
   assert install[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone", "zone-a", "--worker=all"]
-  assert shlex.split(install[-1])[-1] == "git+https://x/lm.git@v1"
+  assert shlex.split(install[-1])[-1] == "lm[gcs] @ git+https://x/lm.git@v1"  # gs:// workdirs need gcsfs
   assert shlex.split(run[-1]) == ["lm-venv/bin/python", "-m", "lm", "train", "token_ntp:tiny", "--workdir", "gs://b/r",
                                   "--config.sample.prompt=It was", "--restart"]
   # The printed line is a shell command that gives back the same argv, however the values are quoted.
@@ -233,3 +234,83 @@ def test_preempting_the_launcher_saves_every_process_at_one_step_and_resumes(tmp
   resumed = _launch_local(*args[:-1], f"--config.train.steps={step + 2}")
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert f"[0] resumed from step {step} in " in resumed.stdout
+
+
+# The command of issue 15 (two processes of two CPU devices each, the tiny experiment as a new user runs it)
+# with 2 steps instead of 10 and an eval at step 1: it still reaches a training eval and the end-of-training
+# eval over every held-out batch (about 40, more than the 32 computations XLA's CPU client keeps in flight
+# per device), where it hung after its last step (2 of 3 runs reported, 4 of 4 here) before evaluation bounded
+# how many steps it dispatches ahead (`lm.eval.bpb.IN_FLIGHT`).
+REPORTED = ["token_ntp:tiny", "--config.train.steps=2", "--config.train.log_every=1",
+            "--config.train.eval_every=1", "--config.mesh.data=-1"]
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_finish_every_time(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # exactly the user's flags: optimised XLA code
+  for i in range(10):
+    t0 = time.time()
+    try:
+      proc = subprocess.run([sys.executable, "-m", "lm", "launch", "local", "--processes", "2", *REPORTED,
+                             "--workdir", str(tmp_path / str(i))],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            timeout=240)  # kills the launcher, and so (parent-death signal) its processes
+    except subprocess.TimeoutExpired as e:
+      pytest.fail(f"run {i} hung for {time.time() - t0:.0f}s:\n{e.output}")
+    assert proc.returncode == 0, f"run {i}:\n{proc.stdout}"
+    assert "[0] step 1: val_bpb " in proc.stdout and "[0] bpb: " in proc.stdout, proc.stdout
+
+
+def _stat(pid: int) -> list[str] | None:
+  """/proc/PID/stat's fields after the command name (state, ppid, ..., start time at [19]); None when gone."""
+  try:
+    text = pathlib.Path(f"/proc/{pid}/stat").read_text()
+  except OSError:
+    return None
+  return text[text.rindex(")") + 2:].split()
+
+
+def _children(pid: int) -> dict[int, str]:
+  """The live children of `pid`, each with its start time (so a reused pid is not mistaken for it)."""
+  found = {}
+  for entry in pathlib.Path("/proc").iterdir():
+    stat = _stat(int(entry.name)) if entry.name.isdigit() else None
+    if stat and int(stat[1]) == pid:
+      found[int(entry.name)] = stat[19]
+  return found
+
+
+def _alive(pid: int, start: str) -> bool:
+  stat = _stat(pid)
+  return stat is not None and stat[19] == start and stat[0] != "Z"  # a zombie is dead, only not yet reaped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_the_launcher_kills_its_processes(tmp_path):
+  """SIGKILL (or `timeout -k` after its SIGTERM) gives the launcher no chance to stop its processes, which
+  run in their own sessions: the kernel's parent-death signal must."""
+  args = ["token_ntp:tiny", "--workdir", str(tmp_path / "w"), *TINY, "--config.train.steps=100000"]
+  proc = subprocess.Popen([sys.executable, "-m", "lm", "launch", "local", "--processes", "2", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+  children = {}
+  try:
+    lines = []
+    for line in proc.stdout:
+      lines.append(line)
+      if line.startswith("[0] step 2/"):
+        break
+    children = _children(proc.pid)
+    assert len(children) == 2, "".join(lines)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.time() + 5
+    while any(_alive(*c) for c in children.items()) and time.time() < deadline:
+      time.sleep(0.05)
+    assert not any(_alive(*c) for c in children.items()), "the launcher's processes outlived it"
+  finally:
+    proc.kill()
+    proc.stdout.close()
+    for pid, start in children.items():
+      if _alive(pid, start):
+        os.kill(pid, signal.SIGKILL)

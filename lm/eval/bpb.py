@@ -13,6 +13,14 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
+# Eval steps dispatched ahead of the one the host waits for. Dispatching all of them before reading any back
+# hung multi-process CPU runs (issue 15): XLA's CPU client launches every execution on one pool of
+# max(cores, local devices) threads, a launch beyond the device's 32 in-flight computations blocks one of
+# those threads, and a cross-process (gloo) collective needs every local device's execution on a thread at
+# once, so with 2 cores, 2 devices per process and 33+ steps queued both processes waited forever. Two in
+# flight keep an accelerator busy as well (each step's result is a few scalars).
+IN_FLIGHT = 2
+
 
 def evaluate(eval_step: Callable, params, batches: Iterable, put: Callable = lambda b: b,
              summary: Callable[[dict, int], dict] = lambda sums, n_bytes: {}) -> dict:
@@ -20,7 +28,9 @@ def evaluate(eval_step: Callable, params, batches: Iterable, put: Callable = lam
   adds a family's extra entries (`Family.eval_summary`)."""
   n_bytes, pending = 0, []
   for batch, nb in batches:
-    pending.append(eval_step(params, put(batch)))  # dispatch all before reading any back
+    pending.append(eval_step(params, put(batch)))
+    if len(pending) > IN_FLIGHT:
+      jax.block_until_ready(pending[-1 - IN_FLIGHT])  # bounds the executions in flight; reads nothing
     n_bytes += int(nb)
   sums: dict[str, float] = {}
   for step_sums in jax.device_get(pending):
