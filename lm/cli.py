@@ -88,7 +88,7 @@ def _cmd_config(args, overrides: list[str], spec: str | None) -> int:
   """An experiment's resolved config (overrides applied, its family's fields added), or a run's own config
   with the history of what each start and resume changed."""
   target = args.experiment or spec
-  if target and os.path.isdir(target):
+  if target and ("://" in target or os.path.isdir(target)):
     if overrides:
       raise LMError("`lm config DIR` prints the run's own config and takes no --config overrides; drop them")
     from lm.train import history
@@ -106,7 +106,7 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   workdir = args.workdir or f"runs/{config.experiment.replace(':', '_')}"
   if config.train.tpu_flags:  # libtpu reads its flags once, at its start: before anything touches devices
     from lm import hardware
-    hardware.apply_tpu_flags(os.environ, hardware.tpu_generation(os.environ.get("TPU_ACCELERATOR_TYPE", "")))
+    hardware.apply_tpu_flags(os.environ, hardware.local_tpu_generation(os.environ))
   # Before anything touches devices: joining other processes is impossible once a backend exists.
   if parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id) is None:
     parallel.use_cpu_cores(config)  # one XLA:CPU device per core that the batch divides over

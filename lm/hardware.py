@@ -88,6 +88,20 @@ def tpu_generation(name: str) -> str | None:
   return next((g for prefix, g in _GENERATIONS if name.startswith(prefix)), None)
 
 
+def local_tpu_generation(environ) -> str | None:
+  """This host's TPU generation before libtpu starts: `TPU_ACCELERATOR_TYPE` if set, else the chips' PCI ids
+  (jax's own probe, which reads /sys and starts nothing); None without TPU chips."""
+  named = tpu_generation(environ.get("TPU_ACCELERATOR_TYPE", ""))
+  if named:
+    return named
+  try:
+    from jax._src import hardware_utils
+    chips, version = hardware_utils.num_available_tpu_chips_and_device_id()
+  except Exception:  # pylint: disable=broad-except  # a private helper: without it, no flags
+    return None
+  return tpu_generation(version.name) if chips and version is not None else None
+
+
 def tpu_flags(generation: str | None) -> tuple[str, ...]:
   if generation not in ("v4", "v5e", "v5p", "v6e"):
     return ()

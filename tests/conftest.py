@@ -8,6 +8,10 @@ os.environ.setdefault("LM_CACHE_DIR", tempfile.mkdtemp(prefix="lm-test-cache-"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["LM_CACHE_DIR"], "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# CPU only: with libtpu installed (the [tpu] extra, for `lm compile`), jax would otherwise spend a second of
+# every process probing for TPU chips; subprocesses inherit it.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

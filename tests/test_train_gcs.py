@@ -103,9 +103,9 @@ def test_train_resume_eval_sample_and_compare_on_a_gs_workdir(emulator, tmp_path
   assert f"resumed from step 6 in {workdir}, with\n  train.steps: 6 -> 8\n" in resumed.stdout
   # `lm eval`, `lm sample` and `lm compare` in one process: each would spend seconds importing jax.
   commands = [["eval", workdir], ["sample", workdir, "--prompt", "The ", "--max-new", "4", "--temperature", "0"],
-              ["compare", workdir]]
+              ["compare", workdir], ["config", workdir]]
   script = f"from lm import cli\nfor argv in {commands!r}:\n  assert cli.main(argv) == 0\n  print('@@', flush=True)"
-  evaluated, sampled, compared, _ = run_lm(env, tmp_path, "-c", script, module=False).stdout.split("@@\n")
+  evaluated, sampled, compared, configured, _ = run_lm(env, tmp_path, "-c", script, module=False).stdout.split("@@\n")
   assert not any(tmp_path.iterdir())  # nothing went to a local `gs:/...` folder
 
   fs = emulator.fs()
@@ -129,6 +129,12 @@ def test_train_resume_eval_sample_and_compare_on_a_gs_workdir(emulator, tmp_path
   assert result["bpb"] == pytest.approx(finals[-1]["final_val_bpb"], rel=1e-5)
   assert sampled.startswith("The ")
   assert "run " in compared and f"{result['bpb']:.4f}" in compared
+  assert "train.steps" in configured
+  run_lm(env, tmp_path, "-c", f"from lm.train import loop; loop.move_aside({workdir!r})", module=False)  # --restart
+  fs = emulator.fs()  # a fresh listing
+  (previous,) = [p for p in fs.ls("bucket/run") if p.rsplit("/", 1)[-1].startswith("previous-")]
+  assert {p.rsplit("/", 1)[-1] for p in fs.ls(previous)} >= {"checkpoints", "metrics.jsonl", "config_history.jsonl"}
+  assert not fs.exists("bucket/run/checkpoints")
 
 
 def test_a_gs_workdir_without_gcsfs_fails_in_one_line_before_anything_runs(monkeypatch, capsys):

@@ -382,7 +382,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 def move_aside(workdir) -> None:
   """`--restart`: keep the old run's checkpoints, metrics and config history under `<workdir>/previous-<time>/`,
   never delete them."""
-  workdir = epath.Path(workdir)
+  workdir = checkpoint.workdir_path(workdir)
   names = (checkpoint.CHECKPOINT_DIR, checkpoint.QUARANTINE_DIR, "metrics.jsonl", "tensorboard", history.CONFIG,
            history.HISTORY, "wandb", "wandb_id", "eval_val.json")
   moved = [workdir / name for name in names if (workdir / name).exists()]
@@ -390,6 +390,8 @@ def move_aside(workdir) -> None:
     return
   target = workdir / time.strftime("previous-%Y%m%d-%H%M%S")
   target.mkdir(parents=True)
+  # An object store has no empty folders: a file makes the target exist before anything is moved into it.
+  (target / "RESTARTED").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
   for p in moved:
     p.rename(target / p.name)
   print(f"--restart: moved {', '.join(p.name for p in moved)} to {target}", flush=True)
