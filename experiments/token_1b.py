@@ -8,7 +8,10 @@ Run:
 Defaults: sequence 2048, global batch 64 rows (131k tokens; 32k per chip on 4 chips), BPE 32k (train on the
 real corpus with `lm prepare`, or load a tokenizer: --config.data.tokenizer=PATH), params and optimizer state
 sharded over every device (`mesh.fsdp=-1`), remat `dots` (matmul outputs kept, the rest recomputed).
-`lm compile` on v5p:2x2x1 (4 chips, 95 GiB each), 2026-12-02: see BUILD_NOTES.md "Issue 15" for the table.
+`lm compile token_1b --topology v5p:2x2x1` (4 chips, 95 GiB each; libtpu 0.0.42, 2026-12-03): params and
+optimizer state 3.28 GiB + 33.28 GiB temporaries = peak 36.56 GiB per chip (38%): FITS; compiled FLOPs
+1.07e15 per step = 1.14x analytic. Remat `none` also fits (peak 70.29 GiB, 74%); `dots` is the default as the
+least recompute that keeps a third of HBM free (room for longer rows or larger batches without a re-check).
 """
 
 from lm import config as config_lib

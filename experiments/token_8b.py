@@ -7,16 +7,20 @@ Run:
       --config.data.tokenizer=PATH/tokenizer.json
 
 Defaults: 8192 tokens per chip on 32 chips (global batch 32 rows of 8192), params and optimizer state sharded
-over every device (`mesh.fsdp=-1`), remat `full`. The tokenizer default (a 128k BPE trained on the data) is
+over every device (`mesh.fsdp=-1`), remat `dots` (matmul outputs kept). The tokenizer default (a 128k BPE trained on the data) is
 only there so the config is complete: load the tokenizer you mean to use.
-`lm compile` on v5p:4x4x2 (32 chips, 95 GiB each), 2026-12-02: see BUILD_NOTES.md "Issue 15" for the table.
+`lm compile token_8b --topology v5p:4x4x2` (32 chips, 95 GiB each; libtpu 0.0.42, 2026-12-03): params and
+optimizer state 2.80 GiB + 27.91 GiB temporaries = peak 30.71 GiB per chip (32%): FITS; compiled FLOPs
+1.64e16 per step = 1.22x analytic (extrapolated from 2- and 3-layer compiles). Remat `full` needs 10.75 GiB
+but recomputes every layer; `none` needs ~463 GiB (issue 15's figure). `dots` is the least recompute that
+keeps a third of HBM free.
 """
 
 from lm import config as config_lib
 
 SIZES = {
     "base": dict(model=dict(d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, d_ff=14336,
-                            tie_embeddings=False, rope_base=500_000.0, norm_eps=1e-5, remat_policy="full"),
+                            tie_embeddings=False, rope_base=500_000.0, norm_eps=1e-5, remat_policy="dots"),
                  data=dict(source="python-prose,python-code", tokenizer="bpe", vocab_size=128256, seq_len=8192,
                            batch_size=32),
                  mesh=dict(data=1, fsdp=-1),

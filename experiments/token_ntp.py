@@ -9,6 +9,11 @@ Results (python-prose val split, bits per byte; 2-core CPU, 2026-11-25, see BUIL
   tiny   3.656 bpb in 51.5 s (unigram level 4.751)
   small  2.106 val bpb (2.03 train at step 800), ~7k tokens/s; install + train 6.0 min from a fresh clone
   base   not run yet (needs an accelerator)
+
+`lm compile token_ntp --topology v4:2x2x1` (libtpu 0.0.42, 2026-12-03; data parallel, remat none, splash
+attention, chunked loss): train step 1.41 GiB arguments + 12.17 GiB temporaries = peak 13.58 GiB of 32 GiB
+per chip (42%): FITS; compiled FLOPs 5.74e13 per step = 1.08x analytic. On v5e:2x2 the same 13.58 GiB is 85%
+of a 16 GiB chip: add --config.model.remat_policy=dots there.
 """
 
 from lm import config as config_lib

@@ -8,8 +8,9 @@ read; the tokenizer's size is what the config says it will be.
 Two compiles are made. The *real* one (the config as given) is the memory report and the collectives. Its
 `cost_analysis` counts the body of every rolled loop once (the layer scan, gradient accumulation, the
 loss's tiles), so FLOPs come from a second compile of the same step with every loop unrolled and one row
-per batch shard, scaled to the global batch (the optimizer update is then counted once per scaled row: a
-few FLOPs per parameter against ~6 per parameter per token, noise at these sizes).
+per device of a 4-chip slice of the same generation, scaled to the global batch (the optimizer update is
+then counted once per scaled row: a few FLOPs per parameter against ~6 per parameter per token, noise at
+these sizes).
 """
 
 from __future__ import annotations
@@ -173,32 +174,43 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, flops: bool
     report["advice"] = _advice(config)
   report["analytic_flops_per_step"] = analytic_flops_per_step(run)
   if flops:
-    report.update(_compiled_flops(run, devices, spec))
+    report.update(_compiled_flops(run, topology, devices, spec))
   return report
 
 
-def _unrolled_cost(config, tokenizer, devices, rows: int) -> Compiled:
-  small = build_run(_flops_config(config, rows), tokenizer, devices)
+# FLOPs are counted on a 4-chip slice of the same generation: on a big slice XLA turns fsdp matmuls into
+# windowed einsums (a loop of collective-permutes and partial dots) whose body cost analysis counts once
+# (token_8b on v5p:4x4x2 counted 0.75x the analytic FLOPs; on v5p:2x2x1 it counts 1.1x, as token_1b does).
+_FLOPS_SLICE = {"v4": "v4:2x2x1", "v5p": "v5p:2x2x1", "v5e": "v5e:2x2", "v6e": "v6e:2x2"}
+
+
+def _unrolled_cost(config, tokenizer, devices, layers: int | None = None) -> Compiled:
+  """Cost of the step unrolled, one row per device, on `devices` sharded fsdp (FLOPs do not depend on the mesh)."""
+  c = _flops_config(config, len(devices))
+  c.mesh.update(data=1, fsdp=-1, tensor=1)
+  if layers is not None:
+    c.model.num_layers = layers
+  small = build_run(c, tokenizer, devices)
   fn = _train_fn(small, devices[0].platform)  # outside the mesh context: its constants live on this host
   with parallel.activation_context(small.mesh):
-    return _compile(fn, small.abstract_state, _abstract_batch(small, rows), hlo=False)
+    return _compile(fn, small.abstract_state, _abstract_batch(small, len(devices)), hlo=False)
 
 
-def _compiled_flops(run: Run, devices, spec) -> dict:
-  """FLOPs per step from the unrolled compile, with a roofline step-time estimate. When the unrolled step
-  itself does not fit (its attention and logits are dense, its layers unscheduled: e.g. 8B at 8192 tokens),
-  the cost of L layers is extrapolated from 2- and 3-layer compiles, FLOPs being linear in depth (a 1-layer
-  step is not on the line: token_1b's first layer counted 5% more than its later ones)."""
-  config, mesh = run.config, run.mesh
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  unrolled = _unrolled_cost(config, run.tokenizer, devices, shards)
-  out = dict(flops_compile_seconds=unrolled.seconds)
+def _compiled_flops(run: Run, topology: str, devices, spec) -> dict:
+  """FLOPs per step from an unrolled compile (one row per device of a 4-chip slice, scaled to the batch), with
+  a roofline step-time estimate. When the unrolled step itself does not fit (its attention and logits are
+  dense, its layers unscheduled: e.g. 8B at 8192 tokens), the cost of L layers is extrapolated from 2- and
+  3-layer compiles, FLOPs being linear in depth (a 1-layer step is not on the line: token_1b's first layer
+  counted 5% more than its later ones)."""
+  config = run.config
+  small_slice = _FLOPS_SLICE.get(hardware.tpu_generation(topology))
+  counted = devices if len(devices) <= 4 or small_slice is None else hardware.topology_devices(small_slice)
+  unrolled = _unrolled_cost(config, run.tokenizer, counted)
+  out = dict(flops_compile_seconds=unrolled.seconds, flops_counted_on=f"{len(counted)} devices, one row each")
   cost = unrolled.cost
   layers = int(config.model.get("num_layers", 0) or 0)
   if unrolled.oom and layers > 3:
-    two, three = (ml_collections.ConfigDict(config.to_dict()) for _ in range(2))
-    two.model.num_layers, three.model.num_layers = 2, 3
-    c2, c3 = (_unrolled_cost(c, run.tokenizer, devices, shards) for c in (two, three))
+    c2, c3 = (_unrolled_cost(config, run.tokenizer, counted, layers=n) for n in (2, 3))
     out["flops_compile_seconds"] += c2.seconds + c3.seconds
     if c2.cost and c3.cost and "flops" in c2.cost and "flops" in c3.cost:
       cost = {k: c2.cost[k] + (layers - 2) * (c3.cost[k] - c2.cost[k]) for k in c2.cost if k in c3.cost}
@@ -207,14 +219,16 @@ def _compiled_flops(run: Run, devices, spec) -> dict:
   if not cost or "flops" not in cost:
     return dict(out, compiled_flops_per_step=None,
                 flops_note=unrolled.oom or "the compiler reported no FLOPs")
-  scale = config.data.batch_size / shards
-  per_device = cost["flops"] * scale
-  out["compiled_flops_per_step"] = per_device * len(devices)
-  # memory: bytes accessed of one row per device scaled to the batch, so the weights' reads count once per row
-  # (an upper bound); libtpu: the compiler's own estimate, scaled the same way
+  rows = config.data.batch_size
+  out["compiled_flops_per_step"] = cost["flops"] * rows  # the cost is per device, of one row
+  per_device = out["compiled_flops_per_step"] / len(devices)
+  # memory: bytes accessed of one row scaled to a device's rows, so the weights' reads count once per row (an
+  # upper bound); libtpu: the compiler's own estimate for one row, scaled the same way
+  rows_per_device = rows / (run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   seconds = dict(compute=per_device / spec.peak_bf16 if spec else None,
-                 memory_upper_bound=cost.get("bytes accessed", 0.0) * scale / spec.hbm_bandwidth if spec else None,
-                 libtpu=cost["optimal_seconds"] * scale if "optimal_seconds" in cost else None)
+                 memory_upper_bound=cost.get("bytes accessed", 0.0) * rows_per_device / spec.hbm_bandwidth
+                 if spec else None,
+                 libtpu=cost["optimal_seconds"] * rows_per_device if "optimal_seconds" in cost else None)
   seconds["roofline"] = seconds["compute"]
   out["step_seconds_estimate"] = seconds
   return out
