@@ -168,9 +168,14 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, flops: bool
   report["train"] = dataclasses.asdict(train)
   report["eval"] = dataclasses.asdict(evaluate)
   hbm = report["hbm_bytes_per_device"]
-  report["fits"] = bool(train.oom is None and evaluate.oom is None and
-                        (hbm is None or max(train.memory["peak"], evaluate.memory["peak"]) <= hbm))
-  if not report["fits"]:
+  peaks = [c.memory["peak"] for c in (train, evaluate) if c.memory]
+  if train.oom or evaluate.oom:
+    report["fits"] = False
+  elif hbm is None or len(peaks) < 2:  # a chip not in the table, or no memory analysis: not a yes
+    report["fits"] = None
+  else:
+    report["fits"] = max(peaks) <= hbm
+  if report["fits"] is False:
     report["advice"] = _advice(config)
   report["analytic_flops_per_step"] = analytic_flops_per_step(run)
   if flops:
@@ -248,8 +253,9 @@ def format_report(r: dict) -> str:
   lines.append(f"{'step':<6} {'argument':>12} {'output':>12} {'alias':>12} {'temp':>12} {'peak':>12}  compile")
   for name in ("train", "eval"):
     c = r[name]
-    if c["oom"]:
-      lines.append(f"{name:<6} does not fit: {c['oom']}  ({c['seconds']:.1f}s)")
+    if c["oom"] or not c["memory"]:
+      what = f"does not fit: {c['oom']}" if c["oom"] else "no memory analysis from the compiler"
+      lines.append(f"{name:<6} {what}  ({c['seconds']:.1f}s)")
       continue
     m = c["memory"]
     lines.append(f"{name:<6} {_gib(m['argument']):>12} {_gib(m['output']):>12} {_gib(m['alias']):>12} "
@@ -257,7 +263,10 @@ def format_report(r: dict) -> str:
   hbm = r["hbm_bytes_per_device"]
   if r["fits"]:
     peak = max(r["train"]["memory"]["peak"], r["eval"]["memory"]["peak"])
-    lines.append(f"FITS: peak {_gib(peak)} of {_gib(hbm)} per device ({100 * peak / hbm:.0f}%)" if hbm else "FITS")
+    lines.append(f"FITS: peak {_gib(peak)} of {_gib(hbm)} per device ({100 * peak / hbm:.0f}%)")
+  elif r["fits"] is None:
+    lines.append(f"compiled; whether it fits is unknown: no HBM figure for {r['device_kind']!r} in lm/hardware.py "
+                 "(or no memory analysis)")
   else:
     lines.append(f"DOES NOT FIT in {_gib(hbm)} per device; try {r['advice']}")
   analytic, compiled = r.get("analytic_flops_per_step"), r.get("compiled_flops_per_step")
@@ -289,5 +298,5 @@ def compile_command(config, topology: str, json_path: str | None, flops: bool = 
     epath.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json(json_path, report)
     print(f"wrote {json_path}")
-  return 0 if report["fits"] else 1
+  return 1 if report["fits"] is False else 0
 

@@ -29,14 +29,18 @@ CHIPS = {
     "v5p": Chip("TPU v5p", 95 * GIB, 459e12, 2.76e12, cores=2),
     "v6e": Chip("TPU v6e", 32 * GIB, 918e12, 1.64e12),
     "a100": Chip("NVIDIA A100 80GB", 80 * GIB, 312e12, 2.04e12),
+    "a100-40": Chip("NVIDIA A100 40GB", 40 * GIB, 312e12, 1.56e12),
     "h100": Chip("NVIDIA H100", 80 * GIB, 989e12, 3.35e12),
+    "h100-pcie": Chip("NVIDIA H100 PCIe", 80 * GIB, 756e12, 2.0e12),
     "h200": Chip("NVIDIA H200", 141 * GIB, 989e12, 4.8e12),
     "b200": Chip("NVIDIA B200", 192 * GIB, 2.25e15, 8.0e12),
 }
 
-# jax's device_kind -> table key; the first matching substring wins (so "v5 lite" before "v5").
-_KINDS = (("tpu v5 lite", "v5e"), ("tpu v5e", "v5e"), ("tpu v5p", "v5p"), ("tpu v5", "v5p"), ("tpu v6", "v6e"),
-          ("tpu v4", "v4"), ("a100", "a100"), ("h100", "h100"), ("h200", "h200"), ("b200", "b200"))
+# jax's device_kind -> table key; the first entry whose substrings all occur wins (so "v5 lite" before "v5",
+# the 40 GB A100 and the PCIe H100 before their larger or faster SXM parts).
+_KINDS = ((("tpu v5 lite",), "v5e"), (("tpu v5e",), "v5e"), (("tpu v5p",), "v5p"), (("tpu v5",), "v5p"),
+          (("tpu v6",), "v6e"), (("tpu v4",), "v4"), (("a100", "40gb"), "a100-40"), (("a100",), "a100"),
+          (("h100", "pcie"), "h100-pcie"), (("h100",), "h100"), (("h200",), "h200"), (("b200",), "b200"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +56,7 @@ def device_spec(device) -> DeviceSpec | None:
   """The chip figures of one jax device (a share of the chip when a chip shows as several devices), or None
   for CPUs and chips not in the table."""
   kind = str(getattr(device, "device_kind", "")).lower()
-  key = next((k for sub, k in _KINDS if sub in kind), None)
+  key = next((k for subs, k in _KINDS if all(s in kind for s in subs)), None)
   if key is None:
     return None
   chip = CHIPS[key]

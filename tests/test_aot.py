@@ -16,6 +16,7 @@ from lm.errors import ConfigError
     ("TPU v4", "TPU v4", 32, 275e12), ("TPU v5 lite", "TPU v5e", 16, 197e12), ("TPU v5", "TPU v5p", 95, 459e12),
     ("TPU v6 lite", "TPU v6e", 32, 918e12), ("NVIDIA H100 80GB HBM3", "NVIDIA H100", 80, 989e12),
     ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB", 80, 312e12), ("NVIDIA H200", "NVIDIA H200", 141, 989e12),
+    ("NVIDIA A100-SXM4-40GB", "NVIDIA A100 40GB", 40, 312e12), ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe", 80, 756e12),
     ("NVIDIA B200", "NVIDIA B200", 192, 2.25e15)])
 def test_chip_table(kind, chip, hbm, peak):
   spec = hardware.device_spec(types.SimpleNamespace(device_kind=kind))

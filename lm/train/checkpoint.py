@@ -85,26 +85,41 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state: Any, config_
       tokenizer=ocp.args.JsonSave(tokenizer_to_json(tokenizer))), force=True)
 
 
+# Reads go through the item handlers, not `CheckpointManager.restore`: the manager ends every restore with a
+# barrier across processes, so a process whose read failed would meet its peers' barrier with another
+# collective (`restore_newest`'s agreement) and both would hang. The handlers read and nothing else.
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> epath.Path:
+  return epath.Path(mngr.directory) / str(step)
+
+
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   """The JSON items of a step: {'config': dict, 'data': iterator state, 'tokenizer': Tokenizer}."""
-  out = mngr.restore(step, args=ocp.args.Composite(
-      data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
+  handler = ocp.JsonCheckpointHandler()
+  out = {name: handler.restore(_step_dir(mngr, step) / name) for name in ("config", "data", "tokenizer")}
   where = f"checkpoint step {step} in {mngr.directory}"
   return dict(config=out["config"], data=out["data"], tokenizer=tokenizer_from_json(out["tokenizer"], where))
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
   """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), whatever mesh saved it."""
-  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    return handler.restore(_step_dir(mngr, step) / "state", args=ocp.args.StandardRestore(abstract_state))
+  finally:
+    handler.close()
 
 
 def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params):
   """The `params` subtree of a step's state alone: inference never reads (or holds) the optimizer state."""
   tree = {"params": abstract_params}
-  handler = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  handler = ocp.PyTreeCheckpointHandler()
   args = ocp.args.PyTreeRestore(item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
                                 partial_restore=True)
-  return handler.restore(epath.Path(mngr.directory) / str(step) / "state", args=args)["params"]
+  try:
+    return handler.restore(_step_dir(mngr, step) / "state", args=args)["params"]
+  finally:
+    handler.close()
 
 
 def leaf_shapes(tree) -> dict[str, tuple]:
@@ -143,6 +158,9 @@ def quarantine(workdir, step: int) -> epath.Path:
   workdir = workdir_path(workdir)
   target = workdir / QUARANTINE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
   target.parent.mkdir(parents=True, exist_ok=True)
+  # An object store has no empty folders: a file makes the target's parent exist before the move.
+  (target.parent / "README").write_text("Checkpoint steps whose files could not be read, moved here by lm train; "
+                                        "never deleted.\n")
   (workdir / CHECKPOINT_DIR / str(step)).rename(target)
   return target
 
@@ -201,13 +219,15 @@ _DAMAGE_CODES = ("NOT_FOUND:", "OUT_OF_RANGE:", "DATA_LOSS:")
 def is_damage(e: BaseException, step_dir: str) -> bool:
   """Whether `e`, raised reading a step, says the step's own files are bad (absent, truncated, not JSON), as
   opposed to anything that may pass or that a rerun must see: a storage or network error, a permission, an
-  out-of-memory, a format version this orbax does not read. Only damage is moved aside."""
+  out-of-memory, a format version this orbax does not read. Only damage is moved aside. A step directory that
+  is missing as a whole is not damage: process 0 listed it, so this host sees a stale view (NFS, a remount)."""
   if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):  # the step's JSON items are the only JSON read
     return True
+  inside = step_dir.rstrip("/") + "/"  # a file within the step, not the step itself
   text = str(e)
   if isinstance(e, FileNotFoundError):
-    return step_dir in text or step_dir in str(getattr(e, "filename", "") or "")
-  return isinstance(e, ValueError) and text.startswith(_DAMAGE_CODES) and step_dir in text
+    return inside in text or str(getattr(e, "filename", "") or "").startswith(inside)
+  return isinstance(e, ValueError) and text.startswith(_DAMAGE_CODES) and inside in text
 
 
 class Checkpoints:
@@ -241,7 +261,7 @@ class Checkpoints:
   def quarantined(self) -> list[str]:
     """Steps moved aside as damaged, by this run or an earlier one."""
     path = self.workdir / QUARANTINE_DIR
-    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+    return sorted(p.name for p in path.iterdir() if p.name[:1].isdigit()) if path.exists() else []
 
   def set_aside(self, step: int, why: str) -> None:
     """Warn that `step` is damaged and, when this run may, move it aside (process 0 only)."""
@@ -348,18 +368,25 @@ def restore_newest(ckpts: Checkpoints, attempt: Callable[[int], Any]) -> tuple[i
     except Exception as e:  # pylint: disable=broad-except  # shared below, then raised on every process
       outcome, error = 2, e
     everyone = _outcomes(outcome)
+    if any(v not in (0, 1, 2) for v in everyone):
+      raise CheckpointError(f"processes disagree on restoring checkpoint step {step} in {ckpts.workdir} (outcomes "
+                            f"{everyone}); every step was left in place")
     if max(everyone) == 2:
       if outcome == 2:
         raise error
       raise CheckpointError(f"process {everyone.index(2)} could not restore checkpoint step {step} in "
                             f"{ckpts.workdir} (its log says why); every step was left in place")
     if max(everyone) == 1:
-      ckpts.set_aside(step, str(error) if error is not None else
-                      f"damaged as read by process {everyone.index(1)}")
+      moved, failure = 0, None
+      try:
+        ckpts.set_aside(step, str(error) if error is not None else f"damaged as read by process {everyone.index(1)}")
+      except Exception as e:  # pylint: disable=broad-except  # shared, so no process waits for a move that failed
+        moved, failure = 2, e
+      if max(_outcomes(moved)) != 0:
+        raise CheckpointError(f"moving damaged checkpoint step {step} in {ckpts.workdir} aside failed"
+                              + (f" ({first_line(failure)})" if failure else " on process 0")
+                              + "; move or delete it by hand and rerun") from failure
       damaged.append(step)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"lm-set-aside-{step}")
       ckpts.reload()
       continue
     return step, result

@@ -51,6 +51,7 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
           "may change only its length, logging, evaluation, checkpointing, mesh, remat, compute dtype and "
           "microbatching; set these back or pass --restart to start over (old checkpoints are kept)")
     run = build_run(config, meta["tokenizer"], devices)
+    # Read before saying the run is finished: a finished step whose state is damaged is not a finished run.
     state = restore_step(ckpts, step, run, meta["config"])
     if step >= config.train.steps:
       raise RunFinished(f"run finished at step {step} in {ckpts.workdir} (train.steps={config.train.steps}); "
@@ -162,6 +163,11 @@ def _accumulate(sums: dict, step_metrics: dict) -> dict:
   return jax.tree.map(jnp.add, sums, step_metrics)
 
 
+@jax.jit
+def _longest(streak, worst):
+  return jnp.maximum(streak, worst)
+
+
 def read_host(tree):
   """The one way the training loop reads device values: at log steps and non-finite checks, never every step
   (tests count the calls)."""
@@ -215,14 +221,22 @@ class Profile:
 
   def before(self, step: int) -> None:
     if step == self.start:
-      jax.profiler.start_trace(self.directory)
-      self.active = True
+      try:
+        jax.profiler.start_trace(self.directory)
+        self.active = True
+      except Exception as e:  # pylint: disable=broad-except  # a profile must never stop a run
+        print(f"warning: train.profile_steps: no trace ({checkpoint.first_line(e)})", file=sys.stderr, flush=True)
 
   def after(self, done: int, outputs) -> None:
     if self.active and (done >= self.stop or done == self.last_step):
       jax.block_until_ready(outputs)
-      jax.profiler.stop_trace()
       self.active = False
+      try:
+        jax.profiler.stop_trace()
+      except Exception as e:  # pylint: disable=broad-except  # e.g. a store the profiler cannot write to
+        print(f"warning: train.profile_steps: the trace was not written ({checkpoint.first_line(e)})",
+              file=sys.stderr, flush=True)
+        return
       print(f"profile of steps {self.start + 1}..{done} written to {self.directory}", flush=True)
 
 
@@ -301,6 +315,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   # Non-finite streak checks read one scalar from the device: every `check_every` steps, not every step.
   max_bad = config.train.max_nonfinite_steps
   check_every = min(config.train.log_every, max_bad) if max_bad else 0
+  worst = None
   in_flight = collections.deque()
   with parallel.activation_context(mesh), Preemption() as preemption:
     batch = run.put_batch(next(train_iter))
@@ -318,40 +333,47 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     window = LogWindow(config, run, train_flops_per_step(run, data), writer,
                        metrics_lib.Progress(config.train.steps, enabled=primary))
     profile = Profile(config.train.profile_steps, workdir, config.train.steps)
-    for step in range(start, config.train.steps):
-      if batch is None:  # put while the previous steps still run: dispatch is asynchronous
-        batch = run.put_batch(next(train_iter))
-      profile.before(step)
-      t_step = time.time()
-      state, step_metrics = step_fn(state, batch, *extra_args)
-      batch = None
-      done = step + 1
-      if step == start:  # throughput counts from the second step on
-        jax.block_until_ready(step_metrics)
-        window.start_clock(time.time() - t_step)
-      window.add(done, step_metrics, step != start)
-      profile.after(done, step_metrics)
-      in_flight.append(step_metrics["loss"])
-      if len(in_flight) > RUN_AHEAD:
-        in_flight.popleft().block_until_ready()  # bounds how far the host runs ahead; reads nothing
-      if check_every and (done % check_every == 0 or done == config.train.steps):
-        streak = int(read_host(state.nonfinite_streak))
-        if streak >= max_bad:
-          ckpts.wait()
-          raise CheckpointError(
-              f"{streak} non-finite steps in a row at step {done}; stopped with the last good checkpoint "
-              f"(step {ckpts.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
-      if preemption.should_stop(done):
-        preempted = done
-        profile.after(profile.stop or done, step_metrics)
-        break
-      if config.train.eval_every and done % config.train.eval_every == 0 and done < config.train.steps:
-        val, _ = evaluate_val(state.params, max_batches=config.train.eval_batches)
-        writer.write(done, {"val_bpb": val["bpb"], **{k: v for k, v in val.items() if k.startswith("val_bpb/")}})
-        if primary:
-          print(f"step {done}: val_bpb {val['bpb']:.4f}", flush=True)
-      if config.train.checkpoint_every and done % config.train.checkpoint_every == 0:
-        ckpts.save(done, state, train_iter.get_state(), config.to_dict(), data.tokenizer)
+    try:  # a run that stops on an error still hands its last metrics to the trackers (buffered on gs://)
+      for step in range(start, config.train.steps):
+        if batch is None:  # put while the previous steps still run: dispatch is asynchronous
+          batch = run.put_batch(next(train_iter))
+        profile.before(step)
+        t_step = time.time()
+        state, step_metrics = step_fn(state, batch, *extra_args)
+        batch = None
+        done = step + 1
+        if step == start:  # throughput counts from the second step on
+          jax.block_until_ready(step_metrics)
+          window.start_clock(time.time() - t_step)
+        window.add(done, step_metrics, step != start)
+        profile.after(done, step_metrics)
+        in_flight.append(step_metrics["loss"])
+        if len(in_flight) > RUN_AHEAD:
+          in_flight.popleft().block_until_ready()  # bounds how far the host runs ahead; reads nothing
+        if check_every:  # the longest streak since the last read, so none ends unseen between two reads
+          worst = _longest(state.nonfinite_streak, state.nonfinite_streak if worst is None else worst)
+        if check_every and (done % check_every == 0 or done == config.train.steps):
+          streak, worst = int(read_host(worst)), None
+          if streak >= max_bad:
+            ckpts.wait()
+            raise CheckpointError(
+                f"{streak} non-finite steps in a row at step {done}; stopped with the last good checkpoint "
+                f"(step {ckpts.latest_step()}) intact; lower optim.lr or raise optim.warmup_steps")
+        if preemption.should_stop(done):
+          preempted = done
+          profile.after(profile.stop or done, step_metrics)
+          break
+        if config.train.eval_every and done % config.train.eval_every == 0 and done < config.train.steps:
+          val, _ = evaluate_val(state.params, max_batches=config.train.eval_batches)
+          writer.write(done, {"val_bpb": val["bpb"], **{k: v for k, v in val.items() if k.startswith("val_bpb/")}})
+          if primary:
+            print(f"step {done}: val_bpb {val['bpb']:.4f}", flush=True)
+        if config.train.checkpoint_every and done % config.train.checkpoint_every == 0:
+          ckpts.save(done, state, train_iter.get_state(), config.to_dict(), data.tokenizer)
+
+    except BaseException:
+      writer.close()
+      raise
 
     last = preempted or config.train.steps
     if start < last and ckpts.latest_step() != last:
