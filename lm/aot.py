@@ -23,16 +23,14 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lm import hardware, objectives, parallel
+from lm import hardware, parallel
 from lm.data.tokenizers import Tokenizer
 from lm.errors import ConfigError
-from lm.train.optim import learning_rate
+from lm.train import loop
 from lm.train.run import Run, _vocab_guess, build_run, eval_batch_size
-from lm.train.step import make_train_step
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _COLLECTIVE_RE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
@@ -55,14 +53,9 @@ def _abstract_batch(run: Run, rows: int) -> dict:
           for k, s in run.family.batch_spec(run.config, rows).items()}
 
 
-def _train_fn(run: Run, backend: str):
-  config = run.config
-  unit_bytes = np.ones(run.tokenizer.vocab_size, np.float32)  # only its shape reaches the compiled step
-  step = make_train_step(run.model, objectives.build(config.objectives), run.tx,
-                         learning_rate(config.optim, config.train.steps), jnp.asarray(unit_bytes),
-                         config.train.grad_accum, backend=backend)
-  return jax.jit(step, in_shardings=(run.state_shardings, parallel.batch_sharding(run.mesh)),
-                 out_shardings=(run.state_shardings, parallel.replicated(run.mesh)), donate_argnums=0)
+def _train_fn(run: Run):
+  """The loop's own jitted step; the bytes per unit are data, so only their shape reaches the compile."""
+  return loop.jit_train_step(run, np.ones(run.tokenizer.vocab_size, np.float32))
 
 
 def _collectives(dump: str) -> dict[str, int]:
@@ -144,7 +137,6 @@ def _advice(config) -> str:
 def compile_report(config: ml_collections.ConfigDict, topology: str, flops: bool = True) -> dict:
   """Compile `config`'s train and eval steps for `topology`; the report `lm compile` prints and writes."""
   devices = hardware.topology_devices(topology)
-  backend = devices[0].platform
   run = build_run(config, Tokenizer(_vocab_guess(config), 0, 1, 2), devices)
   if run.needs.reference is not None:
     raise ConfigError("lm compile does not compile objectives with a reference run (rho); compile the "
@@ -160,7 +152,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, flops: bool
                            dtype=config.model.dtype, scan_unroll=config.model.scan_unroll,
                            logits_chunk=getattr(run.model, "cfg", None) and run.model.cfg.logits_chunk),
                 params=int(sum(np.prod(s.shape) for s in jax.tree.leaves(run.abstract_state.params))))
-  train_fn = _train_fn(run, backend)  # outside the mesh context: its constants live on this host
+  train_fn = _train_fn(run)  # outside the mesh context: its constants live on this host
   eval_fn = jax.jit(run.family.eval_step(run.model), in_shardings=(run.param_shardings, parallel.batch_sharding(mesh)))
   with parallel.activation_context(mesh):
     train = _compile(train_fn, run.abstract_state, _abstract_batch(run, config.data.batch_size))
@@ -196,7 +188,7 @@ def _unrolled_cost(config, tokenizer, devices, layers: int | None = None) -> Com
   if layers is not None:
     c.model.num_layers = layers
   small = build_run(c, tokenizer, devices)
-  fn = _train_fn(small, devices[0].platform)  # outside the mesh context: its constants live on this host
+  fn = _train_fn(small)  # outside the mesh context: its constants live on this host
   with parallel.activation_context(small.mesh):
     return _compile(fn, small.abstract_state, _abstract_batch(small, len(devices)), hlo=False)
 

@@ -22,10 +22,8 @@ from lm.data import tokenizers
 from lm.errors import CheckpointError, RunFinished
 from lm.train import checkpoint, history, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
-from lm.train import run as run_lib
-from lm.train.run import (Restored, Run, build_run, check, eval_batch_size, load_reference, make_evaluator,
-                          evaluate_parts,
-                          restore_step, train_flops_per_step)
+from lm.train.run import (Restored, Run, backend_of, build_run, check, eval_batch_size, evaluate_parts,
+                          load_reference, make_evaluator, restore_step, train_flops_per_step)
 from lm.train.state import param_count
 from lm.train.step import make_train_step
 
@@ -179,20 +177,26 @@ def read_host(tree):
 RUN_AHEAD = 2
 
 
-def train_step(run: Run, data, devices=None):
-  """The jitted `(state, batch, *extra) -> (state, metrics)` of a run and the `extra` arguments it takes
-  (a reference model's params, for objectives that ask for one)."""
+def jit_train_step(run: Run, unit_bytes, reference: tuple[Run, object] | None = None):
+  """The jitted `(state, batch[, reference_params]) -> (state, metrics)` of a run, for its mesh's platform:
+  what `lm train` runs and `lm compile` compiles. Call it outside the mesh context (its constants live on the
+  host)."""
   config, mesh = run.config, run.mesh
-  reference = load_reference(run, devices)
-  extra_args, extra_shardings = ((reference[1],), (reference[0].param_shardings,)) if reference else ((), ())
-  step_fn = jax.jit(
+  extra_shardings = (reference[0].param_shardings,) if reference else ()
+  return jax.jit(
       make_train_step(run.model, objectives.build(config.objectives), run.tx,
-                      learning_rate(config.optim, config.train.steps), jnp.asarray(data.unit_bytes(), jnp.float32),
+                      learning_rate(config.optim, config.train.steps), jnp.asarray(unit_bytes, jnp.float32),
                       config.train.grad_accum, reference_model=reference[0].model if reference else None,
                       backend=mesh.devices.flat[0].platform),
       in_shardings=(run.state_shardings, parallel.batch_sharding(mesh), *extra_shardings),
       out_shardings=(run.state_shardings, parallel.replicated(mesh)), donate_argnums=0)
-  return step_fn, extra_args
+
+
+def train_step(run: Run, data, devices=None):
+  """The jitted train step of a run and the `extra` arguments it takes (a reference model's params, for
+  objectives that ask for one)."""
+  reference = load_reference(run, devices)
+  return jit_train_step(run, data.unit_bytes(), reference), ((reference[1],) if reference else ())
 
 
 def _check_writable(workdir) -> None:
@@ -276,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   config = check(config, devices)
   if primary:
     _check_writable(workdir)
-  use_compilation_cache(config.train.compilation_cache, run_lib.backend_of(devices))
+  use_compilation_cache(config.train.compilation_cache, backend_of(devices))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints, read_only=False, quarantine=True)
   found = resume(ckpts, config, devices)
   changed = None
