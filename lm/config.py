@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   change values, never add keys."""
   c = ml_collections.ConfigDict()
   c.experiment = ""  # filled in by `load_experiment`: NAME[:ARG]
+  # A workdir or a local Hugging Face model directory to start from: its architecture, tokenizer and weights
+  # (heads it lacks start fresh); README: Hugging Face models.
+  c.init_from = ""
 
   c.model = dict(
       family="token",
@@ -40,9 +43,15 @@ def base_config() -> ml_collections.ConfigDict:
       attention_interpret=False,  # run the fused kernels in Pallas' interpreter (set on CPU when one is asked)
       dtype="auto",             # activations: auto = bfloat16 on TPU/GPU, float32 on CPU
       param_dtype="float32",
-      mlp="swiglu",             # swiglu | gelu (GPT-2 / nanoGPT: d_ff = 4 * d_model)
-      positions="rope",         # rope | learned (token family; GPT-2's absolute table of data.seq_len rows)
-      norm="rms",               # rms | layer (LayerNorm without bias)
+      mlp="swiglu",             # swiglu | gelu | gelu_tanh (GPT-2 / nanoGPT: d_ff = 4 * d_model)
+      positions="rope",         # rope | learned (token family; GPT-2's absolute table of max_positions rows)
+      norm="rms",               # rms | layer (LayerNorm)
+      max_positions=0,          # learned positions' table rows (0: data.seq_len)
+      vocab_size=0,             # embedding rows (0: the tokenizer's); an imported model's may be larger
+      # What real checkpoints need (layers.TransformerConfig): biases, QK-norm, sliding window, RoPE scaling.
+      norm_bias=False, qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm=False, sliding_window=0,
+      rope_scaling="none", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+      rope_original_positions=8192,
   )
   c.data = dict(
       # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD | parquet:PATH:COLUMN | a directory from
@@ -294,7 +303,7 @@ def overrides_help() -> str:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks that need no devices and no data; raise one line per problem."""
   for key in all_keys(config):
-    if key.split(".")[0] not in SECTIONS and key != "experiment":
+    if key.split(".")[0] not in SECTIONS and key not in ("experiment", "init_from"):
       raise ConfigError(f"config.{key} is not in any section {SECTIONS}")
   m, d, t, o = config.model, config.data, config.train, config.optim
   positive = {"model.d_model": m.d_model, "model.num_layers": m.num_layers, "model.num_heads": m.num_heads,
@@ -310,9 +319,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not m.head_dim and m.d_model % m.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
                       "change one or set model.head_dim")
-  for key, choices in (("mlp", ("swiglu", "gelu")), ("positions", ("rope", "learned")), ("norm", ("rms", "layer"))):
+  for key, choices in (("mlp", ("swiglu", "gelu", "gelu_tanh")), ("positions", ("rope", "learned")),
+                      ("norm", ("rms", "layer")), ("rope_scaling", ("none", "llama3", "linear"))):
     if m[key] not in choices:
       raise ConfigError(f"model.{key}={m[key]!r}; choose {' or '.join(choices)}")
+  if m.positions == "learned" and m.max_positions and d.seq_len > m.max_positions:
+    raise ConfigError(f"data.seq_len={d.seq_len} is longer than the learned position table (model.max_positions="
+                      f"{m.max_positions}); lower data.seq_len")
+  if m.sliding_window < 0 or m.vocab_size < 0:
+    raise ConfigError(f"model.sliding_window={m.sliding_window}, model.vocab_size={m.vocab_size} must be >= 0")
   if m.positions == "rope" and (m.head_dim or m.d_model // m.num_heads) % 2:
     raise ConfigError("the head width must be even for RoPE; change model.d_model/num_heads or head_dim")
   for key in ("dtype", "param_dtype"):

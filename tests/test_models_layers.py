@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lm.models import layers
+from lm.models import rope as rope_lib
 from lm.models.layers import TransformerConfig
 
 
@@ -143,7 +144,7 @@ def test_rope_and_swish_gate_custom_gradients_match_autodiff():
   def plain_rope(x):  # the same rotation, left to autodiff
     half = x.shape[-1] // 2
     angle = pos.astype(jnp.float32)[..., None] * 10_000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)[None, None]
-    return layers._rotate(x, jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :])
+    return rope_lib._rotate(x, jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :])
   np.testing.assert_allclose(np.asarray(_grads(lambda x: layers.rope(x, pos), x)[0]),
                              np.asarray(_grads(plain_rope, x)[0]), rtol=1e-5, atol=1e-6)
   gate, up = (jnp.asarray(rng.normal(size=(7, 5)) * 3, jnp.float32) for _ in range(2))

@@ -109,7 +109,7 @@ def flops_per_unit(model_cfg, vocab_size: int, seq_len: int, heads: tuple[Head, 
   cfg = transformer_config(m, vocab_size)
   trunk = m.num_layers - sum(head.give_up_layers for head in heads)
   forward = flops.transformer_per_position(m.d_model, trunk, m.num_heads, m.num_kv_heads, m.d_ff,
-                                           keys=seq_len / 2, head_dim=m.head_dim, gated=cfg.mlp != "gelu")
+                                           keys=seq_len / 2, head_dim=m.head_dim, gated=cfg.mlp == "swiglu")
   forward += flops.unembed_per_position(cfg)
   return dict(forward=forward, train=3 * (forward + sum(head.flops_per_unit(cfg, seq_len) for head in heads)))
 
@@ -136,7 +136,7 @@ class TokenFamily(Family):
     cfg = dataclasses.replace(cfg, logits_chunk=logits_chunk(config.model.logits_chunk, cfg.padded_vocab,
                                                              config.data.seq_len))
     if cfg.positions == "learned":
-      cfg = dataclasses.replace(cfg, max_positions=config.data.seq_len)
+      cfg = dataclasses.replace(cfg, max_positions=config.model.max_positions or config.data.seq_len)
     trunk_layers(cfg, needs.heads)  # a head that takes every layer fails here, before any compile
     return TokenLM(cfg, decode=decode, heads=tuple(needs.heads))
 

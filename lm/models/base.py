@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from lm.errors import ConfigError
 from lm.models.layers import TransformerConfig, mask_padded_vocab
 
 
@@ -37,7 +38,11 @@ class ModelOutputs:
 
 
 def transformer_config(model_cfg, vocab_size: int) -> TransformerConfig:
-  """`config.model` fields that the backbone understands, as a hashable dataclass."""
+  """`config.model` fields that the backbone understands, as a hashable dataclass. The vocabulary is the
+  tokenizer's `vocab_size`, or `model.vocab_size` where that is set (an imported model may have more rows)."""
   fields = {f for f in TransformerConfig.__dataclass_fields__ if f != "vocab_size"}
   kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
-  return TransformerConfig(vocab_size=vocab_size, **kwargs)
+  rows = model_cfg.get("vocab_size", 0) or vocab_size
+  if rows < vocab_size:
+    raise ConfigError(f"model.vocab_size={rows} is smaller than the tokenizer's {vocab_size} ids; raise it or set 0")
+  return TransformerConfig(vocab_size=rows, **kwargs)

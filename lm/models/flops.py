@@ -24,7 +24,7 @@ def transformer_per_position(d_model: int, num_layers: int, num_heads: int, num_
 def block_per_position(cfg, keys: float) -> float:
   """One transformer block of a `TransformerConfig`."""
   return transformer_per_position(cfg.d_model, 1, cfg.num_heads, cfg.num_kv_heads, cfg.d_ff, keys, cfg.head_dim,
-                                  gated=cfg.mlp != "gelu")
+                                  gated=cfg.mlp == "swiglu")
 
 
 def unembed_per_position(cfg) -> float:
@@ -42,7 +42,7 @@ def chunked_per_byte(model_cfg, vocab_size: int, chunk_len: int, num_chunks: int
   m, enc, dec = model_cfg, model_cfg.encoder, model_cfg.decoder
   L1 = chunk_len + 1
   positions = n_units + n_chunks
-  gated = m.mlp != "gelu"  # encoder and decoder take the backbone's MLP kind (`chunked.sub_config`)
+  gated = m.mlp == "swiglu"  # encoder and decoder take the backbone's MLP kind (`chunked.sub_config`)
   encoder = positions * transformer_per_position(enc.d_model, enc.num_layers, enc.num_heads, enc.num_heads,
                                                  enc.d_ff, keys=L1, gated=gated) if with_encoder else 0.0
   K = concept_dim

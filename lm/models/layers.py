@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from lm.models import kernels
+from lm.models.rope import inverse_frequencies, rope  # noqa: F401  (rope: part of this module's API)
 
 Array = jax.Array
 Dtype = Any
@@ -45,76 +46,49 @@ class RMSNorm(nn.Module):
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  use_bias: bool = False  # + a learned shift (GPT-2's LayerNorm)
+  axis_name: str = "embed"  # logical axis of the normalised dimension (`head_dim` for Qwen3's QK-norm)
   centre = False  # LayerNorm subtracts the mean first
 
   @nn.compact
   def __call__(self, x_BxTxD: Array) -> Array:
-    scale_D = self.param("scale", _init(nn.initializers.ones, "embed"), (x_BxTxD.shape[-1],),
+    scale_D = self.param("scale", _init(nn.initializers.ones, self.axis_name), (x_BxTxD.shape[-1],),
                          self.param_dtype)
     x = x_BxTxD.astype(jnp.float32)
     if self.centre:
       x = x - jnp.mean(x, axis=-1, keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    scale = scale_D.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
-    return (x * scale).astype(self.dtype)
-
-
-def _rotate(x: Array, cos: Array, sin: Array) -> Array:
-  half = x.shape[-1] // 2
-  x1, x2 = x[..., :half], x[..., half:]
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-@jax.custom_vjp
-def _rotate_halves(x: Array, cos: Array, sin: Array) -> Array:
-  return _rotate(x, cos, sin)
-
-
-def _rotate_fwd(x, cos, sin):
-  return _rotate(x, cos, sin), (cos, sin)
-
-
-def _rotate_bwd(res, g):
-  # A rotation's transpose is the rotation by minus the angle: one fused elementwise op, where autodiff
-  # of the slices and concatenation gives pads and adds (~4% of a CPU train step at T=64). The angles are
-  # functions of the positions, which take no gradient.
-  cos, sin = res
-  return _rotate(g, cos, -sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
-
-
-_rotate_halves.defvjp(_rotate_fwd, _rotate_bwd)
+    lead = (1,) * (x.ndim - 1)
+    x = x * scale_D.astype(jnp.float32).reshape(lead + (-1,))
+    if self.use_bias:
+      bias_D = self.param("bias", _init(nn.initializers.zeros, self.axis_name), (x.shape[-1],), self.param_dtype)
+      x = x + bias_D.astype(jnp.float32).reshape(lead + (-1,))
+    return x.astype(self.dtype)
 
 
 class LayerNorm(RMSNorm):
-  """LayerNorm without bias (GPT-2 / nanoGPT with bias=False): (x - mean) / std * scale, in float32."""
+  """LayerNorm: (x - mean) / std * scale (+ bias with `use_bias`, GPT-2's), in float32."""
   centre = True
 
 
 def make_norm(cfg: "TransformerConfig", name: str | None = None) -> nn.Module:
-  """The configured normalisation (`cfg.norm`: rms | layer); both keep one `scale` parameter."""
+  """The configured normalisation (`cfg.norm`: rms | layer), with a `scale` (and, with `cfg.norm_bias`, a `bias`)."""
   cls = LayerNorm if cfg.norm == "layer" else RMSNorm
-  return cls(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
-
-
-def rope(x_BxTxHxE: Array, positions_BxT: Array, base: float = 10_000.0) -> Array:
-  """Rotary position embedding (Su et al. 2021), rotating the two halves of each head."""
-  half = x_BxTxHxE.shape[-1] // 2
-  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BxTxE2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
-  sin = jnp.sin(angle_BxTxE2)[:, :, None, :]
-  cos = jnp.cos(angle_BxTxE2)[:, :, None, :]
-  return _rotate_halves(x_BxTxHxE.astype(jnp.float32), cos, sin).astype(x_BxTxHxE.dtype)
+  return cls(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), cfg.norm_bias, name=name)
 
 
 def attention_mask(q_segment_BxT: Array | None, kv_segment_BxS: Array | None,
-                   q_pos_BxT: Array, kv_pos_BxS: Array, causal: bool) -> Array:
-  """Boolean [B, 1, T, S]: same packed segment (segment 0 is padding) and, if causal, key not after query."""
+                   q_pos_BxT: Array, kv_pos_BxS: Array, causal: bool, window: int = 0) -> Array:
+  """Boolean [B, 1, T, S]: same packed segment (segment 0 is padding), if causal key not after query, and with
+  `window` > 0 key less than `window` positions before the query (Mistral's sliding window)."""
   mask = jnp.ones((q_pos_BxT.shape[0], q_pos_BxT.shape[1], kv_pos_BxS.shape[1]), dtype=bool)
   if q_segment_BxT is not None:
     mask &= q_segment_BxT[:, :, None] == kv_segment_BxS[:, None, :]
     mask &= kv_segment_BxS[:, None, :] != 0
   if causal:
     mask &= kv_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]
+  if window > 0:
+    mask &= q_pos_BxT[:, :, None] - kv_pos_BxS[:, None, :] < window
   return mask[:, None, :, :]
 
 
@@ -163,14 +137,16 @@ def attention(q_BxTxHxE: Array, k_BxSxKxE: Array, v_BxSxKxE: Array, q_segment_Bx
   and `pallas_gpu` (GPU) are fused kernels taking segment ids (`lm.models.kernels`), never materialising the
   scores; `auto` was resolved per backend before the model was built. A fused kernel falls back to `xla`
   for shapes it cannot tile (splash: lengths not a multiple of 128, e.g. a HAT encoder's short chunks), and
-  is never used with a KV cache (decoding attends one query to the cache: no scores to fuse).
+  is never used with a KV cache (decoding attends one query to the cache: no scores to fuse) nor with a sliding
+  window (`cfg.sliding_window`: the XLA path masks it).
   """
   impl = cfg.attention_impl
   T, S = q_BxTxHxE.shape[1], k_BxSxKxE.shape[1]
-  if impl in FUSED_KERNELS and T == S and (impl != "splash" or kernels.splash_fits(T, S)):
+  if (impl in FUSED_KERNELS and T == S and not cfg.sliding_window
+      and (impl != "splash" or kernels.splash_fits(T, S))):
     return kernels.fused_attention(impl, q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_segment_BxT, kv_segment_BxS,
                                    causal, cfg.attention_block_q, cfg.attention_block_kv, cfg.attention_interpret)
-  mask = attention_mask(q_segment_BxT, kv_segment_BxS, q_pos_BxT, kv_pos_BxS, causal)
+  mask = attention_mask(q_segment_BxT, kv_segment_BxS, q_pos_BxT, kv_pos_BxS, causal, cfg.sliding_window)
   return dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask, "cudnn" if impl == "cudnn" else None)
 
 
@@ -199,10 +175,22 @@ class TransformerConfig:
   init_std: float = 0.02
   vocab_multiple: int = 8      # so `tensor` can split the vocabulary; padded logits are masked out
   logits_chunk: int = 0        # > 0: the main head's loss runs over tiles of this many positions (lazy logits)
-  mlp: str = "swiglu"          # swiglu | gelu (GPT-2's: wo(gelu(wi x)), d_ff wide)
+  mlp: str = "swiglu"          # swiglu | gelu | gelu_tanh (GPT-2's: wo(gelu(wi x)), d_ff wide)
   positions: str = "rope"      # rope | learned (GPT-2's absolute table, max_positions rows)
-  norm: str = "rms"            # rms | layer (LayerNorm without bias, as nanoGPT's bias=False)
+  norm: str = "rms"            # rms | layer (LayerNorm)
   max_positions: int = 0       # rows of the learned table (the family sets it from data.seq_len)
+  # Options real checkpoints need (README: Hugging Face models); all off by default.
+  norm_bias: bool = False      # LayerNorm with a bias (GPT-2)
+  qkv_bias: bool = False       # biases on the query/key/value projections (Qwen2, GPT-2)
+  out_bias: bool = False       # bias on the attention output projection (GPT-2)
+  mlp_bias: bool = False       # biases on the MLP's matrices (GPT-2)
+  qk_norm: bool = False        # RMSNorm of each query and key head before RoPE (Qwen3)
+  sliding_window: int = 0      # > 0: a query sees keys less than this many positions back (Mistral)
+  rope_scaling: str = "none"   # none | llama3 | linear (`rope.inverse_frequencies`)
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_positions: int = 8192
 
   @property
   def padded_vocab(self) -> int:
@@ -212,6 +200,13 @@ class TransformerConfig:
   @property
   def head_width(self) -> int:
     return self.head_dim or self.d_model // self.num_heads
+
+  def inverse_frequencies(self):
+    """RoPE's per-pair frequencies; None for unscaled RoPE (computed from `rope_base` in the graph)."""
+    if self.rope_scaling == "none":
+      return None
+    return inverse_frequencies(self.head_width, self.rope_base, self.rope_scaling, self.rope_factor,
+                               self.rope_low_freq_factor, self.rope_high_freq_factor, self.rope_original_positions)
 
 
 class Attention(nn.Module):
@@ -235,15 +230,22 @@ class Attention(nn.Module):
       # matmul on row-major [B*T, D] rows: its output reshapes to heads for free, where the 3-D einsum's
       # output needed a copy before RoPE on XLA:CPU. Merging heads with head_dim keeps a "heads" sharding.
       kernel = self.param(name, _init(init, *names), shape, pdtype)
-      out = jnp.dot(x_NxD, kernel.reshape(D, -1).astype(dtype))
-      return out.reshape(*lead, shape[1], shape[2])
+      out = jnp.dot(x_NxD, kernel.reshape(D, -1).astype(dtype)).reshape(*lead, shape[1], shape[2])
+      if cfg.qkv_bias:
+        bias = self.param(f"{name}_bias", _init(nn.initializers.zeros, *names[1:]), shape[1:], pdtype)
+        out = out + bias.astype(dtype).reshape((1,) * len(lead) + shape[1:])
+      return out
 
     q_BxTxHxE = proj("query", (D, H, E), ("embed", "heads", "head_dim"))
     k_BxTxKxE = proj("key", (D, K, E), ("embed", "kv_heads", "head_dim"))
     v_BxTxKxE = proj("value", (D, K, E), ("embed", "kv_heads", "head_dim"))
+    if cfg.qk_norm:
+      head_norm = lambda name: RMSNorm(cfg.norm_eps, dtype, pdtype, axis_name="head_dim", name=name)  # noqa: E731
+      q_BxTxHxE, k_BxTxKxE = head_norm("query_norm")(q_BxTxHxE), head_norm("key_norm")(k_BxTxKxE)
     if cfg.positions == "rope":
-      q_BxTxHxE = rope(q_BxTxHxE, positions_BxT, cfg.rope_base)
-      k_BxTxKxE = rope(k_BxTxKxE, positions_BxT, cfg.rope_base)
+      inv_freq = cfg.inverse_frequencies()
+      q_BxTxHxE = rope(q_BxTxHxE, positions_BxT, cfg.rope_base, inv_freq)
+      k_BxTxKxE = rope(k_BxTxKxE, positions_BxT, cfg.rope_base, inv_freq)
 
     if self.decode:
       k_BxSxKxE, v_BxSxKxE, kv_pos_BxS, kv_seg_BxS = self._update_cache(k_BxTxKxE, v_BxTxKxE)
@@ -256,6 +258,9 @@ class Attention(nn.Module):
     out_BxTxHxE = checkpoint_name(out_BxTxHxE, "attn_out")
     kernel = self.param("out", _init(init, "heads", "head_dim", "embed"), (H, E, cfg.d_model), pdtype)
     out_NxD = jnp.dot(out_BxTxHxE.astype(dtype).reshape(-1, H * E), kernel.reshape(H * E, -1).astype(dtype))
+    if cfg.out_bias:
+      bias_D = self.param("out_bias", _init(nn.initializers.zeros, "embed"), (cfg.d_model,), pdtype)
+      out_NxD = out_NxD + bias_D.astype(dtype)[None, :]
     return out_NxD.reshape(*lead, cfg.d_model)
 
   def _update_cache(self, k_BxTxKxE: Array, v_BxTxKxE: Array):
@@ -303,8 +308,8 @@ swish_gate.defvjp(_swish_gate_fwd, _swish_gate_bwd)
 
 
 class MLP(nn.Module):
-  """`cfg.mlp="swiglu"`: the gated MLP (Shazeer 2020), wo(silu(wi_0 x) * wi_1 x); `"gelu"`: GPT-2's,
-  wo(gelu(wi x)) with exact (erf) GELU, as nanoGPT's `nn.GELU()`."""
+  """`cfg.mlp="swiglu"`: the gated MLP (Shazeer 2020), wo(silu(wi_0 x) * wi_1 x); `"gelu"`: wo(gelu(wi x))
+  with exact (erf) GELU, as nanoGPT's `nn.GELU()`; `"gelu_tanh"`: the same with GPT-2's tanh approximation."""
   cfg: TransformerConfig
 
   @nn.compact
@@ -313,13 +318,14 @@ class MLP(nn.Module):
     dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     init = nn.initializers.normal(cfg.init_std)
     dense = lambda features, axes, name: nn.Dense(  # noqa: E731
-        features, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=_init(init, *axes), name=name)
+        features, use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=pdtype, kernel_init=_init(init, *axes),
+        bias_init=_init(nn.initializers.zeros, axes[1]), name=name)
     # Rows flattened to [B*T, D]: with 2-D matmuls XLA:CPU takes the weight gradients straight from the
     # row-major activations instead of first transposing [B, T, F] ones (~5% of a CPU step); on TPU/GPU
     # the reshape is free. Rows stay batch-major, so the "batch" sharding of B carries over to B*T.
     x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])  # any leading axes ([B, T], [B, C, L]) -> N rows
-    if cfg.mlp == "gelu":
-      h_NxF = jax.nn.gelu(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x_NxD), approximate=False)
+    if cfg.mlp in ("gelu", "gelu_tanh"):
+      h_NxF = jax.nn.gelu(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x_NxD), approximate=cfg.mlp == "gelu_tanh")
     else:
       h_NxF = swish_gate(dense(cfg.d_ff, ("embed", "mlp"), "wi_0")(x_NxD),
                          dense(cfg.d_ff, ("embed", "mlp"), "wi_1")(x_NxD))
