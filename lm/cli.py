@@ -1,4 +1,4 @@
-"""`lm train|compile|eval|sample|probe|compare|sentences|list|config|launch` (also `python -m lm ...`).
+"""`lm train|compile|eval|sample|probe|compare|import|export|sentences|list|config|launch` (also `python -m lm`).
 
   lm train EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...] [--restart]
            [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -10,6 +10,8 @@
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
   lm compare DIR... [-o report.png] [--json FILE]
+  lm import hf HF_DIR --workdir W [--config.a.b=VALUE ...]
+  lm export hf W --out HF_DIR [--dtype float32|bfloat16|float16] [--max-shard-gb G]
   lm list
   lm config EXPERIMENT[:ARG] [--config.a.b=VALUE ...] | lm config DIR
   lm --version
@@ -323,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
   se.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
   se.add_argument("--split", default="train", choices=("train", "val", "test"))
   se.add_argument("-o", "--output", help="write to this file instead of stdout")
+  from lm.interop import cli as interop_cli
+  interop_cli.add_parsers(sub)
   import launch
   launch.add_parser(sub)
   return p
@@ -339,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `lm`: what there is to do
       p.print_help()
       return 0
-    if args.command not in ("train", "compile", "launch", "sentences", "config") and (overrides or spec):
-      raise LMError(f"--config options only apply to `lm train`, `lm compile`, `lm config`, `lm launch` and "
-                    f"`lm sentences`, not `lm {args.command}`")
+    if args.command not in ("train", "compile", "launch", "sentences", "config", "import", "export") and (
+        overrides or spec):
+      raise LMError(f"--config options only apply to `lm train`, `lm compile`, `lm config`, `lm launch`, "
+                    f"`lm import` and `lm sentences`, not `lm {args.command}`")
     if args.command == "list":
       return _cmd_list(args)
     if args.command == "config":
@@ -354,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_launch(args, overrides, spec)
     if args.command == "prepare":
       return _cmd_prepare(args)
+    if args.command in ("import", "export"):
+      from lm.interop import cli as interop_cli
+      return interop_cli.run(args, overrides)
     if args.command == "eval":
       return _cmd_eval(args)
     if args.command == "probe":

@@ -26,7 +26,8 @@ _SPECIAL_ALIASES = {
     "bos": ("<bos>", "<s>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]", "<|endoftext|>"),
     "eos": ("<eos>", "</s>", "<|end_of_text|>", "<|endoftext|>", "[SEP]"),
 }
-_SPEC_HELP = "use 'bytes', 'bpe', a tokenizer.json path or a SentencePiece .model path"
+_SPEC_HELP = ("use 'bytes', 'bpe', a tokenizer.json path, a SentencePiece .model path or a Hugging Face model "
+              "directory (tokenizer.json + tokenizer_config.json)")
 
 
 class Tokenizer:
@@ -48,6 +49,10 @@ class Tokenizer:
 
   def encode_batch(self, datas: list[bytes]) -> list[np.ndarray]:
     return [self.encode(d) for d in datas]
+
+  def prompt_ids(self, text: str) -> np.ndarray:
+    """A prompt as a model reads it: the document-start id, then the text's ids."""
+    return np.concatenate([[self.bos_id], self.encode(text.encode("utf-8"))]).astype(np.int32)
 
   def decode_bytes(self, ids) -> bytes:
     """The bytes that `ids` stand for; special ids are dropped."""
@@ -223,6 +228,90 @@ class BPETokenizer(Tokenizer):
     return {"tokenizer.json": self._tok.to_str().encode("utf-8")}
 
 
+HF_CONFIG = "tokenizer_config.json"
+
+
+def _token_text(value) -> str | None:
+  """tokenizer_config.json names a special token as a string or as {"content": ...}."""
+  return value.get("content") if isinstance(value, dict) else value
+
+
+class HFTokenizer(BPETokenizer):
+  """A Hugging Face model directory's tokenizer (`tokenizer.json` + `tokenizer_config.json`), with exactly its ids.
+
+  bos/eos/pad are the ones `tokenizer_config.json` names; no id is added: without a bos token (GPT-2, Qwen) a
+  document starts after the eos token, as those models were trained, and without a pad token padding uses
+  the eos id (padded positions are masked out of every loss). Prompts are encoded as the tokenizer's own
+  post-processor encodes them (Llama's adds its bos, Qwen's nothing); documents get one start id from the
+  pipeline and the text's ids without special tokens, so a bos is never added twice.
+  """
+
+  kind = "hf"
+
+  def __init__(self, tokenizer: hf.Tokenizer, config: dict, where: str = "tokenizer"):
+    self.hf_config = config
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    size = max(vocab.values()) + 1 if vocab else 0
+    roles = {}
+    for role in ("bos", "eos", "pad"):
+      text = _token_text(config.get(f"{role}_token"))
+      if text is not None and text not in vocab:
+        raise DataError(f"{where}: {HF_CONFIG} names {role}_token {text!r}, which is not in tokenizer.json's "
+                        "vocabulary; fix the file")
+      roles[role] = vocab.get(text) if text is not None else None
+    if roles["eos"] is None:
+      roles["eos"] = next((vocab[a] for a in _SPECIAL_ALIASES["eos"] if a in vocab), None)
+    if roles["eos"] is None:
+      raise DataError(f"{where}: no eos_token in {HF_CONFIG} and none of {_SPECIAL_ALIASES['eos']} in the "
+                      "vocabulary; name the end-of-text token as eos_token")
+    bos = roles["eos"] if roles["bos"] is None else roles["bos"]
+    pad = roles["eos"] if roles["pad"] is None else roles["pad"]
+    super().__init__(tokenizer)
+    # BPETokenizer picked ids by name and may have grown the vocabulary: take exactly the HF roles and size.
+    self.vocab_size, self.pad_id, self.bos_id, self.eos_id = size, pad, bos, roles["eos"]
+    table = self._id_bytes[:size] + [b""] * max(size - len(self._id_bytes), 0)
+    for i in (pad, bos, roles["eos"]):
+      table[i] = b""
+    self._id_bytes = table
+
+  @classmethod
+  def from_dir(cls, directory) -> "HFTokenizer":
+    directory = epath.Path(directory)
+    where = f"tokenizer directory {str(directory)!r}"
+    try:
+      config = json.loads((directory / HF_CONFIG).read_text()) if (directory / HF_CONFIG).exists() else {}
+      return cls(hf.Tokenizer.from_str((directory / "tokenizer.json").read_text()), config, where)
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # `tokenizers` raises bare Exceptions.
+      raise DataError(f"{where}: cannot load tokenizer.json ({_first_line(e)}); pass a Hugging Face model "
+                      "directory with a valid tokenizer.json") from None
+
+  def prompt_ids(self, text: str) -> np.ndarray:
+    plain = self._tok.encode(text, add_special_tokens=False).ids
+    full = self._tok.encode(text, add_special_tokens=True).ids
+    lead = next((i for i in range(len(full) + 1) if full[i:i + len(plain)] == plain), 0)
+    ids = full[:lead] + plain  # the post-processor's leading specials (a bos or nothing), never trailing ones
+    return np.asarray(ids or [self.bos_id], dtype=np.int32)
+
+  def _files(self) -> dict[str, bytes]:
+    return {"tokenizer.json": self._tok.to_str().encode("utf-8"),
+            HF_CONFIG: json.dumps(self.hf_config, indent=2).encode("utf-8")}
+
+
+def is_hf_dir(path) -> bool:
+  return os.path.isfile(os.path.join(os.path.expanduser(str(path)), "tokenizer.json"))
+
+
+def _reject_tiktoken(path: str) -> None:
+  """Llama 3's original `tokenizer.model` is tiktoken's text format, not a SentencePiece proto."""
+  with open(path, "rb") as f:
+    head = f.read(256).split(b"\n")[0].split(b" ")
+  if len(head) == 2 and head[1].strip().isdigit():
+    raise DataError(f"tokenizer {path!r} is a tiktoken BPE file, not SentencePiece; pass the Hugging Face model "
+                    "directory (with tokenizer.json) instead")
+
+
 def _bpe_cache_key(train_docs: list[bytes], vocab_size: int) -> str:
   h = hashlib.blake2b(digest_size=16)
   h.update(f"bpe-v1|{vocab_size}|{hf.__version__}|{len(train_docs)}|".encode())
@@ -285,7 +374,7 @@ def load_tokenizer(directory) -> Tokenizer:
   return tokenizer_from_files(files, f"tokenizer directory {str(directory)!r}")
 
 
-_FILE_NAMES = (META_FILE, "tokenizer.json", "tokenizer.model")
+_FILE_NAMES = (META_FILE, "tokenizer.json", "tokenizer.model", HF_CONFIG)
 
 
 def tokenizer_from_files(files: dict[str, bytes], where: str = "tokenizer") -> Tokenizer:
@@ -299,11 +388,14 @@ def tokenizer_from_files(files: dict[str, bytes], where: str = "tokenizer") -> T
       tok = ByteTokenizer()
     elif kind == "bpe":
       tok = BPETokenizer(hf.Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")))
+    elif kind == "hf":
+      tok = HFTokenizer(hf.Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")),
+                        json.loads(files[HF_CONFIG]), where)
     elif kind == "sentencepiece":
       from lm.data.spm import SentencePieceTokenizer  # pylint: disable=import-outside-toplevel
       tok = SentencePieceTokenizer(files["tokenizer.model"])
     else:
-      raise DataError(f"{where}: unknown kind {kind!r} in {META_FILE}; expected bytes, bpe or sentencepiece")
+      raise DataError(f"{where}: unknown kind {kind!r} in {META_FILE}; expected bytes, bpe, hf or sentencepiece")
   except KeyError as e:
     raise DataError(f"{where}: {kind} tokenizer without its file {e.args[0]!r}; re-save the tokenizer") from None
   except DataError:
@@ -324,12 +416,13 @@ def check_spec(spec: str) -> None:
   if spec.endswith((".json", ".model")):
     if not os.path.isfile(path):
       raise DataError(f"tokenizer {spec!r}: file does not exist; {_SPEC_HELP}")
-  elif not os.path.isfile(os.path.join(path, META_FILE)):
+  elif not os.path.isfile(os.path.join(path, META_FILE)) and not is_hf_dir(path):
     raise DataError(f"tokenizer {spec!r} is not a known tokenizer; {_SPEC_HELP}")
 
 
 def build_tokenizer(spec: str, train_docs: list[bytes], vocab_size: int) -> Tokenizer:
-  """`bytes`, `bpe` (trained on train_docs), `PATH.json` (HuggingFace), `PATH.model` (SentencePiece) or a saved dir."""
+  """`bytes`, `bpe` (trained on train_docs), `PATH.json` (HuggingFace), `PATH.model` (SentencePiece), a saved
+  dir or a Hugging Face model dir."""
   if spec == "bytes":
     return ByteTokenizer()
   if spec == "bpe":
@@ -341,8 +434,11 @@ def build_tokenizer(spec: str, train_docs: list[bytes], vocab_size: int) -> Toke
   if spec.endswith(".json"):
     return BPETokenizer.from_file(path)
   if spec.endswith(".model"):
+    _reject_tiktoken(path)
     from lm.data.spm import SentencePieceTokenizer  # pylint: disable=import-outside-toplevel
     return SentencePieceTokenizer.from_file(path)
   if os.path.isfile(os.path.join(path, META_FILE)):
     return load_tokenizer(path)
+  if is_hf_dir(path):
+    return HFTokenizer.from_dir(path)
   raise DataError(f"tokenizer {spec!r} is not a known tokenizer; {_SPEC_HELP}")

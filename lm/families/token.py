@@ -15,7 +15,6 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lm import parallel
 from lm.data.pipeline import TokenData
@@ -159,7 +158,7 @@ class TokenFamily(Family):
   def sample(self, run, params, prompt: str, *, max_new: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0) -> str:
     tok = run.tokenizer
-    ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
+    ids = tok.prompt_ids(prompt)
     out, lengths = decode.generate(run.decode_model(), params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed),
                                    max_new=max_new, eos_id=tok.eos_id, temperature=float(temperature),
                                    top_k=int(top_k), top_p=float(top_p))
@@ -175,7 +174,7 @@ class TokenFamily(Family):
       raise LMError(f"--speculative drafts with the run's `mtp` heads or `dsmtp` modules, and "
                     f"{run.config.experiment!r} was trained without them; train with one (e.g. token_mtp) or drop "
                     "--speculative")
-    ids = np.concatenate([[tok.bos_id], tok.encode(prompt.encode("utf-8"))]).astype(np.int32)
+    ids = tok.prompt_ids(prompt)
     out, lengths, passes = decode.speculative_greedy(model, params, jnp.asarray(ids)[None], max_new=max_new,
                                                      eos_id=tok.eos_id)
     out, lengths, passes = parallel.to_host(out), parallel.to_host(lengths), parallel.to_host(passes)

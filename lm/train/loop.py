@@ -19,7 +19,8 @@ from etils import epath
 
 from lm import families, hardware, objectives, parallel
 from lm.data import tokenizers
-from lm.errors import CheckpointError, RunFinished
+from lm.errors import CheckpointError, ConfigError, RunFinished
+from lm.interop import convert
 from lm.train import checkpoint, history, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
 from lm.train.run import (Restored, Run, backend_of, build_run, check, eval_batch_size, evaluate_parts,
@@ -41,6 +42,9 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
 
   def attempt(step):
     meta = ckpts.read_meta(step)
+    if convert.is_import(meta):
+      raise ConfigError(f"{ckpts.workdir} holds an imported model (weights only, no optimizer state); train from it "
+                        f"in a new workdir: lm train EXPERIMENT --config.init_from={ckpts.workdir} --workdir NEW")
     changed = history.changes(_saved_config(meta), config.to_dict())
     refused = [history.describe(k, *v) for k, v in changed.items() if not history.is_safe(k)]
     if refused:
@@ -288,10 +292,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     restored, data, changed = found
     run, state, start = restored.run, restored.state, restored.step
   else:
-    tokenizers.check_spec(config.data.tokenizer)  # a resume uses its checkpoint's tokenizer, never this spec
-    data = families.get(config.model.family).load_data(config)
+    tokenizer = None
+    if config.init_from:  # its tokenizer, exactly
+      tokenizer = convert.init_tokenizer(config.init_from)
+    else:
+      tokenizers.check_spec(config.data.tokenizer)  # a resume uses its checkpoint's tokenizer, never this spec
+    data = families.get(config.model.family).load_data(config, tokenizer)
     run = build_run(config, data.tokenizer, devices)
     state, start = run.init(config.train.seed), 0
+    if config.init_from:
+      params, fresh = convert.init_params(run, state.params)
+      state = state.replace(params=params)
+      if primary:
+        print(f"initialised from {config.init_from}" + (f"; fresh: {', '.join(sorted({p.split('/')[0] for p in fresh}))}"
+                                                         if fresh else ""), flush=True)
   release_freed_memory()
   config, mesh = run.config, run.mesh
   train_iter = data.train_iterator(config.data.batch_size, seed=config.train.seed,

@@ -20,6 +20,7 @@ from lm.data import corpus, pipeline, prepared, tokenizers
 from lm.errors import CheckpointError, ConfigError, DataError, plural
 from lm.eval import bpb as bpb_lib
 from lm.families import Family
+from lm.interop import convert
 from lm.objectives.base import Requirements
 from lm.train import checkpoint, trackers
 from lm.train.optim import make_optimizer
@@ -138,8 +139,9 @@ def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.Con
   family's own, the mesh against the devices, objective names and options, the heads they train, a reference
   run, the trackers, and the corpus against one batch where its files' sizes tell (the tokenizer spec is
   checked by `loop.train` for a fresh start only: a resume uses its checkpoint's). `lm train` runs it
-  before it reads data, compiles or writes anything. Returns the config resolved for this backend."""
-  config, family, mesh, needs = _resolve(config, devices)
+  before it reads data, compiles or writes anything. Returns the config resolved for this backend (with the
+  architecture of `config.init_from`, where one is named)."""
+  config, family, mesh, needs = _resolve(convert.apply_init_from(config), devices)
   model = family.build_model(config, _vocab_guess(config), needs=needs)
   batch = families.zeros(family.batch_spec(config, 1))
   jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))  # head options, layer counts, shapes
@@ -332,11 +334,14 @@ def restore_for_inference(workdir) -> tuple[Run, Any]:
 
 
 def _check_reference(needs: Requirements) -> str:
-  """The reference workdir an objective names, if it holds a checkpoint."""
+  """The reference workdir (or Hugging Face model directory) an objective names, if it holds a checkpoint."""
   workdir = needs.reference
   if not workdir:
     raise ConfigError(f"objective {needs.reference_objective!r} needs a reference run: set "
                       "--config.objectives.N.reference=WORKDIR of a trained run with the same tokenizer")
+  if convert.is_hf_dir(workdir):
+    convert.config_for(workdir)  # an unsupported architecture fails here
+    return workdir
   if checkpoint.latest_step(workdir) is None:
     raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
   return workdir
@@ -348,6 +353,9 @@ def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
   if run.needs.reference is None:
     return None
   workdir = _check_reference(run.needs)
+  if convert.is_hf_dir(workdir):
+    return convert.reference_run(workdir, devices, run.config.mesh.to_dict(), run.config.data.batch_size,
+                                 run.tokenizer)
   restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size,
                            tokenizer=run.tokenizer, role="reference run")
   if restored is None:
