@@ -245,3 +245,45 @@ def test_export_refuses_what_has_no_hf_form():
                                      qk_norm=False, sliding_window=0, qkv_bias=False, out_bias=False, mlp_bias=False))
   with pytest.raises(ConfigError, match="model.norm='layer'"):
     hf.export_kind(m)
+
+
+@pytest.mark.slow
+def test_cli_import_eval_sample_and_fine_tune_from_it(imported, tmp_path, capsys):
+  """`lm import hf`, `lm eval`, `lm sample --temperature 0` (transformers' greedy text), training refused in the
+  import's own workdir, `finetune_mtp` from the import (trunk as imported, heads fresh) and `rho` with a
+  Hugging Face reference."""
+  from lm import cli
+  from lm.train import checkpoint
+  model, tok, hf_dir, _ = imported("qwen2")
+  w = tmp_path / "w"
+  assert cli.main(["import", "hf", str(hf_dir), "--workdir", str(w)]) == 0
+  assert cli.main(["eval", str(w)]) == 0
+  assert float(capsys.readouterr().out.split("bpb: ")[1].split()[0]) > 0
+  prompt = "Bits per byte"
+  assert cli.main(["sample", str(w), "--prompt", prompt, "--temperature", "0", "--max-new", "32"]) == 0
+  enc = tok(prompt, return_tensors="pt")
+  with torch.no_grad():
+    out = model.generate(**enc, max_new_tokens=32, do_sample=False, pad_token_id=tok.eos_token_id)
+  assert capsys.readouterr().out.rstrip("\n") == prompt + tok.decode(out[0, enc.input_ids.shape[1]:],
+                                                                      skip_special_tokens=True)
+
+  assert cli.main(["train", "token_ntp:tiny", "--workdir", str(w)]) == 2
+  assert "--config.init_from=" in capsys.readouterr().err
+
+  f = tmp_path / "ft"
+  assert cli.main(["train", "finetune_mtp:tiny", f"--config.init_from={w}", "--workdir", str(f),
+                   "--config.train.steps=1", "--config.optim.lr=0", "--config.sample.max_new=0"]) == 0
+  assert "fresh: mtp_head" in capsys.readouterr().out
+  _, imported_params = run_lib.restore_for_inference(w)
+  _, tuned = run_lib.restore_for_inference(f)
+  tuned = convert.flatten(tuned)
+  for path, value in convert.flatten(imported_params).items():  # lr 0: the trunk is exactly the import
+    np.testing.assert_array_equal(np.asarray(tuned[path]), np.asarray(value))
+  assert any(p.startswith("mtp_head/") for p in tuned)
+  assert checkpoint.latest_step(f) == 1
+
+  r = tmp_path / "rho"
+  assert cli.main(["train", "token_rho:tiny", f"--config.init_from={hf_dir}", "--workdir", str(r),
+                   f"--config.objectives.0.reference={hf_dir}", "--config.train.steps=2",
+                   "--config.sample.max_new=0"]) == 0
+  assert checkpoint.latest_step(r) == 2

@@ -85,7 +85,10 @@ class Run:
 
 
 def _vocab_guess(config) -> int:
-  """The vocabulary a config's tokenizer will have, as far as known before it is built (bytes: exact)."""
+  """The vocabulary a config's tokenizer will have, as far as known before it is built (bytes: exact; a model
+  with its own `model.vocab_size`, an imported one: at most that)."""
+  if config.model.get("vocab_size", 0):
+    return int(config.model.vocab_size)
   return tokenizers.ByteTokenizer().vocab_size if config.data.tokenizer == "bytes" else int(config.data.vocab_size)
 
 
