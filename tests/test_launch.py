@@ -249,7 +249,8 @@ REPORTED = ["token_ntp:tiny", "--config.train.steps=2", "--config.train.log_ever
 def test_two_processes_of_two_devices_finish_every_time(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # exactly the user's flags: optimised XLA code
-  for i in range(10):
+  # Before the fix the hang came in 4 of 4 runs (BUILD_NOTES, issue 15): three runs catch it coming back.
+  for i in range(3):
     t0 = time.time()
     # The first run is the reported command as is, and also decodes its end-of-training sample on the params
     # sharded over both processes. The rest skip the sample and use a one-layer model (the hang was in

@@ -32,6 +32,9 @@ class Family:
   # The family's own config fields, merged into the base config when a run names this family:
   # {"model": {...}, "data": {...}}. Experiments and overrides then set them like any other field.
   config: dict[str, dict[str, Any]] = {}
+  # Whether the model is the plain decoder Hugging Face causal LMs map onto (`lm.interop`: import, export,
+  # init_from a Hugging Face directory): embed -> decoder -> final norm -> unembed, params named as token.py's.
+  hf_decoder = False
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
     """One-line `ConfigError`s for values of the family's fields that cannot work (no devices, no data)."""

@@ -288,8 +288,9 @@ def apply_init_from(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return config
   config = ml_collections.ConfigDict(config.to_dict())
   if is_hf_dir(src):
-    if config.model.family != "token":
-      raise ConfigError(f"config.init_from={src!r} is a token model; train a token-family experiment from it")
+    if not families.get(config.model.family).hf_decoder:
+      raise ConfigError(f"config.init_from={src!r} is a Hugging Face decoder; train a token-family experiment "
+                        f"from it (this one is model.family={config.model.family!r})")
     hf_cfg = read_hf_config(src)
     fields = dict(hf.model_fields(hf_cfg), max_positions=hf.context_length(hf_cfg))
     hf_tokenizer(src)

@@ -103,8 +103,9 @@ def export_kind(m) -> str:
     if m[field] != value:
       raise ConfigError(f"model.{field}={m[field]!r} has no {kind} equivalent (it needs {value!r}); only the "
                         "architectures in README: Hugging Face models export")
-  if m.family != "token":
-    raise ConfigError(f"model.family={m.family!r}: only the token family exports to Hugging Face")
+  from lm import families  # pylint: disable=import-outside-toplevel
+  if not families.get(m.family).hf_decoder:
+    raise ConfigError(f"model.family={m.family!r} has no Hugging Face form; only the token family exports")
   if m.positions == "learned":
     for field, value in (("norm", "layer"), ("norm_bias", True), ("qkv_bias", True), ("out_bias", True),
                          ("mlp_bias", True), ("tie_embeddings", True), ("qk_norm", False), ("sliding_window", 0)):
