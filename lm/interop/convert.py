@@ -118,11 +118,21 @@ def _sources(kind: str, cfg, tensors: _Tensors, scan: bool) -> dict:
       if not rule.layer:
         out[path] = lambda one=one, rule=rule: one(rule.hf)
       elif scan:
-        out[f"decoder/layers/{path}"] = lambda one=one, rule=rule: np.stack(
-            [one(rule.hf.format(i=i)) for i in range(cfg.num_layers)])
+        out[f"decoder/layers/{path}"] = lambda one=one, rule=rule: _stack(
+            lambda i: one(rule.hf.format(i=i)), cfg.num_layers)
       else:
         for i in range(cfg.num_layers):
           out[f"decoder/layers_{i}/{path}"] = lambda one=one, rule=rule, i=i: one(rule.hf.format(i=i))
+  return out
+
+
+def _stack(layer, count: int) -> np.ndarray:
+  """[count, ...] filled layer by layer (no list of per-layer copies beside the result)."""
+  first = layer(0)
+  out = np.empty((count, *first.shape), first.dtype)
+  out[0] = first
+  for i in range(1, count):
+    out[i] = layer(i)
   return out
 
 
@@ -131,7 +141,7 @@ def _place(make, target):
   full = make()
   if full.shape != tuple(target.shape):
     raise CheckpointError(f"a converted tensor has shape {full.shape}, the model expects {tuple(target.shape)}")
-  full = full.astype(target.dtype)
+  full = full.astype(target.dtype, copy=False)
   return jax.make_array_from_callback(full.shape, target.sharding, lambda index: full[index])
 
 
@@ -173,7 +183,9 @@ def import_hf(directory, workdir, overrides=()) -> dict:
     raise CheckpointError(f"{workdir} already holds a run; import into a new --workdir")
   run = build_run(config, tokenizer)
   params, _ = hf_params(run, directory)
-  ckpts = checkpoint.Checkpoints(workdir, keep=1, read_only=False)
+  # One GB of arrays serialised at a time: orbax copies what it writes to the host first, and with its default
+  # (96 GB) a whole model's copy would sit beside the model.
+  ckpts = checkpoint.Checkpoints(workdir, keep=1, read_only=False, save_concurrent_gb=1)
   ckpts.save(0, {"params": params}, {"imported_from": str(directory)}, run.config.to_dict(), tokenizer)
   ckpts.wait()
   if jax.process_index() == 0:

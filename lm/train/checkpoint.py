@@ -46,18 +46,19 @@ def workdir_path(workdir) -> epath.Path:
   return epath.Path(text)
 
 
-def _handlers() -> dict:
-  return dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
-              config=ocp.JsonCheckpointHandler(), tokenizer=ocp.JsonCheckpointHandler())
+def _handlers(save_concurrent_gb: int = 96) -> dict:
+  return dict(state=ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb),
+              data=ocp.JsonCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
+              tokenizer=ocp.JsonCheckpointHandler())
 
 
-def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir, keep: int = 3, read_only: bool = False, save_concurrent_gb: int = 96) -> ocp.CheckpointManager:
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
   return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR, options=options,
-                               item_handlers=_handlers())
+                               item_handlers=_handlers(save_concurrent_gb))
 
 
 def tokenizer_to_json(tokenizer: tokenizers_lib.Tokenizer) -> dict:
@@ -240,8 +241,10 @@ class Checkpoints:
   naming the last good step; orbax renames a step into place only when complete, so that step stays intact.
   """
 
-  def __init__(self, workdir, keep: int = 3, read_only: bool = True, quarantine: bool = False):
+  def __init__(self, workdir, keep: int = 3, read_only: bool = True, quarantine: bool = False,
+               save_concurrent_gb: int = 96):
     self.workdir = workdir_path(workdir)
+    self.save_concurrent_gb = save_concurrent_gb  # GB of arrays orbax serialises at once
     self.read_only, self.quarantine_unreadable = read_only, quarantine and not read_only
     self.primary = jax.process_index() == 0
     self.keep = keep
@@ -308,7 +311,7 @@ class Checkpoints:
       if self.mngr is None:
         if self.read_only:
           raise CheckpointError(f"checkpoints in {self.workdir} were opened read-only")
-        self.mngr = manager(self.workdir, keep=self.keep)
+        self.mngr = manager(self.workdir, keep=self.keep, save_concurrent_gb=self.save_concurrent_gb)
       self.mngr.wait_until_finished()  # surfaces a failure of the previous asynchronous save
       self.requested = step
       save(self.mngr, step, state, data_state, config_dict, tokenizer)
