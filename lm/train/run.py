@@ -239,7 +239,9 @@ def train_flops_per_step(run: Run, data) -> dict:
 # Model fields that never change a parameter's shape, so never the reason a checkpoint does not fit.
 _SHAPE_NEUTRAL = {f"model.{k}" for k in ("scan_unroll", "remat_policy", "attention_impl", "attention_block_q",
                                          "attention_block_kv", "attention_interpret", "dtype", "param_dtype",
-                                         "rope_base", "norm_eps", "init_std")}
+                                         "rope_base", "norm_eps", "init_std", "rope_scaling", "rope_factor",
+                                         "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_positions",
+                                         "sliding_window")}
 
 
 def check_compatible(ckpts: checkpoint.Checkpoints, step: int, saved_shapes: dict, run: Run,
