@@ -287,3 +287,29 @@ def test_cli_import_eval_sample_and_fine_tune_from_it(imported, tmp_path, capsys
                    f"--config.objectives.0.reference={hf_dir}", "--config.train.steps=2",
                    "--config.sample.max_new=0"]) == 0
   assert checkpoint.latest_step(r) == 2
+
+
+def test_a_tied_model_with_a_head_copy_imports_and_mismatched_weights_fail_in_one_line(imported, tmp_path):
+  from lm.errors import CheckpointError
+  from lm.interop import safetensors
+  model, _, hf_dir, _ = imported("qwen2")  # tied
+  reader = safetensors.Reader(hf_dir)
+  names = reader.names()
+  tensors = [(n, reader.get(n).shape, np.float32, lambda n=n: np.asarray(reader.get(n))) for n in names]
+  emb = "model.embed_tokens.weight"
+  tensors.append(("lm_head.weight", reader.get(emb).shape, np.float32, lambda: np.asarray(reader.get(emb))))
+  copy = tmp_path / "copy"
+  safetensors.write(copy, tensors)
+  for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    (copy / name).write_bytes((hf_dir / name).read_bytes())
+  convert.import_hf(copy, tmp_path / "run")
+  run, params = run_lib.restore_for_inference(tmp_path / "run")
+  ids = np.random.default_rng(4).integers(0, model.config.vocab_size, size=(1, 12))
+  np.testing.assert_allclose(our_logits(run, params, {"inputs": ids})[..., :model.config.vocab_size],
+                             hf_logits(model, ids), atol=1e-4, rtol=0)
+  config = json.loads((copy / "config.json").read_text())
+  config["intermediate_size"] += 8
+  (copy / "config.json").write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match="weights and config.json disagree") as e:
+    convert.import_hf(copy, tmp_path / "run2")
+  assert "\n" not in str(e.value) and not (tmp_path / "run2" / "checkpoints").exists()

@@ -288,8 +288,14 @@ class HFTokenizer(BPETokenizer):
                       "directory with a valid tokenizer.json") from None
 
   def prompt_ids(self, text: str) -> np.ndarray:
-    plain = self._tok.encode(text, add_special_tokens=False).ids
-    full = self._tok.encode(text, add_special_tokens=True).ids
+    # A prompt is read as transformers reads it: special tokens written in it (a chat template's
+    # <|im_start|>) are those tokens. Documents (`encode`) keep them as text.
+    self._tok.encode_special_tokens = False
+    try:
+      plain = self._tok.encode(text, add_special_tokens=False).ids
+      full = self._tok.encode(text, add_special_tokens=True).ids
+    finally:
+      self._tok.encode_special_tokens = True
     lead = next((i for i in range(len(full) + 1) if full[i:i + len(plain)] == plain), 0)
     ids = full[:lead] + plain  # the post-processor's leading specials (a bos or nothing), never trailing ones
     return np.asarray(ids or [self.bos_id], dtype=np.int32)

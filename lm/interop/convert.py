@@ -38,7 +38,10 @@ def read_hf_config(directory) -> dict:
   if not path.is_file():
     raise ConfigError(f"{directory}: no config.json; pass a Hugging Face model directory (config.json, "
                       "*.safetensors, tokenizer.json)")
-  return json.loads(path.read_text())
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e}); fix or re-download it") from None
 
 
 def hf_tokenizer(directory) -> tokenizers_lib.HFTokenizer:
@@ -114,7 +117,12 @@ def _sources(kind: str, cfg, tensors: _Tensors, scan: bool) -> dict:
   for rule in hf.rules(kind, cfg):
     for j, path in enumerate(rule.ours):
       def one(name, rule=rule, j=j):
-        return np.asarray(rule.to_ours(tensors.get(name), cfg)[j])
+        w = tensors.get(name)
+        try:
+          return np.asarray(rule.to_ours(w, cfg)[j])
+        except (ValueError, TypeError) as e:
+          raise CheckpointError(f"tensor {name} {tuple(w.shape)} does not fit the model config.json describes "
+                                f"({str(e).splitlines()[0]}); the weights and config.json disagree") from None
       if not rule.layer:
         out[path] = lambda one=one, rule=rule: one(rule.hf)
       elif scan:
@@ -136,11 +144,12 @@ def _stack(layer, count: int) -> np.ndarray:
   return out
 
 
-def _place(make, target):
+def _place(make, target, path: str):
   """A leaf made on the host, placed on `target`'s sharding (each device reads only its block)."""
   full = make()
   if full.shape != tuple(target.shape):
-    raise CheckpointError(f"a converted tensor has shape {full.shape}, the model expects {tuple(target.shape)}")
+    raise CheckpointError(f"param {path}: the checkpoint's tensors make {full.shape} where config.json describes "
+                          f"{tuple(target.shape)}; the weights and config.json disagree")
   full = full.astype(target.dtype, copy=False)
   return jax.make_array_from_callback(full.shape, target.sharding, lambda index: full[index])
 
@@ -151,13 +160,15 @@ def hf_params(run, directory, fresh=None) -> tuple[dict, list[str]]:
   Returns (params, the paths taken from `fresh`)."""
   kind = hf.kind_of(read_hf_config(directory))
   tensors = _Tensors(directory)
+  if run.model.cfg.tie_embeddings and "lm_head.weight" in tensors.reader:
+    tensors.used.add("lm_head.weight")  # a tied head's copy, kept by some exports; transformers ties it away
   sources = _sources(kind, run.model.cfg, tensors, run.config.model.scan_layers)
   targets = flatten(run.abstract_state.params)
   fresh_flat = flatten(fresh) if fresh is not None else {}
   out, kept = {}, []
   for path, target in targets.items():
     if path in sources:
-      out[path] = _place(sources[path], target)
+      out[path] = _place(sources[path], target, path)
     elif path in fresh_flat:
       out[path] = fresh_flat[path]
       kept.append(path)
@@ -209,25 +220,28 @@ def _hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
     return {k: files[k] for k in ("tokenizer.json", tokenizers_lib.HF_CONFIG)}
   if tokenizer.kind != "bpe":
     return {}
-  raw = tokenizer.files()["tokenizer.json"]
-  tok = json.loads(raw)
-  names = {i: t["content"] for t in tok.get("added_tokens", []) for i in [t["id"]]}
-  role = lambda i: names.get(i)  # noqa: E731
-  config = dict(tokenizer_class="PreTrainedTokenizerFast", bos_token=role(tokenizer.bos_id),
-                eos_token=role(tokenizer.eos_id), pad_token=role(tokenizer.pad_id), add_bos_token=False)
-  return {"tokenizer.json": raw, tokenizers_lib.HF_CONFIG: json.dumps(config, indent=2).encode()}
+  from tokenizers import Tokenizer, processors  # pylint: disable=import-outside-toplevel
+  tok = Tokenizer.from_str(tokenizer.files()["tokenizer.json"].decode("utf-8"))
+  role = tok.id_to_token
+  bos = role(tokenizer.bos_id)
+  # Our models read a bos before every document: transformers' tokenizer adds it the same way.
+  tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_id)])
+  config = dict(tokenizer_class="PreTrainedTokenizerFast", bos_token=bos, eos_token=role(tokenizer.eos_id),
+                pad_token=role(tokenizer.pad_id), add_bos_token=True)
+  return {"tokenizer.json": tok.to_str().encode("utf-8"),
+          tokenizers_lib.HF_CONFIG: json.dumps(config, indent=2).encode()}
 
 
 def export_hf(workdir, out, max_shard_bytes: int = 5 << 30, dtype: str = "float32") -> dict:
   """Write the newest good checkpoint of `workdir` as a Hugging Face model directory `out` (weights of the
   trunk, config.json, the tokenizer where it has a Hugging Face form). Auxiliary heads are not exported."""
   from lm.train import run as run_lib
-  out = pathlib.Path(out)
+  out = pathlib.Path(os.path.abspath(os.path.expanduser(str(out))))
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise ConfigError(f"--out {out} exists and is not an empty directory; pick a new directory")
   run, params = run_lib.restore_for_inference(workdir)
   m, cfg, tok = run.config.model, run.model.cfg, run.tokenizer
   kind = hf.export_kind(m)
-  if out.exists() and any(out.iterdir()):
-    raise ConfigError(f"--out {out} is not empty; pick a new directory")
   np_dtype = {"float32": np.float32, "bfloat16": safetensors.DTYPES["BF16"], "float16": np.float16}[dtype]
   flat = flatten(params)
   cache: dict[str, np.ndarray] = {}
@@ -350,10 +364,10 @@ def init_params(run, fresh: dict) -> tuple[dict, list[str]]:
       if path not in ("embed/embedding", "unembed/kernel/kernel"):
         raise CheckpointError(f"config.init_from={src!r}: param {path} is {tuple(x.shape)} there and "
                               f"{tuple(target.shape)} here; the heads' equal_params or the model fields differ")
-      x = _resize_vocab(x, target.shape)
+      x = _resize_vocab(x, target.shape).astype(target.dtype)
       out[path] = jax.make_array_from_callback(x.shape, target.sharding, lambda index, x=x: x[index])
     else:
-      out[path] = jax.device_put(x, target.sharding)
+      out[path] = jax.device_put(x.astype(target.dtype), target.sharding)
   return unflatten(out), kept
 
 

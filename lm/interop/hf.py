@@ -29,7 +29,7 @@ def _unsupported(field: str, value, what: str) -> ConfigError:
 def _rope(hf: dict) -> dict:
   params = hf.get("rope_parameters") or {}
   theta = float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
-  spec = params if params.get("rope_type") else (hf.get("rope_scaling") or {})
+  spec = hf.get("rope_scaling") or params  # as transformers: a legacy rope_scaling wins
   kind = spec.get("rope_type", spec.get("type", "default"))
   if float(hf.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))) != 1.0:
     raise _unsupported("partial_rotary_factor", hf.get("partial_rotary_factor"), "RoPE on whole heads only")
@@ -41,12 +41,21 @@ def _rope(hf: dict) -> dict:
     return dict(rope_base=theta, rope_scaling="llama3", rope_factor=float(spec["factor"]),
                 rope_low_freq_factor=float(spec["low_freq_factor"]),
                 rope_high_freq_factor=float(spec["high_freq_factor"]),
-                rope_original_positions=int(spec["original_max_position_embeddings"]))
+                rope_original_positions=int(spec.get("original_max_position_embeddings")
+                                            or hf.get("max_position_embeddings") or 8192))
   raise _unsupported("rope_scaling.rope_type", kind, "default, linear or llama3")
 
 
 def model_fields(hf: dict) -> dict:
-  """`config.model` values for a Hugging Face `config.json` (plus `max_positions`, the longest context)."""
+  """`config.model` values for a Hugging Face `config.json`; a missing field is one line naming it."""
+  try:
+    return _model_fields(hf)
+  except KeyError as e:
+    raise ConfigError(f"config.json has no {e.args[0]!r}, which a {hf.get('model_type')} model needs; fix the "
+                      "file") from None
+
+
+def _model_fields(hf: dict) -> dict:
   kind = hf.get("model_type")
   if kind not in ARCHITECTURES:
     raise _unsupported("model_type", kind, f"one of {', '.join(ARCHITECTURES)}")
@@ -58,14 +67,17 @@ def model_fields(hf: dict) -> dict:
   if hf.get("hidden_act", "silu") != "silu":
     raise _unsupported("hidden_act", hf.get("hidden_act"), "SwiGLU with silu")
   heads, width = hf["num_attention_heads"], hf["hidden_size"]
-  bias = bool(hf.get("attention_bias", False))
+  # Which config flags each architecture honours (its modeling file): Llama both biases flags, Qwen3 the
+  # attention one (q/k/v/o), Qwen2 always q/k/v biases and never others, Mistral none.
+  bias = bool(hf.get("attention_bias", False)) and kind in ("llama", "qwen3")
+  head_dim = hf.get("head_dim") or (128 if kind == "qwen3" else width // heads)  # Qwen3Config's default
   out = dict(d_model=width, num_layers=hf["num_hidden_layers"], num_heads=heads,
              num_kv_heads=hf.get("num_key_value_heads") or heads, d_ff=hf["intermediate_size"],
-             head_dim=hf.get("head_dim") or width // heads, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+             head_dim=head_dim, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
              tie_embeddings=bool(hf.get("tie_word_embeddings", False)), mlp="swiglu", positions="rope", norm="rms",
              norm_bias=False, qkv_bias=bias or kind == "qwen2", out_bias=bias,
-             mlp_bias=bool(hf.get("mlp_bias", False)), qk_norm=kind == "qwen3", sliding_window=0,
-             vocab_size=hf["vocab_size"], **_rope(hf))
+             mlp_bias=bool(hf.get("mlp_bias", False)) and kind == "llama", qk_norm=kind == "qwen3",
+             sliding_window=0, vocab_size=hf["vocab_size"], **_rope(hf))
   if kind == "mistral":
     out["sliding_window"] = int(hf.get("sliding_window") or 0)
   elif hf.get("use_sliding_window"):
@@ -108,7 +120,8 @@ def export_kind(m) -> str:
     raise ConfigError(f"model.family={m.family!r} has no Hugging Face form; only the token family exports")
   if m.positions == "learned":
     for field, value in (("norm", "layer"), ("norm_bias", True), ("qkv_bias", True), ("out_bias", True),
-                         ("mlp_bias", True), ("tie_embeddings", True), ("qk_norm", False), ("sliding_window", 0)):
+                         ("mlp_bias", True), ("tie_embeddings", True), ("qk_norm", False), ("sliding_window", 0),
+                         ("num_kv_heads", m.num_heads), ("head_dim", m.head_dim and m.d_model // m.num_heads)):
       need(field, value, "GPT-2")
     if m.mlp not in ("gelu", "gelu_tanh"):
       need("mlp", "gelu_tanh", "GPT-2")
@@ -116,7 +129,8 @@ def export_kind(m) -> str:
   for field, value in (("norm", "rms"), ("mlp", "swiglu"), ("norm_bias", False)):
     need(field, value, "Llama-style")
   if m.qk_norm:
-    need("qkv_bias", m.out_bias, "Qwen3")
+    for field, value in (("qkv_bias", m.out_bias), ("mlp_bias", False), ("sliding_window", 0)):
+      need(field, value, "Qwen3")
     return "qwen3"
   if m.sliding_window:
     for field in ("qkv_bias", "out_bias", "mlp_bias"):
@@ -194,8 +208,14 @@ def _same(path: str, name: str, layer: bool = True) -> Rule:
 
 def _vocab_rows(path: str, name: str) -> Rule:
   """The embedding [V, D], padded to the model's padded vocabulary with zero rows (masked out of every logit)."""
-  return Rule(name, (path,), lambda w, c: (jnp.pad(w, ((0, c.padded_vocab - w.shape[0]), (0, 0))),),
+  return Rule(name, (path,), lambda w, c: (jnp.pad(_rows(w, c), ((0, c.padded_vocab - w.shape[0]), (0, 0))),),
               lambda e, c: e[:c.vocab_size], layer=False)
+
+
+def _rows(w, c):
+  if w.shape[0] != c.vocab_size:
+    raise ValueError(f"{w.shape[0]} rows for a vocab_size of {c.vocab_size}")
+  return w
 
 
 def _llama_rules(c, kind: str) -> list[Rule]:
@@ -226,7 +246,7 @@ def _llama_rules(c, kind: str) -> list[Rule]:
               _same(f"{a}/key_norm/scale", p + "self_attn.k_norm.weight")]
   if not c.tie_embeddings:
     rules.append(Rule("lm_head.weight", ("unembed/kernel/kernel",),
-                      lambda w, c: (jnp.pad(w, ((0, c.padded_vocab - w.shape[0]), (0, 0))).T,),
+                      lambda w, c: (jnp.pad(_rows(w, c), ((0, c.padded_vocab - w.shape[0]), (0, 0))).T,),
                       lambda k, c: k[:, :c.vocab_size].T, layer=False))
   return rules
 

@@ -47,8 +47,9 @@ class Reader:
     index = directory / INDEX
     if index.exists():
       files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-      files = sorted(p.name for p in directory.glob("*.safetensors"))
+    else:  # model*.safetensors where there are such (Mistral's repos also carry consolidated.safetensors)
+      files = sorted(p.name for p in directory.glob("model*.safetensors")) or sorted(
+          p.name for p in directory.glob("*.safetensors"))
     if not files:
       raise CheckpointError(f"{directory}: no *.safetensors files (pytorch_model.bin is not read; convert it with "
                             "transformers' save_pretrained(safe_serialization=True))")
@@ -80,6 +81,8 @@ class Reader:
       raise CheckpointError(f"{path}: tensor {name} {shape} {dtype} does not match its byte range; re-download it")
     if end == begin:
       return np.zeros(shape, dt)
+    if path.stat().st_size < end:
+      raise CheckpointError(f"{path} is truncated (tensor {name} ends past the file); re-download it")
     return np.memmap(path, dtype=dt, mode="r", offset=begin, shape=shape)
 
 

@@ -17,25 +17,17 @@ import jax
 import jax.numpy as jnp
 
 from lm import parallel
+from lm.models import rollout
 
 
 def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
-  """Next ids [B]. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+  """Next ids [B]. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. Draws from
+  `rollout.processed_log_probs` (the same draws as from the filtered logits: a per-row constant apart)."""
   if temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = logits_BxV.astype(jnp.float32) / temperature
-  if top_k:
-    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-  if top_p < 1.0:
-    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-    before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # mass strictly above each candidate
-    keep_BxV = before_BxV < top_p                                  # always keeps the most likely one
-    threshold_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    logits_BxV = jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
-  return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+  logp_BxV = rollout.processed_log_probs(logits_BxV, temperature, top_k, top_p)
+  return jax.random.categorical(rng, logp_BxV, axis=-1).astype(jnp.int32)
 
 
 def zero_cache(init: Callable) -> Any:

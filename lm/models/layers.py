@@ -247,13 +247,14 @@ class Attention(nn.Module):
       q_BxTxHxE = rope(q_BxTxHxE, positions_BxT, cfg.rope_base, inv_freq)
       k_BxTxKxE = rope(k_BxTxKxE, positions_BxT, cfg.rope_base, inv_freq)
 
-    if self.decode:
-      k_BxSxKxE, v_BxSxKxE, kv_pos_BxS, kv_seg_BxS = self._update_cache(k_BxTxKxE, v_BxTxKxE)
-      q_seg_BxT = jnp.ones_like(positions_BxT)
+    q_pos_BxT = positions_BxT
+    if self.decode:  # masks in cache slots: a row's padding (segment 0, e.g. left-padded prompts) stays out
+      q_seg_BxT = jnp.ones_like(positions_BxT) if segment_ids_BxT is None else segment_ids_BxT
+      k_BxSxKxE, v_BxSxKxE, q_pos_BxT, kv_pos_BxS, kv_seg_BxS = self._update_cache(k_BxTxKxE, v_BxTxKxE, q_seg_BxT)
     else:
       k_BxSxKxE, v_BxSxKxE, kv_pos_BxS = k_BxTxKxE, v_BxTxKxE, positions_BxT
       q_seg_BxT = kv_seg_BxS = segment_ids_BxT
-    out_BxTxHxE = attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_seg_BxT, kv_seg_BxS, positions_BxT, kv_pos_BxS,
+    out_BxTxHxE = attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_seg_BxT, kv_seg_BxS, q_pos_BxT, kv_pos_BxS,
                             self.causal, cfg)
     out_BxTxHxE = checkpoint_name(out_BxTxHxE, "attn_out")
     kernel = self.param("out", _init(init, "heads", "head_dim", "embed"), (H, E, cfg.d_model), pdtype)
@@ -263,22 +264,26 @@ class Attention(nn.Module):
       out_NxD = out_NxD + bias_D.astype(dtype)[None, :]
     return out_NxD.reshape(*lead, cfg.d_model)
 
-  def _update_cache(self, k_BxTxKxE: Array, v_BxTxKxE: Array):
-    """Write this call's keys/values at the cache index; the cache length S is fixed at init."""
+  def _update_cache(self, k_BxTxKxE: Array, v_BxTxKxE: Array, segment_BxT: Array):
+    """Write this call's keys/values (and segment ids: 0 marks a padded slot) at the cache index; the cache
+    length S is fixed at init. Returns the cache and the query's and keys' slots (what causality is in)."""
     is_init = not self.has_variable("cache", "key")
     key = self.variable("cache", "key", jnp.zeros, k_BxTxKxE.shape, k_BxTxKxE.dtype)
     value = self.variable("cache", "value", jnp.zeros, v_BxTxKxE.shape, v_BxTxKxE.dtype)
+    segment = self.variable("cache", "segment", jnp.zeros, segment_BxT.shape, jnp.int32)
     index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     B, T = k_BxTxKxE.shape[:2]
     S = key.value.shape[1]
+    start = index.value
     if not is_init:
-      start = index.value
       key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxKxE, (0, start, 0, 0))
       value.value = jax.lax.dynamic_update_slice(value.value, v_BxTxKxE, (0, start, 0, 0))
+      segment.value = jax.lax.dynamic_update_slice(segment.value, segment_BxT.astype(jnp.int32), (0, start))
       index.value = start + T
-    kv_pos_BxS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-    kv_seg_BxS = (kv_pos_BxS < index.value).astype(jnp.int32)  # unwritten slots act as padding
-    return key.value, value.value, kv_pos_BxS, kv_seg_BxS
+    kv_slot_BxS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+    kv_seg_BxS = jnp.where(kv_slot_BxS < index.value, segment.value, 0)  # unwritten slots act as padding
+    q_slot_BxT = start + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    return key.value, value.value, q_slot_BxT, kv_slot_BxS, kv_seg_BxS
 
 
 @jax.custom_vjp
