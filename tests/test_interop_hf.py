@@ -313,3 +313,24 @@ def test_a_tied_model_with_a_head_copy_imports_and_mismatched_weights_fail_in_on
   with pytest.raises(CheckpointError, match="weights and config.json disagree") as e:
     convert.import_hf(copy, tmp_path / "run2")
   assert "\n" not in str(e.value) and not (tmp_path / "run2" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_model_trained_here_exports_as_llama(tmp_path):
+  from lm import config as config_lib
+  from lm.train import loop
+  config = config_lib.load_experiment("token_ntp:tiny")
+  config_lib.apply_overrides(config, ["data.tokenizer=bpe", "data.vocab_size=300", "train.steps=2",
+                                      "train.eval_every=0", "sample.max_new=0", "model.num_kv_heads=2"])
+  loop.train(config, tmp_path / "run")
+  summary = convert.export_hf(tmp_path / "run", tmp_path / "hf")
+  assert summary["kind"] == "llama" and summary["tokenizer"]
+  run, params = run_lib.restore_for_inference(tmp_path / "run")
+  back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+  text = "def main():\n    return 1\n"
+  ids = tok(text).input_ids
+  assert ids == run.tokenizer.prompt_ids(text).tolist()  # transformers adds the bos our model reads first
+  V = run.tokenizer.vocab_size
+  np.testing.assert_allclose(hf_logits(back, [ids]), our_logits(run, params, {"inputs": np.array([ids])})[..., :V],
+                             atol=1e-4, rtol=0)
