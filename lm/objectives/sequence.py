@@ -1,0 +1,147 @@
+"""Sequence-level objectives: one policy-gradient loss whose published variants are options, and DPO.
+
+Everything returns the framework's sums and counts (`LossTerms`), so a policy-gradient term composes with
+`ntp`, and microbatches, devices and hosts combine exactly. Inputs are per completion unit, [B, N] (B rows:
+prompts x G samples; N completion units), with `mask_BxN` marking real units:
+  logp       log-probabilities of the completion under the current policy (with gradient)
+  old_logp   the same under the policy that sampled it (`rollout.sample`'s, no gradient)
+  ref_logp   under a frozen reference (for a KL term), optional
+  adv_B      one advantage per sequence (`advantages(rewards, group, kind)`)
+
+Variants (anchors: tunix `rl/algo_core.py`; TRL's GRPOTrainer documentation; the papers named):
+  advantage    grpo (group z-score; Shao et al. 2024), drgrpo (group mean only; Liu et al. 2025),
+               rloo (leave-one-out mean; Ahmadian et al. 2024), reinforce_pp (batch whitening; Hu 2025)
+  ratio        token (PPO/GRPO), sequence (GSPO: exp of the mean token log-ratio; Zheng et al. 2025),
+               sequence_token (GSPO-token: the sequence ratio's value, each token's gradient)
+  clipping     [1 - clip_low, 1 + clip_high] (DAPO's clip-higher when they differ; Yu et al. 2025), and
+               dual_clip c > 1 bounding the loss of negative advantages at -c A (Ye et al. 2020)
+  aggregation  sequence_mean (GRPO: each sequence's token mean, summed over sequences, counted per
+               sequence), token_sum (DAPO: every token of the global batch counts once), constant (Dr. GRPO:
+               token sums / max_len, counted per sequence: the G x L_max normaliser)
+  KL           k1, k2 or k3 estimator of KL(policy || reference) per token (Schulman 2020), weighted by
+               kl_coef in the loss (`kl_in="loss"`), or `kl_penalised_rewards` before the advantages
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lm.errors import ConfigError
+from lm.objectives.base import LossTerms
+
+Array = jax.Array
+ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp")
+RATIOS = ("token", "sequence", "sequence_token")
+AGGREGATIONS = ("sequence_mean", "token_sum", "constant")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _choose(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ConfigError(f"policy gradient option {name}={value!r}; choose {', '.join(choices)}")
+
+
+def advantages(rewards_B: Array, group: int, kind: str = "grpo", eps: float = 1e-6) -> Array:
+  """One advantage per row; rows b*group .. b*group+group-1 are one prompt's samples."""
+  _choose("advantage", kind, ADVANTAGES)
+  r = rewards_B.astype(jnp.float32)
+  if kind == "reinforce_pp":
+    return (r - r.mean()) / (r.std() + eps)
+  r_PxG = r.reshape(-1, group)
+  mean_Px1 = r_PxG.mean(axis=1, keepdims=True)
+  if kind == "grpo":
+    out = (r_PxG - mean_Px1) / (r_PxG.std(axis=1, keepdims=True) + eps)
+  elif kind == "drgrpo":
+    out = r_PxG - mean_Px1
+  else:  # rloo: the mean of the other group - 1 samples as the baseline
+    if group < 2:
+      raise ConfigError("advantage='rloo' needs a group of at least 2 samples per prompt")
+    out = r_PxG - (r_PxG.sum(axis=1, keepdims=True) - r_PxG) / (group - 1)
+  return out.reshape(-1)
+
+
+def kl_estimate(logp_BxN: Array, ref_logp_BxN: Array, estimator: str = "k3") -> Array:
+  """Per-unit estimate of KL(policy || reference) from units sampled from the policy (Schulman 2020):
+  k1 = log p - log q (unbiased, high variance), k2 = (log p - log q)^2 / 2, k3 = q/p - 1 - log(q/p)
+  (unbiased, non-negative)."""
+  _choose("kl_estimator", estimator, KL_ESTIMATORS)
+  d = logp_BxN - ref_logp_BxN
+  if estimator == "k1":
+    return d
+  if estimator == "k2":
+    return 0.5 * d * d
+  return jnp.exp(-d) - 1.0 + d
+
+
+def kl_penalised_rewards(rewards_B: Array, logp_BxN: Array, ref_logp_BxN: Array, mask_BxN: Array,
+                         kl_coef: float, estimator: str = "k1") -> Array:
+  """Rewards minus kl_coef x the sequence's summed KL estimate (no gradient): the KL "in the reward"."""
+  kl_B = jnp.sum(kl_estimate(logp_BxN, ref_logp_BxN, estimator) * mask_BxN, axis=1)
+  return rewards_B - kl_coef * jax.lax.stop_gradient(kl_B)
+
+
+def _ratios(logp_BxN, old_BxN, mask_BxN, kind: str) -> Array:
+  log_ratio = (logp_BxN - old_BxN) * mask_BxN
+  if kind == "token":
+    return jnp.exp(log_ratio)
+  lengths_Bx1 = jnp.maximum(mask_BxN.sum(axis=1, keepdims=True), 1.0)
+  seq_Bx1 = jnp.exp(log_ratio.sum(axis=1, keepdims=True) / lengths_Bx1)
+  if kind == "sequence":
+    return jnp.broadcast_to(seq_Bx1, logp_BxN.shape)
+  # sequence_token: value sg(s), gradient s * d logp_t per token.
+  return jax.lax.stop_gradient(seq_Bx1) * jnp.exp(logp_BxN - jax.lax.stop_gradient(logp_BxN))
+
+
+def _aggregate(per_unit_BxN: Array, mask_BxN: Array, aggregation: str, max_len: int) -> tuple[Array, Array]:
+  if aggregation == "token_sum":
+    return jnp.sum(per_unit_BxN * mask_BxN), jnp.sum(mask_BxN)
+  rows = jnp.sum(jnp.any(mask_BxN > 0, axis=1).astype(jnp.float32))
+  if aggregation == "constant":
+    return jnp.sum(per_unit_BxN * mask_BxN) / max_len, rows
+  lengths_B = jnp.maximum(mask_BxN.sum(axis=1), 1.0)
+  return jnp.sum(jnp.sum(per_unit_BxN * mask_BxN, axis=1) / lengths_B), rows
+
+
+def policy_gradient(logp_BxN: Array, old_logp_BxN: Array, adv_B: Array, mask_BxN: Array, *, ratio: str = "token",
+                    clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
+                    aggregation: str = "sequence_mean", max_len: int | None = None, ref_logp_BxN: Array | None = None,
+                    kl_coef: float = 0.0, kl_estimator: str = "k3") -> LossTerms:
+  """The clipped surrogate -min(r A, clip(r) A) (+ kl_coef x KL estimate) per completion unit, aggregated as
+  asked. Metrics (sums over `count`'s events, or `*_frac`/`*_units` pairs): clip fractions, KL, ratio."""
+  _choose("ratio", ratio, RATIOS)
+  _choose("aggregation", aggregation, AGGREGATIONS)
+  if dual_clip and dual_clip <= 1.0:
+    raise ConfigError(f"dual_clip={dual_clip} must be above 1 (or 0 to turn it off)")
+  mask = mask_BxN.astype(jnp.float32)
+  old = jax.lax.stop_gradient(old_logp_BxN)
+  r_BxN = _ratios(logp_BxN, old, mask, ratio)
+  adv_Bx1 = jax.lax.stop_gradient(adv_B.astype(jnp.float32))[:, None]
+  clipped_BxN = jnp.clip(r_BxN, 1.0 - clip_low, 1.0 + clip_high)
+  surrogate_BxN = jnp.minimum(r_BxN * adv_Bx1, clipped_BxN * adv_Bx1)
+  if dual_clip:
+    surrogate_BxN = jnp.where(adv_Bx1 < 0, jnp.maximum(surrogate_BxN, dual_clip * adv_Bx1), surrogate_BxN)
+  loss_BxN = -surrogate_BxN
+  metrics = {}
+  if ref_logp_BxN is not None and kl_coef:
+    kl_BxN = kl_estimate(logp_BxN, jax.lax.stop_gradient(ref_logp_BxN), kl_estimator)
+    loss_BxN = loss_BxN + kl_coef * kl_BxN
+    metrics["kl_units"] = jnp.sum(jax.lax.stop_gradient(kl_BxN) * mask)
+  total, count = _aggregate(loss_BxN, mask, aggregation, max_len or mask_BxN.shape[1])
+  r = jax.lax.stop_gradient(r_BxN)
+  metrics.update(units=jnp.sum(mask), clip_low_units=jnp.sum((r < 1.0 - clip_low) * (adv_Bx1 < 0) * mask),
+                 clip_high_units=jnp.sum((r > 1.0 + clip_high) * (adv_Bx1 > 0) * mask),
+                 ratio_units=jnp.sum(r * mask))
+  return LossTerms(total=total, count=count, metrics=metrics)
+
+
+def dpo(chosen_logp_B: Array, rejected_logp_B: Array, ref_chosen_logp_B: Array, ref_rejected_logp_B: Array,
+        beta: float = 0.1) -> LossTerms:
+  """Direct preference optimisation (Rafailov et al. 2023) on summed sequence log-probabilities:
+  -log sigmoid(beta ((c - c_ref) - (r - r_ref))), summed over pairs, counted per pair."""
+  margin_B = beta * ((chosen_logp_B - jax.lax.stop_gradient(ref_chosen_logp_B))
+                     - (rejected_logp_B - jax.lax.stop_gradient(ref_rejected_logp_B)))
+  loss_B = -jax.nn.log_sigmoid(margin_B)
+  return LossTerms(total=loss_B.sum(), count=jnp.asarray(loss_B.shape[0], jnp.float32),
+                   metrics=dict(accuracy_sum=jnp.sum(margin_B > 0).astype(jnp.float32),
+                                margin_sum=jax.lax.stop_gradient(margin_B).sum()))
