@@ -1,9 +1,11 @@
-"""Synthetic corpora for probing what an objective teaches: star-graph path-finding and name induction.
+"""Synthetic corpora for probing what an objective teaches: star-graph path-finding, name induction, and
+arithmetic with answers (`A+B=C`: prompts and answers for sequence-level training, `prompt_answer`).
 
 A data source `synthetic:NAME[:KEY=VALUE]...` generates documents in memory, deterministically from its seed.
 Options are joined by colons (commas already join sources, and a colon needs no shell quoting):
   synthetic:star:degree=2:path_len=5:num_nodes=50:n=20000:seed=0
   synthetic:induction:n=5000:seed=0:characters=2:min_len=4:max_len=7
+  synthetic:arith:n=20000:seed=0:digits=2:ops=2
 Every key is optional (the defaults are those above) and every value is an integer.
 
 Star graphs (Bachmann & Nagarajan 2024, "The pitfalls of next-token prediction"): a center with `degree`
@@ -213,6 +215,38 @@ def name_spans(doc: bytes, names: list[str]) -> list[tuple[int, int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Arithmetic with an answer: a verifiable task for sequence-level training.
+
+ARITH_OPS = "+-*"
+
+
+def arith_problem(rng: random.Random, digits: int, ops: str) -> tuple[str, str]:
+  """(prompt `A+B=`, answer) with operands of up to `digits` digits; subtraction never goes below zero."""
+  a, b = (rng.randrange(10 ** digits) for _ in range(2))
+  op = rng.choice(ops)
+  if op == "-" and b > a:
+    a, b = b, a
+  return f"{a}{op}{b}=", str(a + b if op == "+" else a - b if op == "-" else a * b)
+
+
+def arith_documents(n: int, seed: int = 0, digits: int = 2, ops: int = 2) -> list[bytes]:
+  """`A+B=C` documents; `ops` = how many of + - * are used (1: +, 2: + -, 3: + - *)."""
+  if digits < 1 or not 1 <= ops <= 3:
+    raise DataError(f"synthetic:arith: digits={digits} must be >= 1 and ops={ops} 1, 2 or 3 (+, +-, +-*)")
+  rng = random.Random(seed)
+  return [(p + a).encode() for p, a in (arith_problem(rng, digits, ARITH_OPS[:ops]) for _ in range(n))]
+
+
+def prompt_answer(doc: bytes) -> tuple[str, str]:
+  """A star-graph or arithmetic document split at its `=` into (prompt including `=`, answer)."""
+  text = doc.decode("utf-8")
+  head, sep, answer = text.rpartition("=")
+  if not sep:
+    raise DataError(f"document {text[:40]!r} has no '=': not a prompt/answer document")
+  return head + sep, answer
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Source specs.
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +258,7 @@ class Generator:
 GENERATORS = {
     "star": Generator(star_graph_documents, dict(degree=2, path_len=5, num_nodes=50, n=20000, seed=0)),
     "induction": Generator(induction_documents, dict(n=5000, seed=0, characters=2, min_len=4, max_len=7)),
+    "arith": Generator(arith_documents, dict(n=20000, seed=0, digits=2, ops=2)),
 }
 
 
