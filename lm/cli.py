@@ -10,6 +10,7 @@
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
   lm probe star|induction DIR [--n N] [--seed S]
   lm compare DIR... [-o report.png] [--json FILE]
+  lm rl EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...]
   lm import hf HF_DIR --workdir W [--config.a.b=VALUE ...]
   lm export hf W --out HF_DIR [--dtype float32|bfloat16|float16] [--max-shard-gb G]
   lm list
@@ -140,6 +141,15 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
                                  s.seed)
     if primary:
       print(f"sample: {s.prompt}{text}", flush=True)
+  return 0
+
+
+def _cmd_rl(args, overrides: list[str], spec: str | None) -> int:
+  config = _load_config(args, overrides, spec, command="lm rl")
+  workdir = args.workdir or f"runs/{config.experiment.replace(':', '_')}"
+  from lm.rl import loop as rl_loop
+  result = rl_loop.train(config, workdir)
+  print(f"rl: {rl_loop.summary_line(result)}", flush=True)
   return 0
 
 
@@ -325,6 +335,12 @@ def parser() -> argparse.ArgumentParser:
   se.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
   se.add_argument("--split", default="train", choices=("train", "val", "test"))
   se.add_argument("-o", "--output", help="write to this file instead of stdout")
+  rl = sub.add_parser("rl", help="sequence-level training (policy gradients on rewarded samples) of EXPERIMENT; "
+                      "--config.rl.* sets it (lm/rl/loop.py)", epilog=config_lib.overrides_help(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+  rl.add_argument("experiment", nargs="?", help="as for `lm train` (its own `lm train` run is the init unless "
+                  "--config.rl.init_from names one)")
+  rl.add_argument("--workdir", help="where WORKDIR/init and WORKDIR/rl go (default runs/NAME)")
   from lm.interop import cli as interop_cli
   interop_cli.add_parsers(sub)
   import launch
@@ -343,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `lm`: what there is to do
       p.print_help()
       return 0
-    if args.command not in ("train", "compile", "launch", "sentences", "config", "import", "export") and (
+    if args.command not in ("train", "compile", "launch", "sentences", "config", "import", "export", "rl") and (
         overrides or spec):
       raise LMError(f"--config options only apply to `lm train`, `lm compile`, `lm config`, `lm launch`, "
                     f"`lm import` and `lm sentences`, not `lm {args.command}`")
@@ -359,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_launch(args, overrides, spec)
     if args.command == "prepare":
       return _cmd_prepare(args)
+    if args.command == "rl":
+      return _cmd_rl(args, overrides, spec)
     if args.command in ("import", "export"):
       from lm.interop import cli as interop_cli
       return interop_cli.run(args, overrides)

@@ -16,7 +16,7 @@ import ml_collections
 
 from lm.errors import ConfigError, did_you_mean, plural, type_name
 
-SECTIONS = ("model", "data", "objectives", "optim", "train", "mesh", "eval", "sample")
+SECTIONS = ("model", "data", "objectives", "optim", "train", "mesh", "eval", "sample", "rl")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -91,6 +91,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, tensor=1, cpu_devices=0)
   c.eval = dict(batch_size=0, max_batches=0)  # batch_size 0: training microbatch; max_batches 0: all
   c.sample = dict(prompt="The ", max_new=200, temperature=0.8, top_k=0, top_p=1.0, seed=0)
+  # `lm rl` (lm/rl/loop.py): sequence-level training from `init_from` (empty: this experiment's own `lm train`
+  # run into WORKDIR/init first) on prompts with answers; the policy-gradient options as lm.objectives.sequence.
+  c.rl = dict(init_from="", reference="", prompts="synthetic:arith:seed=1", eval_prompts=64,
+              rewards=("exact_answer",), reward_weights=(1.0,), group=8, prompts_per_step=8, max_new=8,
+              temperature=1.0, top_k=0, top_p=1.0, updates_per_batch=1, advantage="grpo", ratio="token",
+              clip_low=0.2, clip_high=0.2, dual_clip=0.0, aggregation="sequence_mean", kl_coef=0.0,
+              kl_estimator="k3", lr=1e-4, steps=100, log_every=10, eval_every=50, checkpoint_every=50, pass_k=8)
   return c
 
 

@@ -122,6 +122,7 @@ def register(name: str, head: Callable[..., Head] | None = None, reference: bool
 def _builtins() -> None:
   import lm.objectives.concept  # noqa: F401  (registers the built-in objectives)
   import lm.objectives.token  # noqa: F401
+  import lm.objectives.sequence  # noqa: F401
 
 
 def registered() -> list[str]:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.errors import ConfigError
-from lm.objectives.base import LossTerms
+from lm.objectives.base import LossTerms, register
 
 Array = jax.Array
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp")
@@ -145,3 +145,47 @@ def dpo(chosen_logp_B: Array, rejected_logp_B: Array, ref_chosen_logp_B: Array, 
   return LossTerms(total=loss_B.sum(), count=jnp.asarray(loss_B.shape[0], jnp.float32),
                    metrics=dict(accuracy_sum=jnp.sum(margin_B > 0).astype(jnp.float32),
                                 margin_sum=jax.lax.stop_gradient(margin_B).sum()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# As registered objectives (`lm rl` builds their batches): one sequence per row, `loss_mask` on the units of
+# the completion, `old_logp` [B, T] the sampler's log-probabilities at those positions, `advantages` [B, T]
+# (the row's advantage in every column).
+
+def _pg_factory(with_reference: bool):
+  def factory(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, ratio: str = "token",
+              clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
+              aggregation: str = "sequence_mean", kl_coef: float = 0.0, kl_estimator: str = "k3",
+              reference: str = ""):  # pylint: disable=unused-argument  (the loop loads `reference`)
+    _choose("ratio", ratio, RATIOS)
+    _choose("aggregation", aggregation, AGGREGATIONS)
+    _choose("kl_estimator", kl_estimator, KL_ESTIMATORS)
+    from lm.models.rollout import processed_log_probs  # pylint: disable=import-outside-toplevel
+
+    def unit_logp(logits_BxTxV, targets_BxT):
+      logp_BxTxV = processed_log_probs(logits_BxTxV, temperature, top_k, top_p)
+      return logp_BxTxV, jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+
+    def loss(outputs, batch, ctx):
+      mask = batch["loss_mask"].astype(jnp.float32)
+      logp_BxTxV, logp_BxT = unit_logp(outputs.logits, batch["targets"])
+      logp_BxT = jnp.where(mask > 0, logp_BxT, 0.0)
+      ref = None
+      if with_reference:
+        if ctx.reference_logits is None:
+          raise ConfigError("objective 'pg_kl' needs a reference model: set its `reference`")
+        ref = jnp.where(mask > 0, unit_logp(ctx.reference_logits, batch["targets"])[1], 0.0)
+      terms = policy_gradient(logp_BxT, batch["old_logp"], batch["advantages"][:, 0], mask, ratio=ratio,
+                              clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, aggregation=aggregation,
+                              max_len=mask.shape[1], ref_logp_BxN=ref, kl_coef=kl_coef if with_reference else 0.0,
+                              kl_estimator=kl_estimator)
+      p = jnp.exp(logp_BxTxV)
+      entropy_BxT = -jnp.sum(jnp.where(p > 0, p * logp_BxTxV, 0.0), axis=-1)
+      return LossTerms(terms.total, terms.count,
+                       dict(terms.metrics, entropy_units=jnp.sum(jax.lax.stop_gradient(entropy_BxT) * mask)))
+    return loss
+  return factory
+
+
+register("pg")(_pg_factory(False))
+register("pg_kl", reference=True)(_pg_factory(True))

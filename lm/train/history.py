@@ -30,6 +30,7 @@ SAFE_ON_RESUME = (
     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.trackers", "train.grad_accum",
     "train.profile_steps", "train.compilation_cache", "train.tpu_flags",
     "eval.", "sample.", "mesh.",
+    "rl.",  # `lm train` does not read it (an `lm rl` init run resumes whatever the RL phase asks); lm/rl checks its own
     "model.remat_policy", "model.scan_unroll", "model.dtype", "model.attention_impl", "model.attention_block_q",
     "model.attention_block_kv", "model.attention_interpret",
     "data.eval_max_bytes", "data.workers", "data.prefetch", "data.max_raw_bytes",

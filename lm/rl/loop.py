@@ -1,0 +1,234 @@
+"""`lm rl EXPERIMENT --workdir DIR`: sequence-level training with policy gradients on prompts with answers.
+
+Each step: `rl.prompts_per_step` training prompts (drawn by step from `rl.prompts`, the first
+`rl.eval_prompts` held out), `rl.group` samples each from the current policy with their log-probabilities
+(`lm.models.rollout.sample`), rewards (`lm.rl.rewards`), group advantages, then `rl.updates_per_batch`
+updates of the `pg` objective (`pg_kl` with a reference when `rl.kl_coef` > 0) through the same jitted train
+step, checkpoints, trackers and preemption handling as `lm train`. With no `rl.init_from` the experiment's own
+`lm train` run goes to WORKDIR/init first. Held-out pass@1 and pass@k every `rl.eval_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lm import parallel
+from lm.data import corpus, synthetic
+from lm.errors import ConfigError, RunFinished
+from lm.interop import convert
+from lm.models import rollout
+from lm.objectives import sequence
+from lm.rl import rewards as rewards_lib
+from lm.train import checkpoint, history, loop, trackers
+from lm.train.run import build_run, check, restore_step
+from lm.train.state import param_count
+
+
+# rl fields a resumed `lm rl` may change (with train.steps, which follows rl.steps).
+RL_SAFE = ("rl.steps", "rl.log_every", "rl.eval_every", "rl.checkpoint_every", "rl.pass_k", "train.steps",
+           "train.log_every")
+
+
+def rl_config(config: ml_collections.ConfigDict, init: str) -> ml_collections.ConfigDict:
+  """The `lm train`-shaped config of the RL phase: `init_from` the init run, the `pg` objective, rl's schedule."""
+  r = config.rl
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.init_from = init
+  with_kl = r.kl_coef > 0
+  out.objectives = [dict(name="pg_kl" if with_kl else "pg", weight=1.0, temperature=r.temperature, top_k=r.top_k,
+                         top_p=r.top_p, ratio=r.ratio, clip_low=r.clip_low, clip_high=r.clip_high,
+                         dual_clip=r.dual_clip, aggregation=r.aggregation, kl_coef=r.kl_coef,
+                         kl_estimator=r.kl_estimator, reference=(r.reference or init) if with_kl else "")]
+  rows = r.prompts_per_step * r.group
+  out.optim.update(lr=r.lr, warmup_steps=0, weight_decay=0.0, schedule="constant")
+  out.train.update(steps=r.steps * r.updates_per_batch, log_every=r.log_every, grad_accum=1)
+  out.data.batch_size = rows
+  out.eval.batch_size = rows
+  return out
+
+
+def prompt_answers(source: str) -> list[tuple[str, str]]:
+  """(prompt, answer) pairs of a source whose documents end `=ANSWER` (synthetic:arith, synthetic:star)."""
+  return [synthetic.prompt_answer(d) for d in corpus.load_documents(source)]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+class Rollouts:
+  """Samples, rewards and the training rows of one step (prompt + completion per row, right-padded)."""
+
+  def __init__(self, run, pairs, config):
+    self.run, self.r, self.tok = run, config.rl, run.tokenizer
+    self.pairs = pairs
+    self.reward_fn = rewards_lib.combine(list(zip(self.r.rewards, self.r.reward_weights)))
+    self.prompt_len = max(len(self.tok.prompt_ids(p)) for p, _ in pairs)
+    self.T = self.prompt_len + self.r.max_new
+    self.decoder = run.decode_model()
+
+  def sample(self, params, prompts: list[str], answers: list[str], group: int, seed: int):
+    r, tok = self.r, self.tok
+    ids = [tok.prompt_ids(p) for p in prompts]
+    padded, lengths = rollout.left_pad(ids, tok.pad_id)
+    padded = np.pad(padded, ((0, 0), (self.prompt_len - padded.shape[1], 0)), constant_values=tok.pad_id)
+    with parallel.activation_context(self.run.mesh):
+      out, logp, n = rollout.sample(self.decoder, params, jnp.asarray(padded), jnp.asarray(lengths),
+                                    jax.random.PRNGKey(seed), max_new=r.max_new, temperature=r.temperature,
+                                    top_k=r.top_k, top_p=r.top_p, stop_ids=jnp.asarray([tok.eos_id]), group=group)
+    out, logp, n = (np.asarray(parallel.to_host(x)) for x in (out, logp, n))
+    ended = np.array([k > 0 and out[i, k - 1] == tok.eos_id for i, k in enumerate(n)])
+    texts = [tok.decode(out[i, :n[i] - int(ended[i])]) for i in range(len(n))]
+    rep = lambda xs: [x for x in xs for _ in range(group)]  # noqa: E731
+    total, parts = self.reward_fn(rep(prompts), texts, answer=rep(answers), truncated=list(~ended),
+                                  lengths=list(n), max_new=r.max_new)
+    return dict(prompt_ids=[x for x in ids for _ in range(group)], ids=out, logp=logp, lengths=n, texts=texts,
+                ended=ended, reward=total, parts=parts)
+
+  def batch(self, s, advantages: np.ndarray) -> dict[str, np.ndarray]:
+    B, T = len(s["lengths"]), self.T
+    seq = np.full((B, T + 1), self.tok.pad_id, np.int32)
+    out = {k: np.zeros((B, T), np.int32) for k in ("segment_ids", "positions", "loss_mask")}
+    old = np.zeros((B, T), np.float32)
+    for i, (p, n) in enumerate(zip(s["prompt_ids"], s["lengths"])):
+      length = len(p) + int(n)
+      seq[i, :len(p)], seq[i, len(p):length] = p, s["ids"][i, :n]
+      out["segment_ids"][i, :length - 1] = 1
+      out["positions"][i, :length - 1] = np.arange(length - 1)
+      out["loss_mask"][i, len(p) - 1:length - 1] = 1
+      old[i, len(p) - 1:length - 1] = s["logp"][i, :n]
+    return dict(out, inputs=seq[:, :-1], targets=seq[:, 1:], old_logp=old,
+                advantages=np.repeat(advantages.astype(np.float32)[:, None], T, axis=1))
+
+
+def _init_run(config, workdir, devices) -> str:
+  """The run RL starts from: `rl.init_from`, or the experiment's own `lm train` run in WORKDIR/init."""
+  if config.rl.init_from:
+    return config.rl.init_from
+  init = str(checkpoint.workdir_path(workdir) / "init")
+  try:
+    loop.train(config, init, devices)
+  except RunFinished:
+    pass  # trained by an earlier start of this command
+  return init
+
+
+def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
+  """Run `lm rl`; resumes from WORKDIR's newest checkpoint. Returns the last metrics and evaluation."""
+  r = config.rl
+  if len(r.rewards) != len(r.reward_weights):
+    raise ConfigError(f"rl.rewards has {len(r.rewards)} entries and rl.reward_weights {len(r.reward_weights)}; "
+                      "give one weight per reward")
+  rewards_lib.combine(list(zip(r.rewards, r.reward_weights)))  # bad reward specs fail before anything runs
+  sequence.advantages(jnp.zeros(r.group), r.group, r.advantage)
+  pairs = prompt_answers(r.prompts)
+  if len(pairs) <= r.eval_prompts:
+    raise ConfigError(f"rl.prompts {r.prompts!r} has {len(pairs)} prompts, not more than rl.eval_prompts="
+                      f"{r.eval_prompts}; add prompts or hold out fewer")
+  workdir = checkpoint.workdir_path(workdir)
+  primary = jax.process_index() == 0
+  init = _init_run(config, workdir, devices)
+  cfg = check(rl_config(config, init), devices)
+  ckpts = checkpoint.Checkpoints(workdir / "rl", keep=cfg.train.keep_checkpoints, read_only=False, quarantine=True)
+  tokenizer = convert.init_tokenizer(init)
+  run = build_run(cfg, tokenizer, devices)
+  start = ckpts.latest_step()
+  if start is not None:
+    saved = ckpts.read_meta(start)["config"]
+    refused = [history.describe(k, *v) for k, v in history.changes(saved, cfg.to_dict()).items()
+               if not (k in RL_SAFE or history.is_safe(k) and not k.startswith("rl."))]
+    if refused:
+      raise ConfigError(f"cannot resume the rl run in {workdir} with {'; '.join(refused)}: only its length, logging, "
+                        "evaluation and checkpointing may change; set these back or use a new --workdir")
+    state = restore_step(ckpts, start, run, saved)
+  else:
+    state = run.init(cfg.train.seed)
+    state = state.replace(params=convert.init_params(run, state.params)[0])
+    start = 0
+  if start >= r.steps:
+    raise RunFinished(f"rl run finished at step {start} in {workdir} (rl.steps={r.steps}); raise --config.rl.steps")
+  eval_pairs, train_pairs = pairs[:r.eval_prompts], pairs[r.eval_prompts:]
+  rollouts = Rollouts(run, pairs, cfg)
+  step_fn, extra = loop.train_step(run, _UnitBytes(tokenizer), devices)
+  writer = trackers.Trackers(cfg.train.trackers, workdir / "rl", cfg.to_dict(), start, enabled=primary)
+  if primary:
+    history.record(workdir / "rl", cfg.to_dict(), start, None if start == 0 else {})
+    print(f"{config.experiment} rl: {param_count(state.params) / 1e6:.2f}M params from {init}, "
+          f"{len(train_pairs)} training prompts, {r.prompts_per_step} x {r.group} samples a step", flush=True)
+  last, evaluation = {}, {}
+  with parallel.activation_context(run.mesh), loop.Preemption() as preemption:
+    for step in range(start, r.steps):
+      t0 = time.time()
+      pick = np.random.default_rng([cfg.train.seed, step]).choice(len(train_pairs), r.prompts_per_step, replace=False)
+      prompts, answers = zip(*[train_pairs[i] for i in pick])
+      s = rollouts.sample(state.params, list(prompts), list(answers), r.group, seed=cfg.train.seed * 1_000_003 + step)
+      adv = np.asarray(sequence.advantages(jnp.asarray(s["reward"]), r.group, r.advantage))
+      batch = run.put_batch(parallel.process_rows(rollouts.batch(s, adv)))
+      for _ in range(r.updates_per_batch):
+        state, metrics = step_fn(state, batch, *extra)
+      metrics = loop.read_host(metrics)
+      grouped = s["reward"].reshape(-1, r.group)
+      last = dict(reward=float(s["reward"].mean()), reward_std=float(s["reward"].std()),
+                  zero_spread_frac=float(np.mean(grouped.std(axis=1) == 0)),
+                  completion_len=float(s["lengths"].mean()), clipped_frac=float(np.mean(~s["ended"])),
+                  loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]), seconds=time.time() - t0,
+                  **{f"reward/{k}": float(v.mean()) for k, v in s["parts"].items()})
+      units = max(float(metrics.get("pg/units", metrics.get("pg_kl/units", 1.0))), 1.0)
+      for key, value in metrics.items():
+        name = key.split("/", 1)[-1]
+        if name.endswith("_units") and key.startswith(("pg/", "pg_kl/")):
+          last[name[:-len("_units")]] = float(value) / units
+      done = step + 1
+      if done % r.eval_every == 0 or done == r.steps:
+        evaluation = evaluate(rollouts, state.params, eval_pairs, r, seed=cfg.train.seed)
+        last.update(evaluation)
+      if done % r.log_every == 0 or done == r.steps or evaluation and done % r.eval_every == 0:
+        writer.write(done, last)
+        if primary:
+          print(f"rl step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()
+                                                 if k in ("reward", "pass@1", "completion_len", "loss", "kl")),
+                flush=True)
+      stop = preemption.should_stop(done)
+      if done % r.checkpoint_every == 0 or done == r.steps or stop:
+        ckpts.save(done, state, {"rl_step": done}, cfg.to_dict(), tokenizer)
+      if stop:
+        break
+  ckpts.wait()
+  writer.close()
+  return dict(last=last, evaluation=evaluation, state=state, run=run)
+
+
+class _UnitBytes:
+  """What `loop.train_step` asks of the data (bytes per unit, for the loss context)."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+
+  def unit_bytes(self):
+    return self.tokenizer.unit_bytes()
+
+
+def evaluate(rollouts: Rollouts, params, pairs, r, seed: int) -> dict:
+  """pass@1 and pass@k on held-out prompts: `rl.pass_k` samples each, success = the first reward at least 1."""
+  prompts, answers = zip(*pairs)
+  s = rollouts.sample(params, list(prompts), list(answers), r.pass_k, seed=seed + 7)
+  first = s["parts"][r.rewards[0]].reshape(len(pairs), r.pass_k) >= 1.0
+  correct = first.sum(axis=1)
+  out = {"pass@1": float(np.mean([pass_at_k(r.pass_k, int(c), 1) for c in correct])),
+         f"pass@{r.pass_k}": float(np.mean([pass_at_k(r.pass_k, int(c), r.pass_k) for c in correct])),
+         "eval_reward": float(s["reward"].mean())}
+  return out
+
+
+def summary_line(result: dict) -> str:
+  return json.dumps({k: round(v, 4) for k, v in result["last"].items() if isinstance(v, float)})

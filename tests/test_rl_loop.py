@@ -1,0 +1,44 @@
+"""`lm rl` end to end on a tiny model: pretraining into WORKDIR/init, rollouts, rewards, updates, held-out pass@k,
+checkpoints and resume; bad input fails in one line before anything is written."""
+
+import json
+
+import pytest
+
+from lm import cli
+
+FAST = ["--config.train.steps=20", "--config.train.log_every=10", "--config.rl.steps=4", "--config.rl.eval_every=2",
+        "--config.rl.log_every=1", "--config.rl.checkpoint_every=2", "--config.rl.eval_prompts=8",
+        "--config.rl.prompts_per_step=4", "--config.rl.group=4", "--config.rl.pass_k=4", "--config.sample.max_new=0"]
+
+
+@pytest.mark.slow
+def test_rl_pretrains_samples_rewards_updates_evaluates_and_resumes(tmp_path, capsys):
+  w = tmp_path / "w"
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST]) == 0
+  rows = [json.loads(line) for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert all(0 <= r["reward"] <= 1 and r["ratio"] == pytest.approx(1.0, abs=1e-5) for r in rows)  # on-policy
+  assert "pass@1" in rows[1] and "pass@4" in rows[3] and "pass@1" not in rows[0]
+  assert (w / "init" / "checkpoints" / "20").exists() and (w / "rl" / "checkpoints" / "4").exists()
+  # Longer: resumes at step 4 (the init run is finished and reused); a changed learning rate is refused.
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.steps=6"]) == 0
+  steps = [json.loads(line)["step"] for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  capsys.readouterr()
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.steps=8",
+                   "--config.rl.lr=1e-2"]) == 2
+  assert "rl.lr: 0.0003 -> 0.01" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.rl.rewards=exact", "unknown reward 'exact'"),
+    ("--config.rl.advantage=ppo", "advantage='ppo'"),
+    ("--config.rl.eval_prompts=100000", "not more than rl.eval_prompts=100000"),
+])
+def test_bad_rl_settings_fail_in_one_line_before_writing(tmp_path, capsys, override, message):
+  w = tmp_path / "w"
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, override]) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1
+  assert not w.exists()
