@@ -183,12 +183,12 @@ def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return keys
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-  """A nested dict (a config's `to_dict()`) as `{"a.b.c": leaf}`."""
+def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+  """A nested dict (a config's `to_dict()`, a params tree with sep="/") as `{"a.b.c": leaf}`."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}{sep}", sep))
     else:
       out[f"{prefix}{k}"] = v
   return out

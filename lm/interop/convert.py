@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lm import config as config_lib
 from lm import families, parallel
 from lm.data import tokenizers as tokenizers_lib
 from lm.errors import CheckpointError, ConfigError
@@ -71,14 +72,9 @@ def config_for(directory, overrides=()) -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------------------------
 # Params from Hugging Face tensors.
 
-def flatten(tree, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+def flatten(tree) -> dict:
+  """A params tree as {"decoder/layers/attn/query": leaf}."""
+  return config_lib.flatten(tree, sep="/")
 
 
 def unflatten(flat: dict) -> dict:
