@@ -17,18 +17,20 @@ def test_rl_pretrains_samples_rewards_updates_evaluates_and_resumes(tmp_path, ca
   w = tmp_path / "w"
   assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST]) == 0
   rows = [json.loads(line) for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]  # step 0: the init's held-out pass@k
+  assert "pass@1" in rows[0] and "reward" not in rows[0]
+  rows = rows[1:]
   assert all(0 <= r["reward"] <= 1 and r["ratio"] == pytest.approx(1.0, abs=1e-5) for r in rows)  # on-policy
   assert "pass@1" in rows[1] and "pass@4" in rows[3] and "pass@1" not in rows[0]
   assert (w / "init" / "checkpoints" / "20").exists() and (w / "rl" / "checkpoints" / "4").exists()
   # Longer: resumes at step 4 (the init run is finished and reused); a changed learning rate is refused.
   assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.steps=6"]) == 0
   steps = [json.loads(line)["step"] for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
-  assert steps == [1, 2, 3, 4, 5, 6]
+  assert steps == [0, 1, 2, 3, 4, 5, 6]
   capsys.readouterr()
   assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.steps=8",
                    "--config.rl.lr=1e-2"]) == 2
-  assert "rl.lr: 0.0003 -> 0.01" in capsys.readouterr().err
+  assert "rl.lr: 3e-05 -> 0.01" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [

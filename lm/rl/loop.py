@@ -167,6 +167,12 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
           f"{len(train_pairs)} training prompts, {r.prompts_per_step} x {r.group} samples a step", flush=True)
   last, evaluation = {}, {}
   with parallel.activation_context(run.mesh), loop.Preemption() as preemption:
+    if start == 0:  # where RL starts from: the init run's held-out pass@k, as step 0
+      evaluation = evaluate(rollouts, state.params, eval_pairs, r, seed=cfg.train.seed)
+      writer.write(0, evaluation)
+      if primary:
+        print(f"rl step 0: pass@1={evaluation['pass@1']:.4g} pass@{r.pass_k}={evaluation[f'pass@{r.pass_k}']:.4g}",
+              flush=True)
     for step in range(start, r.steps):
       t0 = time.time()
       pick = np.random.default_rng([cfg.train.seed, step]).choice(len(train_pairs), r.prompts_per_step, replace=False)
