@@ -157,3 +157,26 @@ def test_dual_clip_bounds_negative_advantage_losses_and_dpo_prefers_the_chosen()
   d = sequence.dpo(jnp.asarray([-1.0]), jnp.asarray([-3.0]), jnp.asarray([-2.0]), jnp.asarray([-2.0]), beta=0.5)
   np.testing.assert_allclose(d.total, -np.log(1 / (1 + np.exp(-1.0))), rtol=1e-6)
   assert float(d.metrics["accuracy_sum"]) == 1.0
+
+
+def test_reward_log_p_ref_with_a_kl_penalty_converges_to_the_tilted_reference():
+  """Maximising E_p[log p_ref] - beta KL(p || p_ref) has its optimum at p_ref^(1 + 1/beta), normalised. The
+  objective's own pieces (k1 KL in the reward, the clipped policy gradient on exact expectations over the 9
+  sequences, each weighted by its probability) reach it by gradient descent."""
+  q_logp = jax.nn.log_softmax(jnp.asarray(np.random.default_rng(6).normal(size=9) * 1.5, jnp.float32))
+  beta = 0.5
+  ones = jnp.ones((9, 1))
+
+  def loss(phi):
+    logp = jax.nn.log_softmax(phi)[:, None]
+    p = jax.lax.stop_gradient(jnp.exp(logp[:, 0]))
+    r = sequence.kl_penalised_rewards(q_logp, logp, q_logp[:, None], ones, beta, "k1")
+    adv = p * (r - jnp.sum(p * r))  # the exact expectation: each sequence weighted by its probability
+    return sequence.policy_gradient(logp, jax.lax.stop_gradient(logp), adv, ones).total
+
+  step = jax.jit(lambda phi: phi - 2.0 * jax.grad(loss)(phi))
+  phi = jnp.zeros(9)
+  for _ in range(3000):
+    phi = step(phi)
+  want = jax.nn.softmax((1 + 1 / beta) * q_logp)
+  np.testing.assert_allclose(jax.nn.softmax(phi), want, atol=1e-3)
