@@ -93,7 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample = dict(prompt="The ", max_new=200, temperature=0.8, top_k=0, top_p=1.0, seed=0)
   # `lm rl` (lm/rl/loop.py): sequence-level training from `init_from` (empty: this experiment's own `lm train`
   # run into WORKDIR/init first) on prompts with answers; the policy-gradient options as lm.objectives.sequence.
-  c.rl = dict(init_from="", reference="", prompts="synthetic:arith:seed=1", eval_prompts=64,
+  # rl.algorithm=dpo trains on rl.pairs (a JSONL of prompt/chosen/rejected) with `dpo` at rl.beta instead.
+  c.rl = dict(algorithm="pg", pairs="", beta=0.1, init_from="", reference="", prompts="synthetic:arith:seed=1",
+              eval_prompts=64,
               rewards=("exact_answer",), reward_weights=(1.0,), group=8, prompts_per_step=8, max_new=8,
               temperature=1.0, top_k=0, top_p=1.0, updates_per_batch=1, advantage="grpo", ratio="token",
               clip_low=0.2, clip_high=0.2, dual_clip=0.0, aggregation="sequence_mean", kl_coef=0.0,

@@ -44,3 +44,28 @@ def test_bad_rl_settings_fail_in_one_line_before_writing(tmp_path, capsys, overr
   err = capsys.readouterr().err
   assert message in err and err.count("\n") == 1
   assert not w.exists()
+
+
+@pytest.mark.slow
+def test_dpo_run_on_preference_pairs_lowers_its_loss(tmp_path):
+  import random
+  rng = random.Random(0)
+  pairs = tmp_path / "pairs.jsonl"
+  with open(pairs, "w") as f:
+    for _ in range(24):
+      a, b = rng.randrange(50), rng.randrange(50)
+      f.write(json.dumps(dict(prompt=f"{a}+{b}=", chosen=str(a + b), rejected=str(a + b + 1))) + "\n")
+  w = tmp_path / "w"
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.algorithm=dpo",
+                   f"--config.rl.pairs={pairs}", "--config.rl.steps=12", "--config.rl.prompts_per_step=8",
+                   "--config.rl.lr=1e-3", "--config.rl.eval_every=12"]) == 0
+  rows = [json.loads(line) for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
+  assert rows[0]["loss"] == pytest.approx(0.6931, abs=0.01)  # the policy starts as its reference: margin 0
+  assert rows[-1]["step"] == 12 and "eval_accuracy" in rows[-1]
+  assert sum(r["loss"] for r in rows[-4:]) / 4 < rows[0]["loss"] - 0.03  # pairs seen ~4 times each
+  assert (w / "rl" / "checkpoints" / "12").exists()
+
+
+def test_dpo_without_pairs_fails_in_one_line(tmp_path, capsys):
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(tmp_path / "w"), *FAST, "--config.rl.algorithm=dpo"]) == 2
+  assert "needs rl.pairs" in capsys.readouterr().err and not (tmp_path / "w").exists()

@@ -189,3 +189,24 @@ def _pg_factory(with_reference: bool):
 
 register("pg")(_pg_factory(False))
 register("pg_kl", reference=True)(_pg_factory(True))
+
+
+@register("dpo", reference=True)
+def dpo_objective(beta: float = 0.1, reference: str = ""):  # pylint: disable=unused-argument
+  """DPO on preference pairs (`lm rl` with rl.algorithm=dpo builds the batch): rows 2i and 2i+1 are pair i's
+  chosen and rejected completions after the same prompt, `loss_mask` on their units; the frozen `reference`
+  scores them too. Counted per pair."""
+  if beta <= 0:
+    raise ConfigError(f"objective 'dpo': beta={beta} must be positive")
+
+  def seq_logp(logits, batch):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    unit = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+    return jnp.sum(unit * batch["loss_mask"], axis=1)
+
+  def loss(outputs, batch, ctx):
+    if ctx.reference_logits is None:
+      raise ConfigError("objective 'dpo' needs a reference model: set its `reference`")
+    policy, ref = seq_logp(outputs.logits, batch), seq_logp(ctx.reference_logits, batch)
+    return dpo(policy[0::2], policy[1::2], ref[0::2], ref[1::2], beta)
+  return loss

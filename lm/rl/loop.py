@@ -42,11 +42,14 @@ def rl_config(config: ml_collections.ConfigDict, init: str) -> ml_collections.Co
   out = ml_collections.ConfigDict(config.to_dict())
   out.init_from = init
   with_kl = r.kl_coef > 0
-  out.objectives = [dict(name="pg_kl" if with_kl else "pg", weight=1.0, temperature=r.temperature, top_k=r.top_k,
+  if r.algorithm == "dpo":
+    out.objectives = [dict(name="dpo", weight=1.0, beta=r.beta, reference=r.reference or init)]
+  else:
+    out.objectives = [dict(name="pg_kl" if with_kl else "pg", weight=1.0, temperature=r.temperature, top_k=r.top_k,
                          top_p=r.top_p, ratio=r.ratio, clip_low=r.clip_low, clip_high=r.clip_high,
                          dual_clip=r.dual_clip, aggregation=r.aggregation, kl_coef=r.kl_coef,
                          kl_estimator=r.kl_estimator, reference=(r.reference or init) if with_kl else "")]
-  rows = r.prompts_per_step * r.group
+  rows = r.prompts_per_step * (2 if r.algorithm == "dpo" else r.group)
   out.optim.update(lr=r.lr, warmup_steps=0, weight_decay=0.0, schedule="constant")
   out.train.update(steps=r.steps * r.updates_per_batch, log_every=r.log_every, grad_accum=1)
   out.data.batch_size = rows
@@ -57,6 +60,22 @@ def rl_config(config: ml_collections.ConfigDict, init: str) -> ml_collections.Co
 def prompt_answers(source: str) -> list[tuple[str, str]]:
   """(prompt, answer) pairs of a source whose documents end `=ANSWER` (synthetic:arith, synthetic:star)."""
   return [synthetic.prompt_answer(d) for d in corpus.load_documents(source)]
+
+
+def preference_pairs(path: str) -> list[tuple[str, str, str]]:
+  """(prompt, chosen, rejected) from a JSONL file with those three fields per line."""
+  out = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      for i, line in enumerate(f):
+        if line.strip():
+          row = json.loads(line)
+          out.append((row["prompt"], row["chosen"], row["rejected"]))
+  except OSError as e:
+    raise ConfigError(f"rl.pairs={path!r}: cannot read it ({e.strerror}); pass a JSONL file") from None
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"rl.pairs={path!r} line {i + 1}: needs JSON with prompt, chosen and rejected ({e})") from None
+  return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -95,6 +114,19 @@ class Rollouts:
     return dict(prompt_ids=[x for x in ids for _ in range(group)], ids=out, logp=logp, lengths=n, texts=texts,
                 ended=ended, reward=total, parts=parts)
 
+  def pair_batch(self, triples) -> dict[str, np.ndarray]:
+    """Rows 2i, 2i+1: pair i's prompt + chosen / rejected completion (+ eos), as `batch` lays rows out."""
+    tok, N = self.tok, self.r.max_new
+    prompts, ids, lengths = [], np.zeros((2 * len(triples), N), np.int32), []
+    for i, (prompt, *completions) in enumerate(triples):
+      for j, text in enumerate(completions):
+        units = np.concatenate([tok.encode(text.encode("utf-8")), [tok.eos_id]])[:N]
+        ids[2 * i + j, :len(units)] = units
+        prompts.append(tok.prompt_ids(prompt)[-self.prompt_len:])
+        lengths.append(len(units))
+    s = dict(prompt_ids=prompts, ids=ids, lengths=np.array(lengths), logp=np.zeros(ids.shape, np.float32))
+    return self.batch(s, np.zeros(len(lengths)))
+
   def batch(self, s, advantages: np.ndarray) -> dict[str, np.ndarray]:
     B, T = len(s["lengths"]), self.T
     seq = np.full((B, T + 1), self.tok.pad_id, np.int32)
@@ -129,9 +161,15 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   if len(r.rewards) != len(r.reward_weights):
     raise ConfigError(f"rl.rewards has {len(r.rewards)} entries and rl.reward_weights {len(r.reward_weights)}; "
                       "give one weight per reward")
+  if r.algorithm not in ("pg", "dpo"):
+    raise ConfigError(f"rl.algorithm={r.algorithm!r}; choose pg or dpo")
   rewards_lib.combine(list(zip(r.rewards, r.reward_weights)))  # bad reward specs fail before anything runs
   sequence.advantages(jnp.zeros(r.group), r.group, r.advantage)
-  pairs = prompt_answers(r.prompts)
+  dpo = r.algorithm == "dpo"
+  if dpo and not r.pairs:
+    raise ConfigError("rl.algorithm=dpo needs rl.pairs: a JSONL file of prompt, chosen, rejected")
+  triples = preference_pairs(r.pairs) if dpo else []
+  pairs = [(p, c) for p, c, _ in triples] if dpo else prompt_answers(r.prompts)
   if len(pairs) <= r.eval_prompts:
     raise ConfigError(f"rl.prompts {r.prompts!r} has {len(pairs)} prompts, not more than rl.eval_prompts="
                       f"{r.eval_prompts}; add prompts or hold out fewer")
@@ -158,16 +196,18 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   if start >= r.steps:
     raise RunFinished(f"rl run finished at step {start} in {workdir} (rl.steps={r.steps}); raise --config.rl.steps")
   eval_pairs, train_pairs = pairs[:r.eval_prompts], pairs[r.eval_prompts:]
+  eval_triples, train_triples = triples[:r.eval_prompts], triples[r.eval_prompts:]
   rollouts = Rollouts(run, pairs, cfg)
   step_fn, extra = loop.train_step(run, _UnitBytes(tokenizer), devices)
   writer = trackers.Trackers(cfg.train.trackers, workdir / "rl", cfg.to_dict(), start, enabled=primary)
   if primary:
     history.record(workdir / "rl", cfg.to_dict(), start, None if start == 0 else {})
     print(f"{config.experiment} rl: {param_count(state.params) / 1e6:.2f}M params from {init}, "
-          f"{len(train_pairs)} training prompts, {r.prompts_per_step} x {r.group} samples a step", flush=True)
+          f"{len(train_pairs)} training prompts, " + (f"{r.prompts_per_step} preference pairs a step" if dpo else
+                                                        f"{r.prompts_per_step} x {r.group} samples a step"), flush=True)
   last, evaluation = {}, {}
   with parallel.activation_context(run.mesh), loop.Preemption() as preemption:
-    if start == 0:  # where RL starts from: the init run's held-out pass@k, as step 0
+    if start == 0 and not dpo:  # where RL starts from: the init run's held-out pass@k, as step 0
       evaluation = evaluate(rollouts, state.params, eval_pairs, r, seed=cfg.train.seed)
       writer.write(0, evaluation)
       if primary:
@@ -176,6 +216,28 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
     for step in range(start, r.steps):
       t0 = time.time()
       pick = np.random.default_rng([cfg.train.seed, step]).choice(len(train_pairs), r.prompts_per_step, replace=False)
+      if dpo:
+        batch = run.put_batch(parallel.process_rows(rollouts.pair_batch([train_triples[i] for i in pick])))
+        state, metrics = step_fn(state, batch, *extra)
+        metrics = loop.read_host(metrics)
+        last = dict(loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+                    accuracy=float(metrics["dpo/accuracy_sum"]) / r.prompts_per_step,
+                    margin=float(metrics["dpo/margin_sum"]) / r.prompts_per_step, seconds=time.time() - t0)
+        done = step + 1
+        if done % r.eval_every == 0 or done == r.steps:
+          evaluation = evaluate_pairs(rollouts, run, state.params, eval_triples, extra)
+          last.update(evaluation)
+        if done % r.log_every == 0 or done == r.steps:
+          writer.write(done, last)
+          if primary:
+            print(f"dpo step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "seconds"),
+                  flush=True)
+        stop = preemption.should_stop(done)
+        if done % r.checkpoint_every == 0 or done == r.steps or stop:
+          ckpts.save(done, state, {"rl_step": done}, cfg.to_dict(), tokenizer)
+        if stop:
+          break
+        continue
       prompts, answers = zip(*[train_pairs[i] for i in pick])
       s = rollouts.sample(state.params, list(prompts), list(answers), r.group, seed=cfg.train.seed * 1_000_003 + step)
       adv = np.asarray(sequence.advantages(jnp.asarray(s["reward"]), r.group, r.advantage))
@@ -234,6 +296,21 @@ def evaluate(rollouts: Rollouts, params, pairs, r, seed: int) -> dict:
          f"pass@{r.pass_k}": float(np.mean([pass_at_k(r.pass_k, int(c), r.pass_k) for c in correct])),
          "eval_reward": float(s["reward"].mean())}
   return out
+
+
+def evaluate_pairs(rollouts: Rollouts, run, params, triples, extra) -> dict:
+  """Held-out preference accuracy: how often the policy's summed log-probability margin over the reference
+  favours the chosen completion."""
+  batch = rollouts.pair_batch(triples)
+  mask = batch["loss_mask"]
+
+  def seq(p):
+    logits = run.model.apply({"params": p}, {k: jnp.asarray(batch[k]) for k in
+                                             ("inputs", "positions", "segment_ids")}, with_heads=False).logits
+    unit = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.asarray(batch["targets"])[..., None], -1)[..., 0]
+    return np.asarray(jnp.sum(unit * mask, axis=1))
+  margin = seq(params) - (seq(extra[0]) if extra else 0.0)
+  return {"eval_accuracy": float(np.mean(margin[0::2] > margin[1::2]))}
 
 
 def summary_line(result: dict) -> str:
