@@ -37,6 +37,7 @@ def test_rl_pretrains_samples_rewards_updates_evaluates_and_resumes(tmp_path, ca
     ("--config.rl.rewards=exact", "unknown reward 'exact'"),
     ("--config.rl.advantage=ppo", "advantage='ppo'"),
     ("--config.rl.eval_prompts=100000", "not more than rl.eval_prompts=100000"),
+    ("--config.rl.ratio=seq", "ratio='seq'"),
 ])
 def test_bad_rl_settings_fail_in_one_line_before_writing(tmp_path, capsys, override, message):
   w = tmp_path / "w"

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lm import parallel
+from lm import objectives, parallel
 from lm.data import corpus, synthetic
 from lm.errors import ConfigError, RunFinished
 from lm.interop import convert
@@ -173,6 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   if len(pairs) <= r.eval_prompts:
     raise ConfigError(f"rl.prompts {r.prompts!r} has {len(pairs)} prompts, not more than rl.eval_prompts="
                       f"{r.eval_prompts}; add prompts or hold out fewer")
+  objectives.build(rl_config(config, "").objectives)  # the objective's options, before any training
   workdir = checkpoint.workdir_path(workdir)
   primary = jax.process_index() == 0
   init = _init_run(config, workdir, devices)
