@@ -144,15 +144,6 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
   return 0
 
 
-def _cmd_rl(args, overrides: list[str], spec: str | None) -> int:
-  config = _load_config(args, overrides, spec, command="lm rl")
-  workdir = args.workdir or f"runs/{config.experiment.replace(':', '_')}"
-  from lm.rl import loop as rl_loop
-  result = rl_loop.train(config, workdir)
-  print(f"rl: {rl_loop.summary_line(result)}", flush=True)
-  return 0
-
-
 def _cmd_compile(args, overrides: list[str], spec: str | None) -> int:
   """Compile the train and eval steps for a TPU topology here (no TPU needed); exit 1 when they do not fit."""
   if "jax" not in sys.modules:  # compiling for a topology needs no accelerator of this machine's own
@@ -335,12 +326,8 @@ def parser() -> argparse.ArgumentParser:
   se.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
   se.add_argument("--split", default="train", choices=("train", "val", "test"))
   se.add_argument("-o", "--output", help="write to this file instead of stdout")
-  rl = sub.add_parser("rl", help="sequence-level training (policy gradients on rewarded samples) of EXPERIMENT; "
-                      "--config.rl.* sets it (lm/rl/loop.py)", epilog=config_lib.overrides_help(),
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-  rl.add_argument("experiment", nargs="?", help="as for `lm train` (its own `lm train` run is the init unless "
-                  "--config.rl.init_from names one)")
-  rl.add_argument("--workdir", help="where WORKDIR/init and WORKDIR/rl go (default runs/NAME)")
+  from lm.rl import cli as rl_cli
+  rl_cli.add_parser(sub)
   from lm.interop import cli as interop_cli
   interop_cli.add_parsers(sub)
   import launch
@@ -376,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
       return _cmd_prepare(args)
     if args.command == "rl":
-      return _cmd_rl(args, overrides, spec)
+      from lm.rl import cli as rl_cli
+      return rl_cli.run(args, _load_config(args, overrides, spec, command="lm rl"))
     if args.command in ("import", "export"):
       from lm.interop import cli as interop_cli
       return interop_cli.run(args, overrides)

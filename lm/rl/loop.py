@@ -27,7 +27,7 @@ from lm.models import rollout
 from lm.objectives import sequence
 from lm.rl import rewards as rewards_lib
 from lm.train import checkpoint, history, loop, trackers
-from lm.train.run import build_run, check, restore_step
+from lm.train.run import build_run, check, load_reference, restore_step
 from lm.train.state import param_count
 
 
@@ -199,7 +199,9 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   eval_pairs, train_pairs = pairs[:r.eval_prompts], pairs[r.eval_prompts:]
   eval_triples, train_triples = triples[:r.eval_prompts], triples[r.eval_prompts:]
   rollouts = Rollouts(run, pairs, cfg)
-  step_fn, extra = loop.train_step(run, _UnitBytes(tokenizer), devices)
+  reference = load_reference(run, devices)
+  step_fn = loop.jit_train_step(run, tokenizer.unit_bytes(), reference)
+  extra = (reference[1],) if reference else ()
   writer = trackers.Trackers(cfg.train.trackers, workdir / "rl", cfg.to_dict(), start, enabled=primary)
   if primary:
     history.record(workdir / "rl", cfg.to_dict(), start, None if start == 0 else {})
@@ -218,54 +220,28 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
       t0 = time.time()
       pick = np.random.default_rng([cfg.train.seed, step]).choice(len(train_pairs), r.prompts_per_step, replace=False)
       if dpo:
-        batch = run.put_batch(parallel.process_rows(rollouts.pair_batch([train_triples[i] for i in pick])))
-        state, metrics = step_fn(state, batch, *extra)
-        metrics = loop.read_host(metrics)
-        last = dict(loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
-                    accuracy=float(metrics["dpo/accuracy_sum"]) / r.prompts_per_step,
-                    margin=float(metrics["dpo/margin_sum"]) / r.prompts_per_step, seconds=time.time() - t0)
-        done = step + 1
-        if done % r.eval_every == 0 or done == r.steps:
-          evaluation = evaluate_pairs(rollouts, run, state.params, eval_triples, extra)
-          last.update(evaluation)
-        if done % r.log_every == 0 or done == r.steps:
-          writer.write(done, last)
-          if primary:
-            print(f"dpo step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "seconds"),
-                  flush=True)
-        stop = preemption.should_stop(done)
-        if done % r.checkpoint_every == 0 or done == r.steps or stop:
-          ckpts.save(done, state, {"rl_step": done}, cfg.to_dict(), tokenizer)
-        if stop:
-          break
-        continue
-      prompts, answers = zip(*[train_pairs[i] for i in pick])
-      s = rollouts.sample(state.params, list(prompts), list(answers), r.group, seed=cfg.train.seed * 1_000_003 + step)
-      adv = np.asarray(sequence.advantages(jnp.asarray(s["reward"]), r.group, r.advantage))
-      batch = run.put_batch(parallel.process_rows(rollouts.batch(s, adv)))
-      for _ in range(r.updates_per_batch):
-        state, metrics = step_fn(state, batch, *extra)
-      metrics = loop.read_host(metrics)
-      grouped = s["reward"].reshape(-1, r.group)
-      last = dict(reward=float(s["reward"].mean()), reward_std=float(s["reward"].std()),
-                  zero_spread_frac=float(np.mean(grouped.std(axis=1) == 0)),
-                  completion_len=float(s["lengths"].mean()), clipped_frac=float(np.mean(~s["ended"])),
-                  loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]), seconds=time.time() - t0,
-                  **{f"reward/{k}": float(v.mean()) for k, v in s["parts"].items()})
-      units = max(float(metrics.get("pg/units", metrics.get("pg_kl/units", 1.0))), 1.0)
-      for key, value in metrics.items():
-        name = key.split("/", 1)[-1]
-        if name.endswith("_units") and key.startswith(("pg/", "pg_kl/")):
-          last[name[:-len("_units")]] = float(value) / units
+        batch = rollouts.pair_batch([train_triples[i] for i in pick])
+        state, last = _update(run, step_fn, state, batch, extra, 1, r)
+      else:
+        prompts, answers = zip(*[train_pairs[i] for i in pick])
+        s = rollouts.sample(state.params, list(prompts), list(answers), r.group,
+                            seed=cfg.train.seed * 1_000_003 + step)
+        adv = np.asarray(sequence.advantages(jnp.asarray(s["reward"]), r.group, r.advantage))
+        state, last = _update(run, step_fn, state, rollouts.batch(s, adv), extra, r.updates_per_batch, r)
+        last.update(_rollout_metrics(s, r.group))
+      last["seconds"] = time.time() - t0
       done = step + 1
-      if done % r.eval_every == 0 or done == r.steps:
-        evaluation = evaluate(rollouts, state.params, eval_pairs, r, seed=cfg.train.seed)
+      evaluated = done % r.eval_every == 0 or done == r.steps
+      if evaluated:
+        evaluation = (evaluate_pairs(rollouts, run, state.params, eval_triples, extra) if dpo else
+                      evaluate(rollouts, state.params, eval_pairs, r, seed=cfg.train.seed))
         last.update(evaluation)
-      if done % r.log_every == 0 or done == r.steps or evaluation and done % r.eval_every == 0:
+      if done % r.log_every == 0 or done == r.steps or evaluated:
         writer.write(done, last)
         if primary:
-          print(f"rl step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()
-                                                 if k in ("reward", "pass@1", "completion_len", "loss", "kl")),
+          shown = ("loss", "accuracy", "margin", "eval_accuracy") if dpo else (
+              "reward", "pass@1", "completion_len", "loss", "kl")
+          print(f"{r.algorithm} step {done}: " + " ".join(f"{k}={last[k]:.4g}" for k in shown if k in last),
                 flush=True)
       stop = preemption.should_stop(done)
       if done % r.checkpoint_every == 0 or done == r.steps or stop:
@@ -277,14 +253,30 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   return dict(last=last, evaluation=evaluation, state=state, run=run)
 
 
-class _UnitBytes:
-  """What `loop.train_step` asks of the data (bytes per unit, for the loss context)."""
+def _update(run, step_fn, state, rows: dict, extra, updates: int, r):
+  """`updates` train steps on one batch of rows; the objective's metrics as means over its events."""
+  batch = run.put_batch(parallel.process_rows(rows))
+  for _ in range(updates):
+    state, metrics = step_fn(state, batch, *extra)
+  metrics = loop.read_host(metrics)
+  label = run.config.objectives[0]["name"]
+  out = dict(loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]))
+  events = {f"{label}/units": max(float(metrics.get(f"{label}/units", 1.0)), 1.0),
+            f"{label}/pairs": float(r.prompts_per_step)}
+  for key, value in metrics.items():  # pg: <x>_units per completion unit; dpo: <x>_sum per pair
+    head, _, name = key.partition("/")
+    if head == label and name.endswith("_units") and name != "units":
+      out[name[:-len("_units")]] = float(value) / events[f"{label}/units"]
+    elif head == label and name.endswith("_sum"):
+      out[name[:-len("_sum")]] = float(value) / events[f"{label}/pairs"]
+  return state, out
 
-  def __init__(self, tokenizer):
-    self.tokenizer = tokenizer
 
-  def unit_bytes(self):
-    return self.tokenizer.unit_bytes()
+def _rollout_metrics(s: dict, group: int) -> dict:
+  grouped = s["reward"].reshape(-1, group)
+  return dict(reward=float(s["reward"].mean()), reward_std=float(s["reward"].std()),
+              zero_spread_frac=float(np.mean(grouped.std(axis=1) == 0)), completion_len=float(s["lengths"].mean()),
+              clipped_frac=float(np.mean(~s["ended"])), **{f"reward/{k}": float(v.mean()) for k, v in s["parts"].items()})
 
 
 def evaluate(rollouts: Rollouts, params, pairs, r, seed: int) -> dict:
