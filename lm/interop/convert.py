@@ -20,6 +20,7 @@ import numpy as np
 from lm import config as config_lib
 from lm import families, parallel
 from lm.data import tokenizers as tokenizers_lib
+from lm.data.hf_tokenizer import HFTokenizer
 from lm.errors import CheckpointError, ConfigError
 from lm.interop import hf, safetensors
 
@@ -45,11 +46,11 @@ def read_hf_config(directory) -> dict:
     raise ConfigError(f"{path}: not valid JSON ({e}); fix or re-download it") from None
 
 
-def hf_tokenizer(directory) -> tokenizers_lib.HFTokenizer:
+def hf_tokenizer(directory) -> HFTokenizer:
   if not tokenizers_lib.is_hf_dir(directory):
     raise ConfigError(f"{directory}: no tokenizer.json; save the tokenizer beside the model "
                       "(tokenizer.save_pretrained(DIR))")
-  return tokenizers_lib.HFTokenizer.from_dir(directory)
+  return HFTokenizer.from_dir(directory)
 
 
 def config_for(directory, overrides=()) -> ml_collections.ConfigDict:
