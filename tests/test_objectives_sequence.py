@@ -68,6 +68,53 @@ def test_sums_and_counts_of_four_microbatches_equal_one_batch(aggregation):
   np.testing.assert_allclose(sum(p.count for p in parts), whole.count, rtol=1e-6)
 
 
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_sum", "constant"])
+@pytest.mark.parametrize("ratio", ["token", "sequence", "sequence_token"])
+def test_packed_rows_equal_one_sequence_per_row(ratio, aggregation):
+  """Six sequences of 2-5 units, one per row or packed three to a row (segment ids 1..3, per-unit advantages,
+  prompt-like masked units between them): the same loss, count, metrics and gradient, with KL in the loss."""
+  rng = np.random.default_rng(5)
+  lengths = [2, 5, 3, 4, 2, 3]
+  rows_logp, rows_old, rows_ref = (rng.normal(size=(6, 5)).astype(np.float32) * 0.2 - 1 for _ in range(3))
+  adv = rng.normal(size=6).astype(np.float32)
+  mask = np.zeros((6, 5), np.float32)
+  for i, n in enumerate(lengths):
+    mask[i, :n] = 1
+  # Packed: row r holds sequences 3r..3r+2, each after one masked (prompt) unit, then padding.
+  P = 2 * 16
+  index = np.zeros((2, P), np.int64)  # where each packed unit comes from in the [6, 5] layout (flat)
+  packed_mask, segments, packed_adv = np.zeros((2, P), np.float32), np.zeros((2, P), np.int32), np.zeros((2, P),
+                                                                                                    np.float32)
+  for r in range(2):
+    at = 0
+    for k in range(3):
+      i = 3 * r + k
+      segments[r, at:at + 1 + lengths[i]] = k + 1
+      packed_adv[r, at:at + 1 + lengths[i]] = adv[i]
+      at += 1  # the masked prompt unit
+      index[r, at:at + lengths[i]] = i * 5 + np.arange(lengths[i])
+      packed_mask[r, at:at + lengths[i]] = 1
+      at += lengths[i]
+  options = dict(ratio=ratio, aggregation=aggregation, max_len=5, clip_low=0.1, clip_high=0.15, kl_coef=0.3)
+
+  def unpacked(logp):
+    t = sequence.policy_gradient(logp, rows_old, adv, mask, ref_logp_BxN=rows_ref, **options)
+    return t.total, t
+  def packed(logp):
+    pick = lambda x: jnp.where(packed_mask > 0, jnp.asarray(x).reshape(-1)[index], 0.0)  # noqa: E731
+    t = sequence.policy_gradient(pick(logp), pick(rows_old), packed_adv, packed_mask, ref_logp_BxN=pick(rows_ref),
+                                 segments_BxN=segments, **options)
+    return t.total, t
+  (a, ta), ga = jax.value_and_grad(unpacked, has_aux=True)(jnp.asarray(rows_logp))
+  (b, tb), gb = jax.value_and_grad(packed, has_aux=True)(jnp.asarray(rows_logp))
+  np.testing.assert_allclose(b, a, rtol=1e-5)
+  np.testing.assert_allclose(tb.count, ta.count, rtol=1e-6)
+  for key in ta.metrics:
+    np.testing.assert_allclose(tb.metrics[key], ta.metrics[key], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gb, ga, atol=1e-6)
+  assert float(jnp.abs(ga).max()) > 0
+
+
 def _exact_kl(p_logp, q_logp):
   return jnp.sum(jnp.exp(p_logp) * (p_logp - q_logp))
 

@@ -81,42 +81,55 @@ def kl_penalised_rewards(rewards_B: Array, logp_BxN: Array, ref_logp_BxN: Array,
   return rewards_B - kl_coef * jax.lax.stop_gradient(kl_B)
 
 
-def _ratios(logp_BxN, old_BxN, mask_BxN, kind: str) -> Array:
+def _sequence_sum(x_BxN: Array, segments_BxN: Array) -> Array:
+  """Each unit's sum of `x` over its sequence (the units of its row with the same segment id)."""
+  B, N = x_BxN.shape
+  ids = (jnp.arange(B)[:, None] * N + jnp.clip(segments_BxN, 0, N - 1)).reshape(-1)
+  return jax.ops.segment_sum(x_BxN.reshape(-1), ids, num_segments=B * N)[ids].reshape(B, N)
+
+
+def _ratios(logp_BxN, old_BxN, mask_BxN, segments_BxN, kind: str) -> Array:
   log_ratio = (logp_BxN - old_BxN) * mask_BxN
   if kind == "token":
     return jnp.exp(log_ratio)
-  lengths_Bx1 = jnp.maximum(mask_BxN.sum(axis=1, keepdims=True), 1.0)
-  seq_Bx1 = jnp.exp(log_ratio.sum(axis=1, keepdims=True) / lengths_Bx1)
+  lengths = jnp.maximum(_sequence_sum(mask_BxN, segments_BxN), 1.0)
+  seq_BxN = jnp.exp(_sequence_sum(log_ratio, segments_BxN) / lengths)
   if kind == "sequence":
-    return jnp.broadcast_to(seq_Bx1, logp_BxN.shape)
+    return seq_BxN
   # sequence_token: value sg(s), gradient s * d logp_t per token.
-  return jax.lax.stop_gradient(seq_Bx1) * jnp.exp(logp_BxN - jax.lax.stop_gradient(logp_BxN))
+  return jax.lax.stop_gradient(seq_BxN) * jnp.exp(logp_BxN - jax.lax.stop_gradient(logp_BxN))
 
 
-def _aggregate(per_unit_BxN: Array, mask_BxN: Array, aggregation: str, max_len: int) -> tuple[Array, Array]:
+def _aggregate(per_unit_BxN: Array, mask_BxN: Array, segments_BxN: Array, aggregation: str,
+               max_len: int) -> tuple[Array, Array]:
   if aggregation == "token_sum":
     return jnp.sum(per_unit_BxN * mask_BxN), jnp.sum(mask_BxN)
-  rows = jnp.sum(jnp.any(mask_BxN > 0, axis=1).astype(jnp.float32))
+  share_BxN = mask_BxN / jnp.maximum(_sequence_sum(mask_BxN, segments_BxN), 1.0)  # sums to 1 per sequence
+  sequences = jnp.sum(share_BxN)
   if aggregation == "constant":
-    return jnp.sum(per_unit_BxN * mask_BxN) / max_len, rows
-  lengths_B = jnp.maximum(mask_BxN.sum(axis=1), 1.0)
-  return jnp.sum(jnp.sum(per_unit_BxN * mask_BxN, axis=1) / lengths_B), rows
+    return jnp.sum(per_unit_BxN * mask_BxN) / max_len, sequences
+  return jnp.sum(per_unit_BxN * share_BxN), sequences
 
 
 def policy_gradient(logp_BxN: Array, old_logp_BxN: Array, adv_B: Array, mask_BxN: Array, *, ratio: str = "token",
                     clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
                     aggregation: str = "sequence_mean", max_len: int | None = None, ref_logp_BxN: Array | None = None,
-                    kl_coef: float = 0.0, kl_estimator: str = "k3") -> LossTerms:
+                    kl_coef: float = 0.0, kl_estimator: str = "k3", segments_BxN: Array | None = None) -> LossTerms:
   """The clipped surrogate -min(r A, clip(r) A) (+ kl_coef x KL estimate) per completion unit, aggregated as
-  asked. Metrics (sums over `count`'s events, or `*_frac`/`*_units` pairs): clip fractions, KL, ratio."""
+  asked. Metrics (sums over `count`'s events, or `*_frac`/`*_units` pairs): clip fractions, KL, ratio.
+  Packed rows: `segments_BxN` numbers the sequences within each row (one sequence per row when None) and
+  the advantages are per unit, `adv_B` of shape [B, N]; `max_len` (constant aggregation) should then be the
+  completion budget, not the row length."""
   _choose("ratio", ratio, RATIOS)
   _choose("aggregation", aggregation, AGGREGATIONS)
   if dual_clip and dual_clip <= 1.0:
     raise ConfigError(f"dual_clip={dual_clip} must be above 1 (or 0 to turn it off)")
   mask = mask_BxN.astype(jnp.float32)
   old = jax.lax.stop_gradient(old_logp_BxN)
-  r_BxN = _ratios(logp_BxN, old, mask, ratio)
-  adv_Bx1 = jax.lax.stop_gradient(adv_B.astype(jnp.float32))[:, None]
+  segments = jnp.ones(mask.shape, jnp.int32) if segments_BxN is None else segments_BxN.astype(jnp.int32)
+  r_BxN = _ratios(logp_BxN, old, mask, segments, ratio)
+  adv = jax.lax.stop_gradient(adv_B.astype(jnp.float32))
+  adv_Bx1 = adv[:, None] if adv.ndim == 1 else adv  # [B, 1] or per unit [B, N]
   clipped_BxN = jnp.clip(r_BxN, 1.0 - clip_low, 1.0 + clip_high)
   surrogate_BxN = jnp.minimum(r_BxN * adv_Bx1, clipped_BxN * adv_Bx1)
   if dual_clip:
@@ -127,7 +140,7 @@ def policy_gradient(logp_BxN: Array, old_logp_BxN: Array, adv_B: Array, mask_BxN
     kl_BxN = kl_estimate(logp_BxN, jax.lax.stop_gradient(ref_logp_BxN), kl_estimator)
     loss_BxN = loss_BxN + kl_coef * kl_BxN
     metrics["kl_units"] = jnp.sum(jax.lax.stop_gradient(kl_BxN) * mask)
-  total, count = _aggregate(loss_BxN, mask, aggregation, max_len or mask_BxN.shape[1])
+  total, count = _aggregate(loss_BxN, mask, segments, aggregation, max_len or mask_BxN.shape[1])
   r = jax.lax.stop_gradient(r_BxN)
   metrics.update(units=jnp.sum(mask), clip_low_units=jnp.sum((r < 1.0 - clip_low) * (adv_Bx1 < 0) * mask),
                  clip_high_units=jnp.sum((r > 1.0 + clip_high) * (adv_Bx1 > 0) * mask),
@@ -155,8 +168,10 @@ def dpo(chosen_logp_B: Array, rejected_logp_B: Array, ref_chosen_logp_B: Array, 
 def _pg_factory(with_reference: bool):
   def factory(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, ratio: str = "token",
               clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
-              aggregation: str = "sequence_mean", kl_coef: float = 0.0, kl_estimator: str = "k3",
+              aggregation: str = "sequence_mean", max_len: int = 0, kl_coef: float = 0.0, kl_estimator: str = "k3",
               reference: str = ""):  # pylint: disable=unused-argument  (the loop loads `reference`)
+    """`max_len`: Dr. GRPO's constant L_max (`lm rl` passes rl.max_new; 0: the row length). Rows may be packed:
+    `segment_ids` numbers the sequences of a row, `advantages` [B, T] is per unit."""
     _choose("ratio", ratio, RATIOS)
     _choose("aggregation", aggregation, AGGREGATIONS)
     _choose("kl_estimator", kl_estimator, KL_ESTIMATORS)
@@ -175,10 +190,11 @@ def _pg_factory(with_reference: bool):
         if ctx.reference_logits is None:
           raise ConfigError("objective 'pg_kl' needs a reference model: set its `reference`")
         ref = jnp.where(mask > 0, unit_logp(ctx.reference_logits, batch["targets"])[1], 0.0)
-      terms = policy_gradient(logp_BxT, batch["old_logp"], batch["advantages"][:, 0], mask, ratio=ratio,
+      terms = policy_gradient(logp_BxT, batch["old_logp"], batch["advantages"], mask, ratio=ratio,
                               clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, aggregation=aggregation,
-                              max_len=mask.shape[1], ref_logp_BxN=ref, kl_coef=kl_coef if with_reference else 0.0,
-                              kl_estimator=kl_estimator)
+                              max_len=max_len or mask.shape[1], ref_logp_BxN=ref,
+                              kl_coef=kl_coef if with_reference else 0.0, kl_estimator=kl_estimator,
+                              segments_BxN=batch["segment_ids"])
       p = jnp.exp(logp_BxTxV)
       entropy_BxT = -jnp.sum(jnp.where(p > 0, p * logp_BxTxV, 0.0), axis=-1)
       return LossTerms(terms.total, terms.count,

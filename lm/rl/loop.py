@@ -47,7 +47,7 @@ def rl_config(config: ml_collections.ConfigDict, init: str) -> ml_collections.Co
   else:
     out.objectives = [dict(name="pg_kl" if with_kl else "pg", weight=1.0, temperature=r.temperature, top_k=r.top_k,
                          top_p=r.top_p, ratio=r.ratio, clip_low=r.clip_low, clip_high=r.clip_high,
-                         dual_clip=r.dual_clip, aggregation=r.aggregation, kl_coef=r.kl_coef,
+                         dual_clip=r.dual_clip, aggregation=r.aggregation, max_len=r.max_new, kl_coef=r.kl_coef,
                          kl_estimator=r.kl_estimator, reference=(r.reference or init) if with_kl else "")]
   rows = r.prompts_per_step * (2 if r.algorithm == "dpo" else r.group)
   out.optim.update(lr=r.lr, warmup_steps=0, weight_decay=0.0, schedule="constant")
@@ -113,6 +113,19 @@ class Rollouts:
                                   lengths=list(n), max_new=r.max_new)
     return dict(prompt_ids=[x for x in ids for _ in range(group)], ids=out, logp=logp, lengths=n, texts=texts,
                 ended=ended, reward=total, parts=parts)
+
+  def answer_prob(self, params, prompts: list[str], answers: list[str]) -> np.ndarray:
+    """Probability, under the sampling distribution, of each answer (then eos) as the whole completion: the exact
+    expected `exact_answer` reward of one sample, up to the answer's other tokenizations."""
+    r, tok = self.r, self.tok
+    padded, lengths = rollout.left_pad([tok.prompt_ids(p) for p in prompts], tok.pad_id)
+    units = [np.concatenate([tok.encode(a.encode("utf-8")), [tok.eos_id]]) for a in answers]
+    ids, n = rollout.left_pad(units, tok.pad_id)  # right-aligned; flipped to left-aligned below
+    ids = np.stack([np.roll(row, k) for row, k in zip(ids, n)])
+    with parallel.activation_context(self.run.mesh):
+      logp = rollout.score(self.run.model, params, jnp.asarray(padded), jnp.asarray(lengths), jnp.asarray(ids),
+                           jnp.asarray(n), temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
+    return np.exp(np.asarray(parallel.to_host(logp)).sum(axis=1))
 
   def pair_batch(self, triples) -> dict[str, np.ndarray]:
     """Rows 2i, 2i+1: pair i's prompt + chosen / rejected completion (+ eos), as `batch` lays rows out."""
@@ -228,7 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
                             seed=cfg.train.seed * 1_000_003 + step)
         adv = np.asarray(sequence.advantages(jnp.asarray(s["reward"]), r.group, r.advantage))
         state, last = _update(run, step_fn, state, rollouts.batch(s, adv), extra, r.updates_per_batch, r)
-        last.update(_rollout_metrics(s, r.group))
+        last.update(_rollout_metrics(s, r.group, r.rewards[0]))
       last["seconds"] = time.time() - t0
       done = step + 1
       evaluated = done % r.eval_every == 0 or done == r.steps
@@ -272,23 +285,37 @@ def _update(run, step_fn, state, rows: dict, extra, updates: int, r):
   return state, out
 
 
-def _rollout_metrics(s: dict, group: int) -> dict:
+def _rollout_metrics(s: dict, group: int, first: str) -> dict:
   grouped = s["reward"].reshape(-1, group)
   return dict(reward=float(s["reward"].mean()), reward_std=float(s["reward"].std()),
               zero_spread_frac=float(np.mean(grouped.std(axis=1) == 0)), completion_len=float(s["lengths"].mean()),
-              clipped_frac=float(np.mean(~s["ended"])), **{f"reward/{k}": float(v.mean()) for k, v in s["parts"].items()})
+              clipped_frac=float(np.mean(~s["ended"])), **_split_lengths(s, first, ""),
+              **{f"reward/{k}": float(v.mean()) for k, v in s["parts"].items()})
+
+
+def _split_lengths(s: dict, first: str, prefix: str) -> dict:
+  """Mean completion length of the right (first reward at least 1) and of the wrong samples, where there are any."""
+  right = s["parts"][first] >= 1.0
+  return {f"{prefix}len_{name}": float(np.mean(s["lengths"][which])) for name, which in (("right", right),
+                                                                                         ("wrong", ~right)) if which.any()}
+
+
+def held_out(rollouts: Rollouts, params, pairs, r, n: int, seed: int):
+  """`n` samples for each held-out (prompt, answer): the samples and how many of each prompt's are right (first
+  reward at least 1)."""
+  prompts, answers = zip(*pairs)
+  s = rollouts.sample(params, list(prompts), list(answers), n, seed=seed + 7)
+  return s, (s["parts"][r.rewards[0]].reshape(len(pairs), n) >= 1.0).sum(axis=1)
 
 
 def evaluate(rollouts: Rollouts, params, pairs, r, seed: int) -> dict:
-  """pass@1 and pass@k on held-out prompts: `rl.pass_k` samples each, success = the first reward at least 1."""
-  prompts, answers = zip(*pairs)
-  s = rollouts.sample(params, list(prompts), list(answers), r.pass_k, seed=seed + 7)
-  first = s["parts"][r.rewards[0]].reshape(len(pairs), r.pass_k) >= 1.0
-  correct = first.sum(axis=1)
-  out = {"pass@1": float(np.mean([pass_at_k(r.pass_k, int(c), 1) for c in correct])),
-         f"pass@{r.pass_k}": float(np.mean([pass_at_k(r.pass_k, int(c), r.pass_k) for c in correct])),
-         "eval_reward": float(s["reward"].mean())}
-  return out
+  """pass@1 and pass@k (k = `rl.pass_k`, from k samples a prompt), reward, completion lengths on held-out prompts."""
+  s, correct = held_out(rollouts, params, pairs, r, r.pass_k, seed)
+  return {"pass@1": float(np.mean([pass_at_k(r.pass_k, int(c), 1) for c in correct])),
+          f"pass@{r.pass_k}": float(np.mean([pass_at_k(r.pass_k, int(c), r.pass_k) for c in correct])),
+          "eval_reward": float(s["reward"].mean()), "eval_len": float(s["lengths"].mean()),
+          "answer_prob": float(np.mean(rollouts.answer_prob(params, *map(list, zip(*pairs))))),
+          **_split_lengths(s, r.rewards[0], "eval_")}
 
 
 def evaluate_pairs(rollouts: Rollouts, run, params, triples, extra) -> dict:

@@ -1,0 +1,174 @@
+"""Sequence-level RL on `synthetic:arith`: how far `lm rl` lifts held-out pass@1, and two published findings.
+
+Run:
+  python benchmarks/rl.py                 # one init, 2 arms x 3 seeds (about 25 minutes on a 2-core CPU)
+  python benchmarks/rl.py --quick         # smoke mode: tiny init, 4 RL steps, 1 seed
+  python benchmarks/rl.py --arms grpo --seeds 0 --steps 100
+Writes JSON to --out (default benchmarks/results/rl.json) and prints tables.
+
+One next-token init (`rl_arith`'s model and data, `--init-steps` steps: a deliberately weak start, so RL has room),
+then for each arm and seed (`train.seed`, which seeds the rollouts and the prompt order) an `lm rl` run of
+`--steps` steps from that init, identical but for the arm's two options:
+  grpo    advantage (r - mean) / std per group, each completion's loss averaged over its own units
+          (`rl.advantage=grpo rl.aggregation=sequence_mean`), as in DeepSeekMath's GRPO;
+  drgrpo  advantage r - mean, the loss summed over units and divided by the constant G x max_new
+          (`rl.advantage=drgrpo rl.aggregation=constant`), Liu et al. 2025's Dr. GRPO.
+Findings checked in direction:
+  1. Liu et al. 2025 ("Understanding R1-Zero-like training"): GRPO's per-completion length normalisation
+     penalises each unit of a long wrong completion less, so wrong completions lengthen; Dr. GRPO's do not.
+     Measured as the mean length of wrong held-out completions (temperature 1) at the start and the end.
+  2. Yue et al. 2025 ("Does RL really incentivize reasoning capacity..."): RL raises pass@1, while the base
+     model's pass@k catches up or overtakes at large k. Measured from `--samples` samples of every held-out
+     prompt (unbiased pass@k, Chen et al. 2021) for the init and every final policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from lm import config as config_lib  # noqa: E402
+from lm.errors import RunFinished  # noqa: E402
+from lm.interop import convert  # noqa: E402
+from lm.rl import loop as rl_loop  # noqa: E402
+from lm.train import loop  # noqa: E402
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "rl.json"
+ARMS = {"grpo": dict(advantage="grpo", aggregation="sequence_mean"),
+        "drgrpo": dict(advantage="drgrpo", aggregation="constant"),
+        "grpo_fit": dict(advantage="grpo", aggregation="sequence_mean")}  # only FIT training prompts, revisited
+FIT = 16
+
+
+def _config(args, seed: int, arm: str | None = None):
+  config = config_lib.load_experiment("rl_arith")
+  config.train.update(steps=args.init_steps, checkpoint_every=args.init_steps, log_every=max(args.init_steps // 4, 1),
+                      seed=0)
+  config.optim.warmup_steps = min(config.optim.warmup_steps, max(args.init_steps // 10, 1))
+  config.rl.update(max_new=args.max_new, steps=args.steps, lr=args.lr, eval_every=args.eval_every,
+                   log_every=args.eval_every, checkpoint_every=args.steps, eval_prompts=args.eval_prompts, pass_k=8,
+                   prompts_per_step=args.prompts_per_step, group=args.group)
+  if arm is not None:
+    config.rl.update(ARMS[arm])
+    if arm.endswith("_fit"):
+      config.rl.prompts = config.rl.prompts.replace(":n=4000", f":n={args.eval_prompts + FIT}")
+    config.train.seed = seed
+  config_lib.validate(config)
+  return config
+
+
+def _curve(workdir: pathlib.Path) -> list[dict]:
+  keep = ("step", "pass@1", "pass@8", "answer_prob", "eval_len", "eval_len_right", "eval_len_wrong")
+  rows = [json.loads(line) for line in (workdir / "rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  return [{k: row[k] for k in keep if k in row} for row in rows if "pass@1" in row]
+
+
+def _pass_curve(result: dict, params, args, seed: int) -> dict[str, float]:
+  """Unbiased pass@k for k = 1, 2, 4, ... up to --samples, from --samples samples of every held-out prompt."""
+  run, r = result["run"], result["run"].config.rl
+  pairs = rl_loop.prompt_answers(r.prompts)
+  rollouts = rl_loop.Rollouts(run, pairs, run.config)
+  _, correct = rl_loop.held_out(rollouts, params, pairs[:r.eval_prompts], r, args.samples, seed=1000 + seed)
+  ks = [2 ** i for i in range(args.samples.bit_length()) if 2 ** i <= args.samples]
+  return {str(k): statistics.fmean(rl_loop.pass_at_k(args.samples, int(c), k) for c in correct) for k in ks}
+
+
+def _train_prob(result: dict, params, args) -> float:
+  """Exact pass@1 (answer probability) on the first FIT training prompts (all of grpo_fit's)."""
+  run, r = result["run"], result["run"].config.rl
+  pairs = rl_loop.prompt_answers(r.prompts)[r.eval_prompts:r.eval_prompts + FIT]
+  rollouts = rl_loop.Rollouts(run, pairs, run.config)
+  return float(rollouts.answer_prob(params, *map(list, zip(*pairs))).mean())
+
+
+def _stat(xs: list[float]) -> str:
+  xs = [x for x in xs if x is not None]
+  if not xs:
+    return "-"
+  return f"{statistics.fmean(xs):.3f}" + (f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--arms", default="grpo,drgrpo,grpo_fit")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--init-steps", type=int, default=800)
+  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--lr", type=float, default=3e-5)
+  p.add_argument("--prompts-per-step", type=int, default=8)
+  p.add_argument("--group", type=int, default=8)
+  p.add_argument("--max-new", type=int, default=16, help="completion limit in units (room to lengthen)")
+  p.add_argument("--eval-every", type=int, default=50)
+  p.add_argument("--eval-prompts", type=int, default=128)
+  p.add_argument("--samples", type=int, default=64, help="samples per held-out prompt for the pass@k curve")
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--out", default=str(DEFAULT_OUT))
+  args = p.parse_args()
+  if args.quick:
+    args.init_steps, args.steps, args.eval_every, args.seeds, args.samples = 20, 4, 2, "0", 8
+  arms, seeds = args.arms.split(","), [int(s) for s in args.seeds.split(",")]
+  root = pathlib.Path(tempfile.mkdtemp(prefix="lm_rl_bench_"))
+  t0 = time.time()
+  init = str(root / "init")
+  try:
+    loop.train(_config(args, 0), init)
+  except RunFinished:
+    pass
+  runs, base = {}, {}
+  for arm in arms:
+    for seed in seeds:
+      workdir = root / f"{arm}_{seed}"
+      t = time.time()
+      config = _config(args, seed, arm)
+      config.rl.init_from = init
+      result = rl_loop.train(config, workdir)
+      start = convert.init_params(result["run"], result["state"].params)[0]
+      if seed not in base:  # the init's pass@k, with the same samples' seed as this seed's final policies
+        base[seed] = _pass_curve(result, start, args, seed)
+      runs[f"{arm}/{seed}"] = dict(arm=arm, seed=seed, curve=_curve(workdir), seconds=time.time() - t,
+                                   pass_k=_pass_curve(result, result["state"].params, args, seed),
+                                   train_prob=[_train_prob(result, start, args),
+                                               _train_prob(result, result["state"].params, args)])
+      last = runs[f"{arm}/{seed}"]["curve"][-1]
+      print(f"{arm} seed {seed}: pass@1 {runs[f'{arm}/{seed}']['curve'][0]['pass@1']:.3f} -> {last['pass@1']:.3f}, "
+            f"wrong length {last.get('eval_len_wrong', float('nan')):.2f} ({time.time() - t:.0f}s)", flush=True)
+
+  print(f"\nRL on synthetic:arith from one {args.init_steps}-step next-token init; {args.steps} steps at lr {args.lr}, "
+        f"{len(seeds)} seeds; held-out {args.eval_prompts} prompts at temperature 1 (mean ± std over seeds)")
+  print("pass@1: sampled (8 a prompt); exact: the answer's probability (the expected reward, no sampling noise); "
+        f"train exact: on the first {FIT} training prompts")
+  cols = (("pass@1", "pass@1"), ("answer_prob", "exact"), ("eval_len_wrong", "wrong len"),
+          ("eval_len_right", "right len"))
+  print(f"{'arm':9}" + "".join(f"{name + ' ' + when:>17}" for _, name in cols for when in ("start", "end"))
+        + f"{'train exact start':>19}{'train exact end':>17}")
+  for arm in arms:
+    rs = [v for v in runs.values() if v["arm"] == arm]
+    first, last = [r["curve"][0] for r in rs], [r["curve"][-1] for r in rs]
+    print(f"{arm:9}" + "".join(f"{_stat([c.get(key) for c in when]):>17}" for key, _ in cols for when in (first, last))
+          + f"{_stat([r['train_prob'][0] for r in rs]):>19}{_stat([r['train_prob'][1] for r in rs]):>17}")
+  ks = list(next(iter(base.values())))
+  print(f"\npass@k from {args.samples} samples per held-out prompt (mean ± std over seeds)")
+  print(f"{'policy':8} " + " ".join(f"{'k=' + k:>14}" for k in ks))
+  print(f"{'init':8} " + " ".join(f"{_stat([b[k] for b in base.values()]):>14}" for k in ks))
+  for arm in arms:
+    print(f"{arm:8} " + " ".join(f"{_stat([v['pass_k'][k] for v in runs.values() if v['arm'] == arm]):>14}"
+                                 for k in ks))
+  out = dict(machine=platform.machine(), jax=jax.__version__,
+             date=time.strftime("%Y-%m-%d"), args=vars(args), seconds=time.time() - t0, init_pass_k=base, runs=runs)
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+  print(f"\nwrote {args.out} ({time.time() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+  main()
