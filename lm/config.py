@@ -99,7 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
               rewards=("exact_answer",), reward_weights=(1.0,), group=8, prompts_per_step=8, max_new=8,
               temperature=1.0, top_k=0, top_p=1.0, updates_per_batch=1, advantage="grpo", ratio="token",
               clip_low=0.2, clip_high=0.2, dual_clip=0.0, aggregation="sequence_mean", kl_coef=0.0,
-              kl_estimator="k3", lr=1e-5, steps=100, log_every=10, eval_every=50, checkpoint_every=50, pass_k=8)
+              kl_estimator="k3", lr=1e-5, steps=100, log_every=10, eval_every=50, checkpoint_every=50, pass_k=8,
+              pack=0)  # pack N > 0: training rows of N x (longest prompt + max_new) units, sequences packed
   return c
 
 

@@ -23,8 +23,9 @@ def test_rl_pretrains_samples_rewards_updates_evaluates_and_resumes(tmp_path, ca
   assert all(0 <= r["reward"] <= 1 and r["ratio"] == pytest.approx(1.0, abs=1e-5) for r in rows)  # on-policy
   assert "pass@1" in rows[1] and "pass@4" in rows[3] and "pass@1" not in rows[0]
   assert (w / "init" / "checkpoints" / "20").exists() and (w / "rl" / "checkpoints" / "4").exists()
-  # Longer: resumes at step 4 (the init run is finished and reused); a changed learning rate is refused.
-  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.steps=6"]) == 0
+  # Longer, with packed training rows: resumes at step 4 (the init run is finished and reused); a changed
+  # learning rate is refused.
+  assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(w), *FAST, "--config.rl.steps=6", "--config.rl.pack=4"]) == 0
   steps = [json.loads(line)["step"] for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
   assert steps == [0, 1, 2, 3, 4, 5, 6]
   capsys.readouterr()
@@ -70,3 +71,49 @@ def test_dpo_run_on_preference_pairs_lowers_its_loss(tmp_path):
 def test_dpo_without_pairs_fails_in_one_line(tmp_path, capsys):
   assert cli.main(["rl", "rl_arith:tiny", "--workdir", str(tmp_path / "w"), *FAST, "--config.rl.algorithm=dpo"]) == 2
   assert "needs rl.pairs" in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
+def test_packed_training_rows_give_the_loss_and_gradient_of_one_sequence_per_row():
+  """The same rollouts as one sequence per row and packed (`rl.pack`): fewer rows, the same pg loss, count and
+  gradient through the model (segment ids keep the packed sequences apart in attention)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from lm import config as config_lib
+  from lm import objectives
+  from lm.data.tokenizers import ByteTokenizer
+  from lm.objectives.base import LossContext
+  from lm.objectives import sequence
+  from lm.rl import loop as rl_loop
+  from lm.train.run import build_run, check
+
+  config = config_lib.load_experiment("rl_arith:tiny")
+  config.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, d_ff=64)
+  config.rl.update(max_new=6, group=4, prompts="synthetic:arith:n=40:digits=2:ops=2:seed=1", kl_coef=0.0)
+  for aggregation in ("sequence_mean", "constant"):
+    config.rl.aggregation = aggregation
+    cfg = check(rl_loop.rl_config(config, ""))
+    run = build_run(cfg, ByteTokenizer())
+    params = run.init(0).params
+    pairs = rl_loop.prompt_answers(cfg.rl.prompts)
+    rollouts = rl_loop.Rollouts(run, pairs, cfg)
+    prompts, answers = map(list, zip(*pairs[:4]))
+    s = rollouts.sample(params, prompts, answers, 4, seed=0)
+    adv = np.asarray(sequence.advantages(jnp.asarray(np.arange(16.0) % 3), 4, "grpo"))
+    loss_fn = objectives.build(cfg.objectives)
+
+    def loss(p, batch):
+      b = {k: jnp.asarray(v) for k, v in batch.items()}
+      t = loss_fn(run.model.apply({"params": p}, b), b, LossContext(step=0, unit_bytes=None))
+      return t.total / t.count, t.count
+    plain, packed = rollouts.batch(s, adv), rollouts.batch(s, adv, pack=4)
+    assert packed["inputs"].shape == (4, 4 * plain["inputs"].shape[1]) and plain["inputs"].shape[0] == 16
+    assert packed["loss_mask"].sum() == plain["loss_mask"].sum() == s["lengths"].sum()
+    (a, ca), ga = jax.value_and_grad(loss, has_aux=True)(params, plain)
+    (b, cb), gb = jax.value_and_grad(loss, has_aux=True)(params, packed)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(cb, ca)
+    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ga)) > 0

@@ -105,7 +105,9 @@ def _aggregate(per_unit_BxN: Array, mask_BxN: Array, segments_BxN: Array, aggreg
   if aggregation == "token_sum":
     return jnp.sum(per_unit_BxN * mask_BxN), jnp.sum(mask_BxN)
   share_BxN = mask_BxN / jnp.maximum(_sequence_sum(mask_BxN, segments_BxN), 1.0)  # sums to 1 per sequence
-  sequences = jnp.sum(share_BxN)
+  # Sequences: their first units (a sequence's completion units are contiguous).
+  before = jnp.pad(mask_BxN[:, :-1] * (segments_BxN[:, :-1] == segments_BxN[:, 1:]), ((0, 0), (1, 0)))
+  sequences = jnp.sum(mask_BxN * (1.0 - before))
   if aggregation == "constant":
     return jnp.sum(per_unit_BxN * mask_BxN) / max_len, sequences
   return jnp.sum(per_unit_BxN * share_BxN), sequences

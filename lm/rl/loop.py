@@ -32,7 +32,7 @@ from lm.train.state import param_count
 
 
 # rl fields a resumed `lm rl` may change (with train.steps, which follows rl.steps).
-RL_SAFE = ("rl.steps", "rl.log_every", "rl.eval_every", "rl.checkpoint_every", "rl.pass_k", "train.steps",
+RL_SAFE = ("rl.steps", "rl.log_every", "rl.eval_every", "rl.checkpoint_every", "rl.pass_k", "rl.pack", "train.steps",
            "train.log_every")
 
 
@@ -140,20 +140,42 @@ class Rollouts:
     s = dict(prompt_ids=prompts, ids=ids, lengths=np.array(lengths), logp=np.zeros(ids.shape, np.float32))
     return self.batch(s, np.zeros(len(lengths)))
 
-  def batch(self, s, advantages: np.ndarray) -> dict[str, np.ndarray]:
+  def batch(self, s, advantages: np.ndarray, pack: int = 0) -> dict[str, np.ndarray]:
+    """Training rows: prompt + completion per row, right-padded to rl's longest prompt + max_new (T). With
+    `pack` > 0, rows of pack x T slots hold several (first fit, longest first; segment ids 1, 2, ... and
+    positions from 0 for each), as few rows as hold them among R, R/2, R/4, ... (R = B / pack rounded up to a
+    multiple of the mesh's batch shards), so that a run compiles a handful of shapes."""
     B, T = len(s["lengths"]), self.T
-    seq = np.full((B, T + 1), self.tok.pad_id, np.int32)
-    out = {k: np.zeros((B, T), np.int32) for k in ("segment_ids", "positions", "loss_mask")}
-    old = np.zeros((B, T), np.float32)
-    for i, (p, n) in enumerate(zip(s["prompt_ids"], s["lengths"])):
-      length = len(p) + int(n)
-      seq[i, :len(p)], seq[i, len(p):length] = p, s["ids"][i, :n]
-      out["segment_ids"][i, :length - 1] = 1
-      out["positions"][i, :length - 1] = np.arange(length - 1)
-      out["loss_mask"][i, len(p) - 1:length - 1] = 1
-      old[i, len(p) - 1:length - 1] = s["logp"][i, :n]
-    return dict(out, inputs=seq[:, :-1], targets=seq[:, 1:], old_logp=old,
-                advantages=np.repeat(advantages.astype(np.float32)[:, None], T, axis=1))
+    size = [len(p) + int(n) - 1 for p, n in zip(s["prompt_ids"], s["lengths"])]  # input slots of each sequence
+    shards = self.run.mesh.shape["data"] * self.run.mesh.shape["fsdp"]
+    rows = math.ceil(math.ceil(B / pack) / shards) * shards if pack else B
+    T = pack * T if pack else T
+    bins, free = [], []
+    for i in (sorted(range(B), key=lambda i: -size[i]) if pack else range(B)):
+      j = next((j for j, room in enumerate(free) if room >= size[i]), None) if pack else None
+      if j is None:
+        bins.append([]), free.append(T)
+        j = len(bins) - 1
+      bins[j].append(i)
+      free[j] -= size[i]
+    while rows % 2 == 0 and rows // 2 >= len(bins) and (rows // 2) % shards == 0:
+      rows //= 2
+    out = {k: np.zeros((rows, T), np.int32) for k in ("segment_ids", "positions", "loss_mask")}
+    inputs, targets = np.full((rows, T), self.tok.pad_id, np.int32), np.full((rows, T), self.tok.pad_id, np.int32)
+    old, adv = np.zeros((rows, T), np.float32), np.zeros((rows, T), np.float32)
+    for row, members in enumerate(bins):
+      at = 0
+      for k, i in enumerate(members):
+        p, n = s["prompt_ids"][i], int(s["lengths"][i])
+        units = np.concatenate([p, s["ids"][i, :n]]).astype(np.int32)
+        span = slice(at, at + size[i])
+        inputs[row, span], targets[row, span] = units[:-1], units[1:]
+        out["segment_ids"][row, span], out["positions"][row, span] = k + 1, np.arange(size[i])
+        out["loss_mask"][row, at + len(p) - 1:at + size[i]] = 1
+        old[row, at + len(p) - 1:at + size[i]] = s["logp"][i, :n]
+        adv[row, span] = advantages[i]
+        at += size[i]
+    return dict(out, inputs=inputs, targets=targets, old_logp=old, advantages=adv)
 
 
 def _init_run(config, workdir, devices) -> str:
@@ -240,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
         s = rollouts.sample(state.params, list(prompts), list(answers), r.group,
                             seed=cfg.train.seed * 1_000_003 + step)
         adv = np.asarray(sequence.advantages(jnp.asarray(s["reward"]), r.group, r.advantage))
-        state, last = _update(run, step_fn, state, rollouts.batch(s, adv), extra, r.updates_per_batch, r)
+        state, last = _update(run, step_fn, state, rollouts.batch(s, adv, r.pack), extra, r.updates_per_batch, r)
         last.update(_rollout_metrics(s, r.group, r.rewards[0]))
       last["seconds"] = time.time() - t0
       done = step + 1
