@@ -164,7 +164,9 @@ def main() -> None:
     print(f"{arm:8} " + " ".join(f"{_stat([v['pass_k'][k] for v in runs.values() if v['arm'] == arm]):>14}"
                                  for k in ks))
   out = dict(machine=platform.machine(), jax=jax.__version__,
-             date=time.strftime("%Y-%m-%d"), args=vars(args), seconds=time.time() - t0, init_pass_k=base, runs=runs)
+             date=time.strftime("%Y-%m-%d"),
+             args={k: v for k, v in vars(args).items() if k != "out"}, seconds=time.time() - t0, init_pass_k=base,
+             runs=runs)
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
   print(f"\nwrote {args.out} ({time.time() - t0:.0f}s)")

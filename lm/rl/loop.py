@@ -318,8 +318,8 @@ def _rollout_metrics(s: dict, group: int, first: str) -> dict:
 def _split_lengths(s: dict, first: str, prefix: str) -> dict:
   """Mean completion length of the right (first reward at least 1) and of the wrong samples, where there are any."""
   right = s["parts"][first] >= 1.0
-  return {f"{prefix}len_{name}": float(np.mean(s["lengths"][which])) for name, which in (("right", right),
-                                                                                         ("wrong", ~right)) if which.any()}
+  return {f"{prefix}len_{name}": float(np.mean(s["lengths"][which]))
+          for name, which in (("right", right), ("wrong", ~right)) if which.any()}
 
 
 def held_out(rollouts: Rollouts, params, pairs, r, n: int, seed: int):
