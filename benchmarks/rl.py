@@ -1,18 +1,23 @@
-"""Sequence-level RL on `synthetic:arith`: how far `lm rl` lifts held-out pass@1, and two published findings.
+"""Sequence-level RL (`lm rl`): how far it lifts held-out pass@1, and two published findings, on two tasks.
 
 Run:
-  python benchmarks/rl.py                 # one init, 2 arms x 3 seeds (about 25 minutes on a 2-core CPU)
+  python benchmarks/rl.py                 # arithmetic: one init, 3 arms x 3 seeds (about 15 minutes, 2-core CPU)
+  python benchmarks/rl.py --task star --arms grpo,drgrpo   # star graphs (about 15 minutes)
   python benchmarks/rl.py --quick         # smoke mode: tiny init, 4 RL steps, 1 seed
   python benchmarks/rl.py --arms grpo --seeds 0 --steps 100
-Writes JSON to --out (default benchmarks/results/rl.json) and prints tables.
+Writes JSON to --out (default benchmarks/results/rl_TASK.json) and prints tables.
 
-One next-token init (`rl_arith`'s model and data, `--init-steps` steps: a deliberately weak start, so RL has room),
+One next-token init (the task's experiment, `rl_arith` or `rl_star`, its model and data, `--init-steps` steps:
+a deliberately weak start, so RL has room; default 800 for arith, 3000 for star, where edge lookup forms late),
 then for each arm and seed (`train.seed`, which seeds the rollouts and the prompt order) an `lm rl` run of
 `--steps` steps from that init, identical but for the arm's two options:
-  grpo    advantage (r - mean) / std per group, each completion's loss averaged over its own units
-          (`rl.advantage=grpo rl.aggregation=sequence_mean`), as in DeepSeekMath's GRPO;
-  drgrpo  advantage r - mean, the loss summed over units and divided by the constant G x max_new
-          (`rl.advantage=drgrpo rl.aggregation=constant`), Liu et al. 2025's Dr. GRPO.
+  grpo      advantage (r - mean) / std per group, each completion's loss averaged over its own units
+            (`rl.advantage=grpo rl.aggregation=sequence_mean`), as in DeepSeekMath's GRPO;
+  drgrpo    advantage r - mean, the loss summed over units and divided by the constant G x max_new
+            (`rl.advantage=drgrpo rl.aggregation=constant`), Liu et al. 2025's Dr. GRPO;
+  grpo_fit  grpo on only 16 training prompts, revisited: RL as an optimiser of what it is shown (their exact
+            pass@1 is reported as "train exact" for every arm) against what carries to held-out prompts.
+The learning rate is the experiment's `rl.lr` unless --lr; every arm and seed uses the same.
 Findings checked in direction:
   1. Liu et al. 2025 ("Understanding R1-Zero-like training"): GRPO's per-completion length normalisation
      penalises each unit of a long wrong completion less, so wrong completions lengthen; Dr. GRPO's do not.
@@ -43,7 +48,8 @@ from lm.interop import convert  # noqa: E402
 from lm.rl import loop as rl_loop  # noqa: E402
 from lm.train import loop  # noqa: E402
 
-DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "rl.json"
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+TASKS = {"arith": ("rl_arith", 800), "star": ("rl_star", 3000)}
 ARMS = {"grpo": dict(advantage="grpo", aggregation="sequence_mean"),
         "drgrpo": dict(advantage="drgrpo", aggregation="constant"),
         "grpo_fit": dict(advantage="grpo", aggregation="sequence_mean")}  # only FIT training prompts, revisited
@@ -51,11 +57,12 @@ FIT = 16
 
 
 def _config(args, seed: int, arm: str | None = None):
-  config = config_lib.load_experiment("rl_arith")
+  config = config_lib.load_experiment(TASKS[args.task][0])
   config.train.update(steps=args.init_steps, checkpoint_every=args.init_steps, log_every=max(args.init_steps // 4, 1),
                       seed=0)
   config.optim.warmup_steps = min(config.optim.warmup_steps, max(args.init_steps // 10, 1))
-  config.rl.update(max_new=args.max_new, steps=args.steps, lr=args.lr, eval_every=args.eval_every,
+  config.rl.update(max_new=args.max_new or config.rl.max_new, steps=args.steps, lr=args.lr or config.rl.lr,
+                   eval_every=args.eval_every,
                    log_every=args.eval_every, checkpoint_every=args.steps, eval_prompts=args.eval_prompts, pass_k=8,
                    prompts_per_step=args.prompts_per_step, group=args.group)
   if arm is not None:
@@ -100,20 +107,24 @@ def _stat(xs: list[float]) -> str:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--task", choices=sorted(TASKS), default="arith")
   p.add_argument("--arms", default="grpo,drgrpo,grpo_fit")
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--init-steps", type=int, default=800)
+  p.add_argument("--init-steps", type=int, default=0, help="next-token steps of the init (0: the task's default)")
   p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--lr", type=float, default=3e-5)
+  p.add_argument("--lr", type=float, default=0.0, help="RL learning rate (0: the experiment's rl.lr)")
   p.add_argument("--prompts-per-step", type=int, default=8)
   p.add_argument("--group", type=int, default=8)
-  p.add_argument("--max-new", type=int, default=16, help="completion limit in units (room to lengthen)")
+  p.add_argument("--max-new", type=int, default=16, help="completion limit in units (room to lengthen; 0: the "
+                 "experiment's)")
   p.add_argument("--eval-every", type=int, default=50)
   p.add_argument("--eval-prompts", type=int, default=128)
   p.add_argument("--samples", type=int, default=64, help="samples per held-out prompt for the pass@k curve")
   p.add_argument("--quick", action="store_true")
-  p.add_argument("--out", default=str(DEFAULT_OUT))
+  p.add_argument("--out", default="")
   args = p.parse_args()
+  args.init_steps = args.init_steps or TASKS[args.task][1]
+  args.out = args.out or str(RESULTS / f"rl_{args.task}.json")
   if args.quick:
     args.init_steps, args.steps, args.eval_every, args.seeds, args.samples = 20, 4, 2, "0", 8
   arms, seeds = args.arms.split(","), [int(s) for s in args.seeds.split(",")]
@@ -143,7 +154,8 @@ def main() -> None:
       print(f"{arm} seed {seed}: pass@1 {runs[f'{arm}/{seed}']['curve'][0]['pass@1']:.3f} -> {last['pass@1']:.3f}, "
             f"wrong length {last.get('eval_len_wrong', float('nan')):.2f} ({time.time() - t:.0f}s)", flush=True)
 
-  print(f"\nRL on synthetic:arith from one {args.init_steps}-step next-token init; {args.steps} steps at lr {args.lr}, "
+  print(f"\nlm rl on {TASKS[args.task][0]} from one {args.init_steps}-step next-token init; {args.steps} steps at lr "
+        f"{_config(args, 0).rl.lr}, "
         f"{len(seeds)} seeds; held-out {args.eval_prompts} prompts at temperature 1 (mean ± std over seeds)")
   print("pass@1: sampled (8 a prompt); exact: the answer's probability (the expected reward, no sampling noise); "
         f"train exact: on the first {FIT} training prompts")

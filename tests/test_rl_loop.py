@@ -90,30 +90,31 @@ def test_packed_training_rows_give_the_loss_and_gradient_of_one_sequence_per_row
 
   config = config_lib.load_experiment("rl_arith:tiny")
   config.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, d_ff=64)
-  config.rl.update(max_new=6, group=4, prompts="synthetic:arith:n=40:digits=2:ops=2:seed=1", kl_coef=0.0)
-  for aggregation in ("sequence_mean", "constant"):
-    config.rl.aggregation = aggregation
-    cfg = check(rl_loop.rl_config(config, ""))
-    run = build_run(cfg, ByteTokenizer())
-    params = run.init(0).params
-    pairs = rl_loop.prompt_answers(cfg.rl.prompts)
-    rollouts = rl_loop.Rollouts(run, pairs, cfg)
-    prompts, answers = map(list, zip(*pairs[:4]))
-    s = rollouts.sample(params, prompts, answers, 4, seed=0)
-    adv = np.asarray(sequence.advantages(jnp.asarray(np.arange(16.0) % 3), 4, "grpo"))
-    loss_fn = objectives.build(cfg.objectives)
+  # GSPO's sequence ratio and GRPO's per-sequence mean: both need the packed sequences told apart (the
+  # objective's own test covers every ratio and aggregation).
+  config.rl.update(max_new=6, group=4, prompts="synthetic:arith:n=40:digits=2:ops=2:seed=1", ratio="sequence",
+                   aggregation="sequence_mean")
+  cfg = check(rl_loop.rl_config(config, ""))
+  run = build_run(cfg, ByteTokenizer())
+  params = run.init(0).params
+  pairs = rl_loop.prompt_answers(cfg.rl.prompts)
+  rollouts = rl_loop.Rollouts(run, pairs, cfg)
+  prompts, answers = map(list, zip(*pairs[:4]))
+  s = rollouts.sample(params, prompts, answers, 4, seed=0)
+  adv = np.asarray(sequence.advantages(jnp.asarray(np.arange(16.0) % 3), 4, "grpo"))
+  loss_fn = objectives.build(cfg.objectives)
 
-    def loss(p, batch):
-      b = {k: jnp.asarray(v) for k, v in batch.items()}
-      t = loss_fn(run.model.apply({"params": p}, b), b, LossContext(step=0, unit_bytes=None))
-      return t.total / t.count, t.count
-    plain, packed = rollouts.batch(s, adv), rollouts.batch(s, adv, pack=4)
-    assert packed["inputs"].shape == (4, 4 * plain["inputs"].shape[1]) and plain["inputs"].shape[0] == 16
-    assert packed["loss_mask"].sum() == plain["loss_mask"].sum() == s["lengths"].sum()
-    (a, ca), ga = jax.value_and_grad(loss, has_aux=True)(params, plain)
-    (b, cb), gb = jax.value_and_grad(loss, has_aux=True)(params, packed)
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(cb, ca)
-    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ga)) > 0
+  def loss(p, batch):
+    b = {k: jnp.asarray(v) for k, v in batch.items()}
+    t = loss_fn(run.model.apply({"params": p}, b), b, LossContext(step=0, unit_bytes=None))
+    return t.total / t.count, t.count
+  plain, packed = rollouts.batch(s, adv), rollouts.batch(s, adv, pack=4)
+  assert packed["inputs"].shape == (4, 4 * plain["inputs"].shape[1]) and plain["inputs"].shape[0] == 16
+  assert packed["loss_mask"].sum() == plain["loss_mask"].sum() == s["lengths"].sum()
+  (a, ca), ga = jax.value_and_grad(loss, has_aux=True)(params, plain)
+  (b, cb), gb = jax.value_and_grad(loss, has_aux=True)(params, packed)
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(cb, ca)
+  for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ga)) > 0
