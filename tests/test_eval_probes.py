@@ -42,6 +42,29 @@ class _PieceTokenizer(Tokenizer):
     return np.asarray(ids, np.int32)
 
 
+def test_star_steps_split_the_first_decision_from_the_lookups():
+  """Teacher-forced node-by-node scoring on one document (bytes and two-byte units): a wrong first decision
+  with right lookups is the Clever Hans pattern; a unit straddling two nodes counts against both."""
+  doc = b"12>34,12>56,34>78,56>90|12>78=12,34,78"
+  prompt_len = doc.index(b"=") + 1
+  ids = np.frombuffer(doc, np.uint8).astype(np.int64)
+  starts, ends = np.arange(len(doc)), np.arange(1, len(doc) + 1)
+  preds = ids.copy()
+  assert probes.star_steps(ids, preds, starts, ends, doc, prompt_len) == (True, True, 1, 1)
+  preds[prompt_len + 4] = ord("5")  # "34" -> "54": the first decision goes wrong, the lookup stays right
+  assert probes.star_steps(ids, preds, starts, ends, doc, prompt_len) == (True, False, 1, 1)
+  preds = ids.copy()
+  preds[-1] = ord("0")  # the last node
+  assert probes.star_steps(ids, preds, starts, ends, doc, prompt_len) == (True, True, 0, 1)
+  # Two-byte units from the answer's start: "12" ",3" "4," "78"; a wrong ",3" spoils the start node's
+  # neighbour only where it overlaps: node "34".
+  starts2 = np.concatenate([np.arange(prompt_len), prompt_len + np.arange(0, 8, 2)])
+  ends2 = np.concatenate([np.arange(1, prompt_len + 1), prompt_len + np.arange(2, 10, 2)])
+  ids2, preds2 = np.arange(len(starts2)), np.arange(len(starts2))
+  preds2[prompt_len + 1] = -1
+  assert probes.star_steps(ids2, preds2, starts2, ends2, doc, prompt_len) == (True, False, 1, 1)
+
+
 def test_name_units_bytes_and_multibyte_pieces():
   doc, names = b"Kal met Zorv. Zorv saw Kal.", ["Kal", "Zorv"]
   spans = synthetic.name_spans(doc, names)
@@ -99,6 +122,9 @@ def test_star_probe_end_to_end(trained, capsys):
   result = json.loads((pathlib.Path(workdir) / "probe_star.json").read_text())
   assert out[0] == f"accuracy: {result['accuracy']:.4f}" and json.loads(out[1])["n"] == 10
   assert result["n"] == 10 and 0 <= result["accuracy"] <= 1 and 0 <= result["teacher_forced_accuracy"] <= 1
+  assert 0 <= result["teacher_forced_first_decision"] <= 1 and 0 <= result["teacher_forced_later_steps"] <= 1
+  # A whole path right teacher forced means its first decision and its lookups are right.
+  assert result["teacher_forced_first_decision"] >= result["teacher_forced_accuracy"]
   assert result["chance"] == 0.5 and result["seed"] == 6 and result["options_from"] == "data.source"
   assert (result["degree"], result["path_len"], result["num_nodes"]) == (2, 3, 10)
   again = probes.star_graph_accuracy(run, params, n=10, teacher_forced_too=False)

@@ -1,8 +1,10 @@
 """Probes of what a training objective teaches, scored on held-out synthetic documents (`lm/data/synthetic.py`).
 
   star       star-graph path-finding (Bachmann & Nagarajan 2024): exact-path accuracy of greedy generation
-             after the prompt; chance is 1 / degree. Teacher-forced accuracy is reported beside it: next-token
-             training learns the "Clever Hans" shortcut, so it can be near 1 while greedy stays near chance.
+             after the prompt; chance is 1 / degree. Teacher-forced accuracy is reported beside it, whole and in
+             its two parts: the first decision after the start node, and the later steps (edge lookups).
+             Next-token training's "Clever Hans" shortcut shows as later steps near 1 with the first decision
+             near 1 / degree.
   induction  name induction (Gloeckle et al. 2024, section 4.1): teacher-forced accuracy on a name's units after
              its first unit at its second and later occurrences; chance is 1/26 per byte.
 
@@ -66,6 +68,20 @@ def score_units(targets, predictions, groups: list[np.ndarray]) -> dict[str, int
     units, correct = units + len(idx), correct + int(ok.sum())
     names, names_correct = names + 1, names_correct + int(ok.all())
   return dict(units=units, correct=correct, names=names, names_correct=names_correct)
+
+
+def star_steps(ids, predictions, starts, ends, doc: bytes, prompt_len: int) -> tuple[bool, bool, int, int]:
+  """Teacher-forced correctness of a star document's answer, node by node: (start node right, first decision
+  right, later nodes right, later nodes). A node is right when every unit overlapping its bytes is; the first
+  decision is the node after the start (the choice among `degree` arms), the later ones are edge lookups."""
+  ids, predictions = np.asarray(ids), np.asarray(predictions)
+  ok = np.zeros(len(ids), bool)
+  ok[: len(predictions)] = ids[: len(predictions)] == predictions[: len(ids)]
+  nodes, at = [], prompt_len
+  for text in doc[prompt_len:].split(b","):
+    nodes.append(bool(np.all(ok[(np.asarray(starts) < at + len(text)) & (np.asarray(ends) > at)])))
+    at += len(text) + 1
+  return nodes[0], len(nodes) > 1 and nodes[1], sum(nodes[2:]), len(nodes[2:])
 
 
 def score_paths(continuations: list[bytes], docs: list[bytes]) -> dict[str, float]:
@@ -187,12 +203,17 @@ def star_graph_accuracy(run, params, n: int = 200, seed: int | None = None, degr
   result = dict(probe="star", n=len(docs), seed=seed, chance=1.0 / options["degree"], options_from=origin,
                 **options, **score_paths(continuations, docs))
   if teacher_forced_too:
-    exact = 0
+    exact = first = later = later_total = 0
     for doc, prompt, (ids, preds) in zip(docs, prompts, teacher_forced(run, params, docs, batch_size)):
-      starts, _ = unit_spans(tok, ids, doc)
+      starts, ends = unit_spans(tok, ids, doc)
       answer = starts >= len(prompt)
       exact += bool(np.all(ids[answer] == preds[answer]))
-    result["teacher_forced_accuracy"] = exact / max(len(docs), 1)
+      _, decision, right, total = star_steps(ids, preds, starts, ends, doc, len(prompt))
+      first, later, later_total = first + decision, later + right, later_total + total
+    # The "Clever Hans" signature: later steps (edge lookups) near 1 while the first decision is near 1/degree.
+    result.update(teacher_forced_accuracy=exact / max(len(docs), 1),
+                  teacher_forced_first_decision=first / max(len(docs), 1),
+                  teacher_forced_later_steps=later / max(later_total, 1))
   result["examples"] = [dict(prompt=p.decode(), answer=a.decode(), generated=c.decode("utf-8", "replace"))
                         for p, a, c in list(zip(prompts, answers, continuations))[:3]]
   return result
