@@ -118,3 +118,15 @@ def test_packed_training_rows_give_the_loss_and_gradient_of_one_sequence_per_row
   for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ga)) > 0
+
+
+def test_completions_end_at_eos_or_the_first_stop_string():
+  from lm.data.tokenizers import ByteTokenizer
+  from lm.rl.loop import cut_at_stop
+  tok = ByteTokenizer()
+  units = lambda text, eos=False: list(tok.encode(text.encode())) + ([tok.eos_id] if eos else [])  # noqa: E731
+  assert cut_at_stop(tok, units("12", eos=True), []) == (3, "12", True)  # eos kept for training, not in the text
+  assert cut_at_stop(tok, units("1234"), []) == (4, "1234", False)  # cut by max_new
+  assert cut_at_stop(tok, units("12\n34"), [b"\n"]) == (3, "12", True)
+  assert cut_at_stop(tok, units("1234x5"), [b"x", b"23"]) == (3, "1", True)  # the stop that completes first
+  assert cut_at_stop(tok, units("12", eos=True), [b"9"]) == (3, "12", True)

@@ -101,13 +101,17 @@ class Rollouts:
     ids = [tok.prompt_ids(p) for p in prompts]
     padded, lengths = rollout.left_pad(ids, tok.pad_id)
     padded = np.pad(padded, ((0, 0), (self.prompt_len - padded.shape[1], 0)), constant_values=tok.pad_id)
+    stops = [x.encode("utf-8") for x in r.stop]
+    single = [int(u[0]) for u in (tok.encode(x) for x in stops) if len(u) == 1]  # these stop the sampler itself
     with parallel.activation_context(self.run.mesh):
       out, logp, n = rollout.sample(self.decoder, params, jnp.asarray(padded), jnp.asarray(lengths),
                                     jax.random.PRNGKey(seed), max_new=r.max_new, temperature=r.temperature,
-                                    top_k=r.top_k, top_p=r.top_p, stop_ids=jnp.asarray([tok.eos_id]), group=group)
+                                    top_k=r.top_k, top_p=r.top_p, stop_ids=jnp.asarray([tok.eos_id, *single]),
+                                    group=group)
     out, logp, n = (np.asarray(parallel.to_host(x)) for x in (out, logp, n))
-    ended = np.array([k > 0 and out[i, k - 1] == tok.eos_id for i, k in enumerate(n)])
-    texts = [tok.decode(out[i, :n[i] - int(ended[i])]) for i in range(len(n))]
+    cut = [cut_at_stop(tok, out[i, :n[i]], stops) for i in range(len(n))]
+    n = np.array([k for k, _, _ in cut], n.dtype)
+    texts, ended = [t for _, t, _ in cut], np.array([e for _, _, e in cut])
     rep = lambda xs: [x for x in xs for _ in range(group)]  # noqa: E731
     total, parts = self.reward_fn(rep(prompts), texts, answer=rep(answers), truncated=list(~ended),
                                   lengths=list(n), max_new=r.max_new)
@@ -176,6 +180,23 @@ class Rollouts:
         adv[row, span] = advantages[i]
         at += size[i]
     return dict(out, inputs=inputs, targets=targets, old_logp=old, advantages=adv)
+
+
+def cut_at_stop(tok, units: np.ndarray, stops: list[bytes]) -> tuple[int, str, bool]:
+  """A sampled completion's (units kept for training, text for the rewards, ended on its own): it ends at eos
+  (not in the text) or where one of `stops` first completes (its units kept, the stop string not in the text,
+  as vLLM does by default); otherwise it was cut by max_new."""
+  units = np.asarray(units)
+  eos = np.flatnonzero(units == tok.eos_id)
+  keep, ended = (int(eos[0]) + 1, True) if len(eos) else (len(units), False)
+  pieces = [tok.decode_bytes(units[k:k + 1]) for k in range(keep - int(ended))]
+  text = b"".join(pieces)
+  found = [(text.find(stop) + len(stop), text.find(stop)) for stop in stops if stop and stop in text]
+  if found:
+    done, start = min(found)
+    keep = int(np.searchsorted(np.cumsum([len(x) for x in pieces]), done)) + 1
+    return keep, text[:start].decode("utf-8", errors="replace"), True
+  return keep, text.decode("utf-8", errors="replace"), ended
 
 
 def _init_run(config, workdir, devices) -> str:
