@@ -3,12 +3,15 @@
 `lm rl rl_star:tiny --workdir DIR` first trains this experiment's next-token model on small star graphs
 (`synthetic:star`, degree 2, arms of 2 nodes, labels 0-9: `EDGES|START>GOAL=PATH` documents of 25 bytes) into
 DIR/init, then samples `rl.group` paths per held-apart graph (seed 1) and rewards the exact path
-(`exact_answer`). Next-token training on star graphs tends to the "Clever Hans" solution (Bachmann & Nagarajan
-2024): every step after the first is an edge lookup it gets right, the first decision after the start node is
-a coin flip among the `degree` arms, so exact-path accuracy sits near 1/degree. A sequence-level reward
-scores the whole path, so the first decision gets credit only when the path reaches the goal.
+(`exact_answer`). With arms of 2 nodes the answer is START,X,GOAL: X, the goal's parent (one backward edge
+lookup), is the only decision; `lm probe star` reports it as `teacher_forced_first_decision`.
 
-Results: BUILD_NOTES.md, "Sequence-level training" (issue 17).
+Results (2-core CPU, 2026-12-03; `python benchmarks/rl.py --task star --arms grpo,drgrpo`, BUILD_NOTES.md):
+  from a 3000-step init (held-out exact pass@1 0.178 at temperature 1), 300 steps at rl.lr 1e-4 reach
+  0.278 ± 0.015 (GRPO) and 0.274 ± 0.010 (Dr. GRPO), 3 seeds. It is sharpening: greedy accuracy is 0.28
+  before and after, the first decision 0.28 teacher forced (below 1/degree), and the init's pass@k is ahead
+  from k = 4 on (0.995 vs 0.771 at k = 64; Yue et al. 2025). The tiny variant (3000 + 200 steps) takes
+  about 5 minutes.
 """
 
 from lm import config as config_lib
