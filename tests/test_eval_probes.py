@@ -43,15 +43,15 @@ class _PieceTokenizer(Tokenizer):
 
 
 def test_star_steps_split_the_first_decision_from_the_lookups():
-  """Teacher-forced node-by-node scoring on one document (bytes and two-byte units): a wrong first decision
-  with right lookups is the Clever Hans pattern; a unit straddling two nodes counts against both."""
+  """Teacher-forced node-by-node scoring on one document (bytes, two- and three-byte units): a wrong first
+  decision with right lookups is the Clever Hans pattern; a unit straddling two nodes counts against both."""
   doc = b"12>34,12>56,34>78,56>90|12>78=12,34,78"
   prompt_len = doc.index(b"=") + 1
   ids = np.frombuffer(doc, np.uint8).astype(np.int64)
   starts, ends = np.arange(len(doc)), np.arange(1, len(doc) + 1)
   preds = ids.copy()
   assert probes.star_steps(ids, preds, starts, ends, doc, prompt_len) == (True, True, 1, 1)
-  preds[prompt_len + 4] = ord("5")  # "34" -> "54": the first decision goes wrong, the lookup stays right
+  preds[prompt_len + 4] = ord("5")  # "34" -> "35": the first decision goes wrong, the lookup stays right
   assert probes.star_steps(ids, preds, starts, ends, doc, prompt_len) == (True, False, 1, 1)
   preds = ids.copy()
   preds[-1] = ord("0")  # the last node
@@ -63,6 +63,15 @@ def test_star_steps_split_the_first_decision_from_the_lookups():
   ids2, preds2 = np.arange(len(starts2)), np.arange(len(starts2))
   preds2[prompt_len + 1] = -1
   assert probes.star_steps(ids2, preds2, starts2, ends2, doc, prompt_len) == (True, False, 1, 1)
+  # Units "1" "2,3" "4,7" "8": a wrong "2,3" spoils the start node and the first decision alike.
+  starts3 = np.concatenate([np.arange(prompt_len), prompt_len + np.array([0, 1, 4, 7])])
+  ends3 = np.concatenate([np.arange(1, prompt_len + 1), prompt_len + np.array([1, 4, 7, 8])])
+  ids3, preds3 = np.arange(len(starts3)), np.arange(len(starts3))
+  preds3[prompt_len + 1] = -1
+  assert probes.star_steps(ids3, preds3, starts3, ends3, doc, prompt_len) == (False, False, 1, 1)
+  preds3 = ids3.copy()
+  preds3[prompt_len + 2] = -1  # "4,7": the first decision and the lookup
+  assert probes.star_steps(ids3, preds3, starts3, ends3, doc, prompt_len) == (True, False, 0, 1)
 
 
 def test_name_units_bytes_and_multibyte_pieces():

@@ -227,3 +227,17 @@ def test_reward_log_p_ref_with_a_kl_penalty_converges_to_the_tilted_reference():
     phi = step(phi)
   want = jax.nn.softmax((1 + 1 / beta) * q_logp)
   np.testing.assert_allclose(jax.nn.softmax(phi), want, atol=1e-3)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "constant"])
+def test_sequences_are_counted_once_whatever_their_mask(aggregation):
+  """Counted per sequence with any unit in the loss: gaps in a mask and fractional weights do not change it."""
+  logp = jnp.full((3, 4), -1.0)
+  mask = jnp.asarray([[1, 0, 1, 0], [0, 0, 0, 0], [0.5, 0.5, 0, 0]], jnp.float32)
+  adv = jnp.ones(3)
+  assert float(sequence.policy_gradient(logp, logp, adv, mask, aggregation=aggregation).count) == 2.0
+  segments = jnp.asarray([[1, 1, 2, 2], [0, 0, 0, 0], [1, 1, 1, 1]])
+  packed_mask = jnp.asarray([[1, 0, 0, 1], [0, 0, 0, 0], [1, 0, 1, 1]], jnp.float32)
+  terms = sequence.policy_gradient(logp, logp, jnp.ones((3, 4)), packed_mask, aggregation=aggregation,
+                                   segments_BxN=segments)
+  assert float(terms.count) == 3.0

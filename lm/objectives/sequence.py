@@ -81,11 +81,16 @@ def kl_penalised_rewards(rewards_B: Array, logp_BxN: Array, ref_logp_BxN: Array,
   return rewards_B - kl_coef * jax.lax.stop_gradient(kl_B)
 
 
+def _sequence_ids(segments_BxN: Array) -> Array:
+  """[B * N] ids of each unit's sequence, distinct across rows (segment ids of a row lie in 0..N-1)."""
+  B, N = segments_BxN.shape
+  return (jnp.arange(B)[:, None] * N + jnp.clip(segments_BxN, 0, N - 1)).reshape(-1)
+
+
 def _sequence_sum(x_BxN: Array, segments_BxN: Array) -> Array:
   """Each unit's sum of `x` over its sequence (the units of its row with the same segment id)."""
-  B, N = x_BxN.shape
-  ids = (jnp.arange(B)[:, None] * N + jnp.clip(segments_BxN, 0, N - 1)).reshape(-1)
-  return jax.ops.segment_sum(x_BxN.reshape(-1), ids, num_segments=B * N)[ids].reshape(B, N)
+  ids = _sequence_ids(segments_BxN)
+  return jax.ops.segment_sum(x_BxN.reshape(-1), ids, num_segments=x_BxN.size)[ids].reshape(x_BxN.shape)
 
 
 def _ratios(logp_BxN, old_BxN, mask_BxN, segments_BxN, kind: str) -> Array:
@@ -105,9 +110,9 @@ def _aggregate(per_unit_BxN: Array, mask_BxN: Array, segments_BxN: Array, aggreg
   if aggregation == "token_sum":
     return jnp.sum(per_unit_BxN * mask_BxN), jnp.sum(mask_BxN)
   share_BxN = mask_BxN / jnp.maximum(_sequence_sum(mask_BxN, segments_BxN), 1.0)  # sums to 1 per sequence
-  # Sequences: their first units (a sequence's completion units are contiguous).
-  before = jnp.pad(mask_BxN[:, :-1] * (segments_BxN[:, :-1] == segments_BxN[:, 1:]), ((0, 0), (1, 0)))
-  sequences = jnp.sum(mask_BxN * (1.0 - before))
+  units_per_sequence = jax.ops.segment_sum((mask_BxN > 0).astype(jnp.float32).reshape(-1),
+                                           _sequence_ids(segments_BxN), num_segments=mask_BxN.size)
+  sequences = jnp.sum(units_per_sequence > 0).astype(jnp.float32)  # those with any unit in the loss
   if aggregation == "constant":
     return jnp.sum(per_unit_BxN * mask_BxN) / max_len, sequences
   return jnp.sum(per_unit_BxN * share_BxN), sequences
@@ -163,9 +168,10 @@ def dpo(chosen_logp_B: Array, rejected_logp_B: Array, ref_chosen_logp_B: Array, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# As registered objectives (`lm rl` builds their batches): one sequence per row, `loss_mask` on the units of
-# the completion, `old_logp` [B, T] the sampler's log-probabilities at those positions, `advantages` [B, T]
-# (the row's advantage in every column).
+# As registered objectives (`lm rl` builds their batches): prompt + completion sequences, one per row or packed
+# several to a row (`segment_ids` 1, 2, ... number them, 0 is padding), `loss_mask` on the units of the
+# completions, `old_logp` [B, T] the sampler's log-probabilities at those positions, `advantages` [B, T] (each
+# sequence's advantage on its units, 0 on padding).
 
 def _pg_factory(with_reference: bool):
   def factory(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, ratio: str = "token",

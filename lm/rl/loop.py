@@ -86,7 +86,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class Rollouts:
-  """Samples, rewards and the training rows of one step (prompt + completion per row, right-padded)."""
+  """Samples, rewards and the training rows of one step (prompt + completion per row, right-padded, or
+  several to a row with `rl.pack`)."""
 
   def __init__(self, run, pairs, config):
     self.run, self.r, self.tok = run, config.rl, run.tokenizer
@@ -119,8 +120,11 @@ class Rollouts:
                 ended=ended, reward=total, parts=parts)
 
   def answer_prob(self, params, prompts: list[str], answers: list[str]) -> np.ndarray:
-    """Probability, under the sampling distribution, of each answer (then eos) as the whole completion: the exact
-    expected `exact_answer` reward of one sample, up to the answer's other tokenizations."""
+    """Probability, under the sampling distribution, of each answer then eos as the whole completion: a lower
+    bound on one sample's expected `exact_answer` reward (which also accepts the answer's other tokenizations,
+    whitespace around it, and a stop string or the max_new cut in place of eos). Where answers are units
+    the model ends with eos, as in `synthetic:arith` / `synthetic:star` with the bytes tokenizer, it is the
+    expected reward to within those rare variants."""
     r, tok = self.r, self.tok
     padded, lengths = rollout.left_pad([tok.prompt_ids(p) for p in prompts], tok.pad_id)
     units = [np.concatenate([tok.encode(a.encode("utf-8")), [tok.eos_id]]) for a in answers]
@@ -151,7 +155,7 @@ class Rollouts:
     multiple of the mesh's batch shards), so that a run compiles a handful of shapes."""
     B, T = len(s["lengths"]), self.T
     size = [len(p) + int(n) - 1 for p, n in zip(s["prompt_ids"], s["lengths"])]  # input slots of each sequence
-    shards = self.run.mesh.shape["data"] * self.run.mesh.shape["fsdp"]
+    shards = math.lcm(self.run.mesh.shape["data"] * self.run.mesh.shape["fsdp"], jax.process_count())
     rows = math.ceil(math.ceil(B / pack) / shards) * shards if pack else B
     T = pack * T if pack else T
     bins, free = [], []
@@ -184,18 +188,19 @@ class Rollouts:
 
 def cut_at_stop(tok, units: np.ndarray, stops: list[bytes]) -> tuple[int, str, bool]:
   """A sampled completion's (units kept for training, text for the rewards, ended on its own): it ends at eos
-  (not in the text) or where one of `stops` first completes (its units kept, the stop string not in the text,
-  as vLLM does by default); otherwise it was cut by max_new."""
+  (not in the text) or at the first unit whose prefix's text holds one of `stops` (its units kept, the stop
+  string not in the text, as vLLM does by default); otherwise it was cut by max_new. Texts are decoded whole
+  prefixes, so tokenizers whose units do not decode alone (SentencePiece-style spaces) read right."""
   units = np.asarray(units)
   eos = np.flatnonzero(units == tok.eos_id)
   keep, ended = (int(eos[0]) + 1, True) if len(eos) else (len(units), False)
-  pieces = [tok.decode_bytes(units[k:k + 1]) for k in range(keep - int(ended))]
-  text = b"".join(pieces)
-  found = [(text.find(stop) + len(stop), text.find(stop)) for stop in stops if stop and stop in text]
-  if found:
-    done, start = min(found)
-    keep = int(np.searchsorted(np.cumsum([len(x) for x in pieces]), done)) + 1
-    return keep, text[:start].decode("utf-8", errors="replace"), True
+  text = tok.decode_bytes(units[:keep - int(ended)])
+  if any(stop and stop in text for stop in stops):
+    for k in range(1, keep + 1):  # the shortest prefix holding a stop string
+      prefix = tok.decode_bytes(units[:k])
+      found = [prefix.find(stop) for stop in stops if stop and stop in prefix]
+      if found:
+        return k, prefix[:min(found)].decode("utf-8", errors="replace"), True
   return keep, text.decode("utf-8", errors="replace"), ended
 
 
