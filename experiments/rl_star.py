@@ -10,8 +10,8 @@ Results (2-core CPU, 2026-12-03; `python benchmarks/rl.py --task star --arms grp
   from a 3000-step init (held-out exact pass@1 0.178 at temperature 1), 300 steps at rl.lr 1e-4 reach
   0.278 ± 0.015 (GRPO) and 0.274 ± 0.010 (Dr. GRPO), 3 seeds. It is sharpening: greedy accuracy is 0.28
   before and after, the first decision 0.28 teacher forced (below 1/degree), and the init's pass@k is ahead
-  from k = 4 on (0.995 vs 0.771 at k = 64; Yue et al. 2025). The tiny variant (3000 + 200 steps) takes
-  about 5 minutes.
+  from k = 4 on (0.995 vs 0.771 at k = 64; Yue et al. 2025). `lm rl rl_star:tiny` (3000 + 200 steps): 308 s,
+  held-out pass@1 (64 graphs x 8 samples) 0.182 -> 0.275.
 """
 
 from lm import config as config_lib
