@@ -46,6 +46,7 @@ from lm import config as config_lib  # noqa: E402
 from lm.errors import RunFinished  # noqa: E402
 from lm.interop import convert  # noqa: E402
 from lm.rl import loop as rl_loop  # noqa: E402
+from lm.rl.rollouts import Rollouts  # noqa: E402
 from lm.train import loop  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -84,7 +85,7 @@ def _pass_curve(result: dict, params, args, seed: int) -> dict[str, float]:
   """Unbiased pass@k for k = 1, 2, 4, ... up to --samples, from --samples samples of every held-out prompt."""
   run, r = result["run"], result["run"].config.rl
   pairs = rl_loop.prompt_answers(r.prompts)
-  rollouts = rl_loop.Rollouts(run, pairs, run.config)
+  rollouts = Rollouts(run, pairs, run.config)
   _, correct = rl_loop.held_out(rollouts, params, pairs[:r.eval_prompts], r, args.samples, seed=1000 + seed)
   ks = [2 ** i for i in range(args.samples.bit_length()) if 2 ** i <= args.samples]
   return {str(k): statistics.fmean(rl_loop.pass_at_k(args.samples, int(c), k) for c in correct) for k in ks}
@@ -94,7 +95,7 @@ def _train_prob(result: dict, params, args) -> float:
   """Exact pass@1 (answer probability) on the first FIT training prompts (all of grpo_fit's)."""
   run, r = result["run"], result["run"].config.rl
   pairs = rl_loop.prompt_answers(r.prompts)[r.eval_prompts:r.eval_prompts + FIT]
-  rollouts = rl_loop.Rollouts(run, pairs, run.config)
+  rollouts = Rollouts(run, pairs, run.config)
   return float(rollouts.answer_prob(params, *map(list, zip(*pairs))).mean())
 
 

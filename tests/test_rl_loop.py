@@ -86,6 +86,7 @@ def test_packed_training_rows_give_the_loss_and_gradient_of_one_sequence_per_row
   from lm.objectives.base import LossContext
   from lm.objectives import sequence
   from lm.rl import loop as rl_loop
+  from lm.rl.rollouts import Rollouts
   from lm.train.run import build_run, check
 
   config = config_lib.load_experiment("rl_arith:tiny")
@@ -98,7 +99,7 @@ def test_packed_training_rows_give_the_loss_and_gradient_of_one_sequence_per_row
   run = build_run(cfg, ByteTokenizer())
   params = run.init(0).params
   pairs = rl_loop.prompt_answers(cfg.rl.prompts)
-  rollouts = rl_loop.Rollouts(run, pairs, cfg)
+  rollouts = Rollouts(run, pairs, cfg)
   prompts, answers = map(list, zip(*pairs[:4]))
   s = rollouts.sample(params, prompts, answers, 4, seed=0)
   adv = np.asarray(sequence.advantages(jnp.asarray(np.arange(16.0) % 3), 4, "grpo"))
@@ -122,7 +123,7 @@ def test_packed_training_rows_give_the_loss_and_gradient_of_one_sequence_per_row
 
 def test_completions_end_at_eos_or_the_first_stop_string():
   from lm.data.tokenizers import ByteTokenizer
-  from lm.rl.loop import cut_at_stop
+  from lm.rl.rollouts import cut_at_stop
   tok = ByteTokenizer()
   units = lambda text, eos=False: list(tok.encode(text.encode())) + ([tok.eos_id] if eos else [])  # noqa: E731
   assert cut_at_stop(tok, units("12", eos=True), []) == (3, "12", True)  # eos kept for training, not in the text
