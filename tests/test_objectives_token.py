@@ -191,6 +191,14 @@ def test_conflicting_heads_are_one_line():
     objectives.requirements([dict(name="mtp", n=2), dict(name="mtp", n=3)])
 
 
+@pytest.mark.parametrize("name", ["top", "ftp", "dsmtp"])
+def test_auxiliary_objective_alone_is_one_line(name):
+  # `--config.objectives.0.name=top` in place of ntp would train the TOP head and leave the sampling head at init.
+  with pytest.raises(ConfigError, match=rf"'{name}' train extra heads only.*objectives=\[ntp, {name}\]"):
+    objectives.requirements([dict(name=name)])
+  assert objectives.requirements([dict(name="ntp"), dict(name=name)]).heads  # beside ntp: fine
+
+
 @pytest.mark.parametrize("spec, subtree, layers", [
     (dict(name="mtp", n=3), "mtp_head", 3),
     (dict(name="mtp", n=3, equal_params=True), "mtp_head", 1),

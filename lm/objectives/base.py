@@ -87,6 +87,7 @@ class Objective:
   head: Callable[..., Head] | None = None    # options -> the Head it trains
   reference: bool = False                    # frozen logits of another run (option `reference`: its workdir)
   decoder_passes: int = 0                    # extra decoder passes of a chunked family (concept reconstruction)
+  auxiliary: bool = False                    # trains an extra head only (listed after ntp or mtp)
 
   def defaults(self) -> dict[str, Any]:
     params = inspect.signature(self.factory).parameters
@@ -106,15 +107,17 @@ _REGISTRY: dict[str, Objective] = {}
 
 
 def register(name: str, head: Callable[..., Head] | None = None, reference: bool = False,
-             decoder_passes: int = 0):
+             decoder_passes: int = 0, auxiliary: bool = False):
   """Register `factory(**options) -> Loss` under `name` (the objective's config `name`).
 
   `head(**options)` gives the `Head` the objective trains; it receives the objective's options with the
   factory's defaults filled in. `reference` asks the loop for a frozen reference model's logits
   (`LossContext.reference_logits`); `decoder_passes` for extra decoder passes (the concept family's `recon`).
+  `auxiliary` marks a loss on an extra head only (TOP, FTP, DS-MTP): a list of nothing but such objectives
+  would leave the model's own head, the one that samples and scores bits per byte, untrained.
   """
   def wrap(factory):
-    _REGISTRY[name] = Objective(name, factory, head, reference, decoder_passes)
+    _REGISTRY[name] = Objective(name, factory, head, reference, decoder_passes, auxiliary)
     return factory
   return wrap
 
@@ -203,6 +206,11 @@ def requirements(objectives: list[Mapping[str, Any]]) -> Requirements:
   need. Two objectives that need one head kind with different options are an error."""
   heads: dict[str, Head] = {}
   reference, reference_objective, passes = None, "", 0
+  if objectives and all(get(spec["name"]).auxiliary for spec in objectives):
+    names = ", ".join(repr(spec["name"]) for spec in objectives)
+    raise ConfigError(f"objectives {names} train extra heads only, so nothing trains the model's own head (the one "
+                      f"that samples and gives bits per byte); list ntp first, e.g. objectives=[ntp, "
+                      f"{objectives[0]['name']}] as experiments/token_{objectives[0]['name']}.py does")
   for spec in objectives:
     objective = get(spec["name"])
     options = _options(objective, spec)

@@ -90,7 +90,7 @@ def mtp(n: int = 4, equal_params: bool = False):  # pylint: disable=unused-argum
   return loss
 
 
-@register("dsmtp", head=lambda depth=1: Head("dsmtp", heads.DSMTPHead, (("depth", int(depth)),)))
+@register("dsmtp", head=lambda depth=1: Head("dsmtp", heads.DSMTPHead, (("depth", int(depth)),)), auxiliary=True)
 def dsmtp(depth: int = 1):
   """Sequential MTP modules (DeepSeek-V3 report, eqs. 24-25): L = (1/D) sum_{k=1..D} CE_k, where module k
   predicts unit t+k+1. The paper's lambda (0.3, later 0.1) is this objective's `weight`, schedulable.
@@ -137,7 +137,7 @@ def top_targets(targets_BxT: jax.Array, mask_BxT: jax.Array, segment_ids_BxT: ja
   return jnp.swapaxes(scores_TxBxV, 0, 1)
 
 
-@register("top", head=lambda window=16: Head("top", heads.TOPHead))
+@register("top", head=lambda window=16: Head("top", heads.TOPHead), auxiliary=True)
 def top(window: int = 16):
   """Token order prediction (Zuhri et al. 2025, eq. 3): ListNet top-one loss
   -sum_v softmax(y_t)_v log softmax(top_logits_t)_v with y_t(v) = window - d_t(v) for units occurring d <= window
@@ -160,7 +160,7 @@ def top(window: int = 16):
 
 
 @register("ftp", head=lambda n=4, gamma=0.8, pseudo=4, layers=1: Head(
-    "ftp", heads.FTPHead, (("n", int(n)), ("pseudo", int(pseudo)), ("layers", int(layers)))))
+    "ftp", heads.FTPHead, (("n", int(n)), ("pseudo", int(pseudo)), ("layers", int(layers)))), auxiliary=True)
 def ftp(n: int = 4, gamma: float = 0.8, pseudo: int = 4, layers: int = 1):  # pylint: disable=unused-argument
   """Future token prediction (Walker 2024): L = sum_t sum_{j=1..n} gamma^(j-1) CE(ftp_j(t), x_{t+j}), the
   decoder's step j predicting the unit j ahead. Count: next-unit events."""
