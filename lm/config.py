@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=32,            # global batch, in rows of seq_len units
       val_fraction=0.02, test_fraction=0.02, split_seed=0,
       eval_max_bytes=0,         # held-out segment length in bytes; 0: the family's default (token: seq_len - 1)
+      completion_after="",      # token family: no loss on each document up to and including this marker (e.g. "=")
       max_raw_bytes=1 << 30,    # raw text above this is refused at start-up: `lm prepare` it once instead
       workers=0,                # grain worker processes building batches (0: threads in this process)
       prefetch=4,               # batches built ahead of the train step

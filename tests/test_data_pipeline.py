@@ -305,3 +305,61 @@ def test_build_bpe_decodes_invalid_utf8_with_replacement_and_counts_original_byt
   outside = [b"\xff\xfe\xfd", b"ok \x80\x80 fine.\n" * 5]
   segments = data.eval_segments(outside)
   assert sum(n for _, n in data.eval_batches("test", 2, docs=outside)) == sum(len(s) + 1 for s in segments)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Completion-only loss (data.completion_after).
+
+def _qa_docs(n=60, seed=0):
+  rng = np.random.default_rng(seed)
+  return [f"{' '.join(rng.choice(['ab', 'cd', 'e'], size=rng.integers(1, 6)))}={rng.integers(0, 10 ** rng.integers(1, 5))}"
+          f"{'=x' if i % 3 == 0 else ''}".encode() for i, _ in enumerate(range(n))]
+
+
+def _scored_text(rows, tok):
+  """Per segment of the rows: the bytes of its scored targets (eos as b'$'), read from loss_mask alone."""
+  out = []
+  for r in range(len(rows["inputs"])):
+    for s in range(1, int(rows["segment_ids"][r].max()) + 1):
+      sel = (rows["segment_ids"][r] == s) & (rows["loss_mask"][r] > 0)
+      out.append(b"".join(b"$" if t == tok.eos_id else tok.decode_bytes([t]) for t in rows["targets"][r][sel]))
+  return out
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_completion_only_scores_answers_in_training_and_eval(kind):
+  docs = _qa_docs(200)
+  tok = tokenizers.ByteTokenizer() if kind == "bytes" else tokenizers.build_tokenizer("bpe", docs, 300)
+  splits = dict(train=docs[:160], val=docs[160:], test=[])
+  data = pipeline.TokenData(splits, tok, seq_len=64, completion_after="=")
+  # The answer: everything after the first '=', then eos; a BPE unit straddling the '=' is scored whole.
+  ends = [np.cumsum(np.asarray(tok.unit_bytes())[np.asarray(tok.encode(d))]) for d in docs]
+  expected = [d[int(e[e <= d.index(b"=") + 1].max(initial=0)):] + b"$" for d, e in zip(docs, ends)]
+  assert b"".join(_scored_text(data.train_rows, tok)) == b"".join(expected[:160])  # corpus order, cut across rows
+  batch = next(data.train_iterator(8, seed=0))  # shuffled and packed as drawn
+  checked = 0
+  for r, s in zip(*np.nonzero((batch["inputs"] == tok.bos_id) & (batch["segment_ids"] > 0))):
+    seg = batch["segment_ids"][r] == batch["segment_ids"][r, s]  # a document's first piece: from its start
+    units = [b"$" if t == tok.eos_id else tok.decode_bytes([t]) for t in batch["targets"][r][seg]]
+    doc = next(d for d in docs[:160] if (d + b"$").startswith(b"".join(units)))
+    scored = b"".join(u for u, m in zip(units, batch["loss_mask"][r][seg]) if m)
+    answer = expected[docs.index(doc)]  # the piece may end at the row's end, before the answer does
+    assert scored == b"".join(units)[len(doc) + 1 - len(answer):]
+    checked += 1
+  assert checked >= 8
+  batches = data.eval_batches("val", batch_size=4)
+  assert sorted(t for b, _ in batches for t in _scored_text(b, tok)) == sorted(expected[160:])
+  assert sum(n for _, n in batches) == sum(len(t) for t in expected[160:])  # scored bytes, the eos as one
+  if kind == "bytes":
+    assert all(t == d.partition(b"=")[2] + b"$" for d, t in zip(docs, expected))
+
+
+def test_completion_only_marker_errors():
+  docs = _qa_docs()
+  with pytest.raises(DataError, match=r"completion_after='#' occurs in no train document") as e:
+    pipeline.TokenData(dict(train=docs, val=[], test=[]), tokenizers.ByteTokenizer(), 16, completion_after="#")
+  assert "\n" not in str(e.value)
+  # A document without the marker is context only, eos included.
+  data = pipeline.TokenData(dict(train=[b"no marker", b"q=a"], val=[], test=[]), tokenizers.ByteTokenizer(), 16,
+                            completion_after="=")
+  assert _scored_text(data.train_rows, data.tokenizer) == [b"", b"a$"]

@@ -47,6 +47,12 @@ def test_family_section_comes_with_the_family():
     families.load_config("token_ntp:tiny", ["model.encodr.d_model=32"])
 
 
+@pytest.mark.parametrize("experiment", ["byte_hat:tiny", "concept_lcm:tiny"])
+def test_completion_only_loss_is_the_token_familys(experiment):
+  with pytest.raises(ConfigError, match=r"data.completion_after='=' is read by the token family only"):
+    families.load_config(experiment, ["data.completion_after=="])
+
+
 def test_no_module_outside_families_asks_which_family_it_is():
   out = subprocess.run(["grep", "-rnE", r"family *(==|!=|in) ", "lm/", "--include=*.py"], cwd=ROOT,
                        capture_output=True, text=True).stdout

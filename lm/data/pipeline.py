@@ -3,6 +3,10 @@
 Shapes: N rows, T = seq_len pairs per row, B rows per batch. A document of n ids becomes the n + 1
 (input, target) pairs of `[bos] + ids + [eos]`; packing concatenates pairs, so a target always belongs to the
 document of its input, and `segment_ids` (1, 2, ... per row, 0 = padding) keep attention inside a document.
+
+Completion-only loss (`data.completion_after`, TRL's response template): each document's targets up to and
+including the first occurrence of a marker (`=` in `2+3=5`) are context, `loss_mask` 0; the rest and the eos are
+scored, in training and in held-out bits per byte (whose bytes are then the scored units' bytes plus the eos).
 """
 
 import dataclasses
@@ -18,6 +22,18 @@ from lm.data import tokenizers as tokenizers_lib
 from lm.errors import DataError, plural
 
 KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+
+
+def context_units(tokenizer, texts, ids, marker: bytes) -> np.ndarray:
+  """Per document: how many of its leading targets are context under completion-only loss, i.e. the units that
+  end at or before the end of the first `marker` (all of them and the eos, when the marker is absent)."""
+  unit_bytes = np.asarray(tokenizer.unit_bytes(), np.int64)
+  out = np.zeros(len(texts), np.int64)
+  for i, (text, x) in enumerate(zip(texts, ids)):
+    at = bytes(text).find(marker)
+    ends = np.cumsum(unit_bytes[np.asarray(x, np.int64)])
+    out[i] = len(x) + 1 if at < 0 else int(np.searchsorted(ends, at + len(marker), side="right"))
+  return out
 
 
 def _flat_pairs(token_docs, bos_id: int, eos_id: int):
@@ -38,8 +54,18 @@ def _flat_pairs(token_docs, bos_id: int, eos_id: int):
   return inputs, targets, doc, pairs_D
 
 
-def _rows(inputs_NxT, targets_NxT, unit_NxT) -> dict[str, np.ndarray]:
-  """Segment ids and positions from each pair's unit (document or piece) index; unit -1 is padding."""
+def _scored_pairs(pairs_D, context_D) -> np.ndarray | None:
+  """Per flat pair: scored (True) unless among its document's first `context_D` targets; None: all scored."""
+  if context_D is None:
+    return None
+  starts_D = np.cumsum(pairs_D) - pairs_D
+  within = np.arange(int(np.sum(pairs_D))) - np.repeat(starts_D, pairs_D)
+  return within >= np.repeat(np.asarray(context_D, np.int64), pairs_D)
+
+
+def _rows(inputs_NxT, targets_NxT, unit_NxT, scored_NxT=None) -> dict[str, np.ndarray]:
+  """Segment ids and positions from each pair's unit (document or piece) index; unit -1 is padding; pairs with
+  `scored_NxT` False (completion-only context) keep their attention but get no loss."""
   valid_NxT = unit_NxT >= 0
   col_T = np.arange(unit_NxT.shape[1])
   changed_NxT = np.ones_like(valid_NxT)
@@ -54,13 +80,15 @@ def _rows(inputs_NxT, targets_NxT, unit_NxT) -> dict[str, np.ndarray]:
       targets=targets_NxT.astype(np.int32),
       segment_ids=segment_ids.astype(np.int32),
       positions=positions.astype(np.int32),
-      loss_mask=valid_NxT.astype(np.int32),
+      loss_mask=(valid_NxT if scored_NxT is None else valid_NxT & scored_NxT).astype(np.int32),
   )
 
 
-def pack_rows(token_docs, seq_len: int, bos_id: int, eos_id: int, pad_id: int) -> dict[str, np.ndarray]:
+def pack_rows(token_docs, seq_len: int, bos_id: int, eos_id: int, pad_id: int,
+              context_D=None) -> dict[str, np.ndarray]:
   """Concat-then-split packing of documents into int32 [N, T] rows; only the last row is padded."""
-  inputs, targets, doc, _ = _flat_pairs(token_docs, bos_id, eos_id)
+  inputs, targets, doc, pairs_D = _flat_pairs(token_docs, bos_id, eos_id)
+  scored = _scored_pairs(pairs_D, context_D)
   T = seq_len
   n_rows = -(-len(inputs) // T)
   pad = n_rows * T - len(inputs)
@@ -68,12 +96,14 @@ def pack_rows(token_docs, seq_len: int, bos_id: int, eos_id: int, pad_id: int) -
   def grid(x, fill):
     return np.concatenate([x, np.full(pad, fill, x.dtype)]).reshape(n_rows, T)
 
-  return _rows(grid(inputs, pad_id), grid(targets, pad_id), grid(doc, -1))
+  return _rows(grid(inputs, pad_id), grid(targets, pad_id), grid(doc, -1),
+               None if scored is None else grid(scored, False))
 
 
-def _pack_eval(token_segments, seq_len: int, bos_id: int, eos_id: int, pad_id: int):
+def _pack_eval(token_segments, seq_len: int, bos_id: int, eos_id: int, pad_id: int, context_S=None):
   """pack_eval_rows, plus the row that holds each segment's last pair (its end-of-segment event)."""
   inputs, targets, _, pairs_S = _flat_pairs(token_segments, bos_id, eos_id)
+  scored = _scored_pairs(pairs_S, context_S)
   T = seq_len
   # Sequential fill: a piece (a segment, or T pairs of a longer one) goes on the current row if it fits,
   # else it opens the next row. Pieces cover the pairs in order, so the pair source index is just arange.
@@ -99,7 +129,8 @@ def _pack_eval(token_segments, seq_len: int, bos_id: int, eos_id: int, pad_id: i
     return out.reshape(n_rows, T)
 
   piece = np.repeat(np.arange(len(piece_pairs)), piece_pairs)
-  rows = _rows(grid(inputs, pad_id), grid(targets, pad_id), grid(piece, -1))
+  rows = _rows(grid(inputs, pad_id), grid(targets, pad_id), grid(piece, -1),
+               None if scored is None else grid(scored, False))
   return rows, np.array(last_row, dtype=np.int64)
 
 
@@ -151,10 +182,11 @@ def row_iterator(rows: dict[str, np.ndarray], batch_size: int, seed: int, proces
 
 
 class MemoryStore:
-  """Train documents held in memory: texts, tokenized on first use into `lengths` and `get(doc indices)`."""
+  """Train documents held in memory: texts, tokenized on first use into `lengths` and `get(doc indices)`;
+  with a completion `marker`, `context` gives each document's count of unscored leading targets."""
 
-  def __init__(self, texts: list[bytes], tokenizer: tokenizers_lib.Tokenizer):
-    self.texts, self.tokenizer = texts, tokenizer
+  def __init__(self, texts: list[bytes], tokenizer: tokenizers_lib.Tokenizer, marker: bytes = b""):
+    self.texts, self.tokenizer, self.marker = texts, tokenizer, marker
 
   @functools.cached_property
   def ids(self) -> list[np.ndarray]:
@@ -166,6 +198,10 @@ class MemoryStore:
 
   def get(self, docs) -> list[np.ndarray]:
     return [self.ids[int(d)] for d in docs]
+
+  @functools.cached_property
+  def context(self) -> np.ndarray | None:
+    return context_units(self.tokenizer, self.texts, self.ids, self.marker) if self.marker else None
 
 
 @dataclasses.dataclass
@@ -216,16 +252,18 @@ class TokenBatches:
     for p in np.unique(part_R).tolist():
       unique = np.unique(np.concatenate([pc[1] for pc, q in zip(pieces, part_R.tolist()) if q == p]))
       docs.update(((p, d), ids) for d, ids in zip(unique.tolist(), self.stores[p].get(unique)))
-    ins, tgs, units = [], [], []
+    ins, tgs, units, scored = [], [], [], []
     for p, (occ, doc, los, his) in zip(part_R.tolist(), pieces):
+      context = getattr(self.stores[p], "context", None)
       for d, lo, hi in zip(doc.tolist(), los.tolist(), his.tolist()):
         ids = docs[p, d]
         ins.append(np.concatenate([[self.bos], ids[:hi - 1]]) if lo == 0 else ids[lo - 1:hi - 1])
         tgs.append(ids[lo:hi] if hi <= len(ids) else np.concatenate([ids[lo:], [self.eos]]))
+        scored.append(np.arange(lo, hi) >= (0 if context is None else context[d]))
       units.append(np.repeat(occ, his - los))
     shape = (n, self.T)
     return _rows(np.concatenate(ins).reshape(shape), np.concatenate(tgs).reshape(shape),
-                 np.concatenate(units).reshape(shape))
+                 np.concatenate(units).reshape(shape), np.concatenate(scored).reshape(shape))
 
 
 def parse_source(source: str) -> list[tuple[str, float | None]]:
@@ -269,19 +307,33 @@ class TokenData:
   grain iterator of train rows and fixed held-out eval batches. `splits` are the first part's texts."""
 
   def __init__(self, splits: dict, tokenizer: tokenizers_lib.Tokenizer, seq_len: int,
-               source: str = "<memory>", eval_max_bytes: int | None = None, parts: list[Part] | None = None):
+               source: str = "<memory>", eval_max_bytes: int | None = None, parts: list[Part] | None = None,
+               completion_after: str = ""):
     if seq_len < 1:
       raise DataError(f"data: seq_len={seq_len} must be >= 1; set a positive seq_len")
     self.splits, self.tokenizer, self.seq_len = splits, tokenizer, int(seq_len)
     self.source, self.eval_max_bytes = source, eval_max_bytes
-    self.parts = parts or [Part(source, 1.0, MemoryStore(splits["train"], tokenizer),
+    self.marker = completion_after.encode("utf-8")
+    self.parts = parts or [Part(source, 1.0, MemoryStore(splits["train"], tokenizer, self.marker),
                                 {k: v for k, v in splits.items() if k != "train"})]
+    if self.marker:
+      self._check_marker(completion_after)
     self._eval_cache = {}
+
+  def _check_marker(self, completion_after: str) -> None:
+    """Completion-only loss reads documents in memory, and the marker must occur in the train split."""
+    for part in self.parts:
+      if not isinstance(part.store, MemoryStore):
+        raise DataError(f"data.completion_after={completion_after!r} needs raw text in memory, but {part.name!r} is "
+                        "a prepared directory; train on the raw source or set data.completion_after=''")
+      if not any(self.marker in t for t in part.store.texts):
+        raise DataError(f"data.completion_after={completion_after!r} occurs in no train document of {part.name!r}, so "
+                        "nothing would be scored; fix the marker or set data.completion_after=''")
 
   @classmethod
   def build(cls, source: str = "python-prose", tokenizer_spec: "str | tokenizers_lib.Tokenizer" = "bytes",
             vocab_size: int = 4096, seq_len: int = 256, val_fraction: float = 0.02, test_fraction: float = 0.02,
-            split_seed: int = 0, eval_max_bytes: int | None = None) -> "TokenData":
+            split_seed: int = 0, eval_max_bytes: int | None = None, completion_after: str = "") -> "TokenData":
     """Loads `source` (raw text split and tokenized in memory, a prepared directory read lazily, or a weighted
     mixture of them) and the tokenizer: a given one, the prepared one, or one built on the train split."""
     parsed = parse_source(source)
@@ -311,14 +363,15 @@ class TokenData:
     parts = []
     for name, weight, (spec, splits, p) in zip(_names(specs), weights, loaded):
       if p is None:
-        parts.append(Part(name, weight, MemoryStore(splits["train"], tokenizer),
+        parts.append(Part(name, weight, MemoryStore(splits["train"], tokenizer, completion_after.encode("utf-8")),
                           {"val": splits["val"], "test": splits["test"]}))
       else:
         parts.append(Part(name, weight, p[2], p[3]))
     first = loaded[0]
     splits = first[1] if first[1] is not None else dict(parts[0].held_out, train=_DecodedTrain(parts[0].store,
                                                                                               tokenizer))
-    return cls(splits, tokenizer, seq_len, source=source, eval_max_bytes=eval_max_bytes, parts=parts)
+    return cls(splits, tokenizer, seq_len, source=source, eval_max_bytes=eval_max_bytes, parts=parts,
+               completion_after=completion_after)
 
   @property
   def vocab_size(self) -> int:
@@ -344,8 +397,8 @@ class TokenData:
     (only the last row padded): what every epoch of the training stream holds, in another order."""
     if len(self.parts) > 1 or not isinstance(self.parts[0].store, MemoryStore):
       raise DataError("data: train_rows packs an in-memory source; a prepared or mixed corpus streams its rows")
-    tok = self.tokenizer
-    return pack_rows(self.parts[0].store.ids, self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id)
+    tok, store = self.tokenizer, self.parts[0].store
+    return pack_rows(store.ids, self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id, store.context)
 
   def check_size(self, batch_size: int) -> None:
     """A train split (of any part) that cannot fill one batch in one epoch: one line naming it."""
@@ -391,13 +444,22 @@ class TokenData:
   def _eval_rows(self, segments: list[bytes], split: str | None):  # pylint: disable=unused-argument
     """Eval rows and bytes per row for `segments` (of `split`, or of other text when None)."""
     tok = self.tokenizer
-    rows, last_row_S = _pack_eval(tok.encode_batch(segments), self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id)
-    # Each segment scores its original bytes plus one end-of-segment event, in the row of its last pair.
-    bytes_per_row = np.bincount(last_row_S, weights=[len(s) + 1 for s in segments], minlength=len(rows["inputs"]))
+    ids = tok.encode_batch(segments)
+    context = context_units(tok, segments, ids, self.marker) if self.marker else None
+    rows, last_row_S = _pack_eval(ids, self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id, context)
+    # Each segment scores its original bytes plus one end-of-segment event, in the row of its last pair; under
+    # completion-only loss, the bytes of its scored units plus the eos.
+    scored = [len(s) + 1 for s in segments] if context is None else [
+        int(np.sum(np.asarray(tok.unit_bytes(), np.int64)[np.asarray(x, np.int64)][min(c, len(x)):])) + (c <= len(x))
+        for x, c in zip(ids, context)]
+    bytes_per_row = np.bincount(last_row_S, weights=scored, minlength=len(rows["inputs"]))
     return rows, bytes_per_row.astype(np.int64)
 
   def eval_segments(self, docs: list[bytes]) -> list[bytes]:
-    """Held-out documents cut at sentence ends into segments of <= eval_max_bytes (default seq_len - 1)."""
+    """Held-out documents cut at sentence ends into segments of <= eval_max_bytes (default seq_len - 1); under
+    completion-only loss, whole (a cut would part an answer from its prompt)."""
+    if self.marker:
+      return list(docs)
     max_bytes = self.eval_max_bytes or max(1, self.seq_len - 1)
     return [s for d in docs for s in segment.cut_segments(d, max_bytes)]
 

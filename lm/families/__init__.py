@@ -103,6 +103,9 @@ def check_chunked(config) -> None:
   sizes = {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder")
            for k in ("d_model", "num_layers", "num_heads", "d_ff")}
   sizes.update({f"data.{k}": config.data[k] for k in ("num_chunks", "chunk_len")})
+  if config.data.completion_after:
+    raise ConfigError(f"data.completion_after={config.data.completion_after!r} is read by the token family only; "
+                      f"set it to '' for model.family={config.model.family!r}")
   for key, value in sizes.items():
     if value <= 0:
       raise ConfigError(f"config.{key}={value} must be positive")

@@ -144,7 +144,8 @@ class TokenFamily(Family):
     d = config.data
     return TokenData.build(d.source, tokenizer if tokenizer is not None else d.tokenizer, d.vocab_size,
                            d.seq_len, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                           split_seed=d.split_seed, eval_max_bytes=d.eval_max_bytes or None)
+                           split_seed=d.split_seed, eval_max_bytes=d.eval_max_bytes or None,
+                           completion_after=d.completion_after)
 
   def batch_spec(self, config, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
     shape = jax.ShapeDtypeStruct((rows, config.data.seq_len), jnp.int32)
