@@ -52,3 +52,19 @@ def test_accelerator_check_quick(tmp_path):
   f32 = [r for r in result["kernels"] if r["dtype"] == "float32"]
   assert f32 and all(max(r["out"], r["dq"], r["dk"], r["dv"]) < 1e-4 for r in f32)
   assert result["training"]["tokens_per_s"] > 0 and result["training"]["compile_s"] > 0
+
+
+def test_reproduce_arms_are_the_experiments_objectives():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import reproduce  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  # Every arm of every part is one objectives list, taken from experiments/token_ARM.py.
+  assert reproduce.objectives_of("top") == [dict(name="ntp", weight=1.0), dict(name="top", weight=1.0, window=16)]
+  config = reproduce.make_config("probe_star:tiny", "mtp", seed=2, steps=7)
+  assert config.objectives == reproduce.objectives_of("mtp") and config.train.seed == 2 and config.train.steps == 7
+  with pytest.raises(SystemExit, match="no experiments/token_nope.py"):
+    reproduce.main(["--parts", "star", "--star-arms", "ntp,nope"])
+  with pytest.raises(SystemExit, match="unknown hat"):
+    reproduce.main(["--parts", "star,hat"])
