@@ -46,6 +46,20 @@ def test_star_graphs_are_stars_with_the_right_answer(degree, path_len, num_nodes
   assert len(set(arms)) > 1 and len(set(goals)) > 1
 
 
+@pytest.mark.parametrize("degree,path_len,num_nodes", [(2, 5, 50), (3, 4, 62)])
+def test_star_graphs_with_one_letter_per_node(degree, path_len, num_nodes):
+  docs = synthetic.star_graph_documents(100, degree, path_len, num_nodes, seed=3, letters=1)
+  for doc in docs:
+    _star_check(doc, degree, path_len, num_nodes)  # parse_star reads the letters back to the same nodes
+    assert re.fullmatch(rb"(\w>\w,)*\w>\w\|\w>\w=(\w,)*\w", doc)
+  assert len({len(d) for d in docs}) == 1
+  assert any(re.search(rb"[A-Za-z]", d) for d in docs)
+  # Digit labels are the same characters either way: a 10-node graph reads the same with letters=0 or 1.
+  assert synthetic.star_graph_documents(20, 2, 3, 10, letters=1) == synthetic.star_graph_documents(20, 2, 3, 10)
+  with pytest.raises(DataError, match="letters=1 with num_nodes=63: .* allows at most 62 nodes"):
+    synthetic.documents("synthetic:star:num_nodes=63:letters=1")
+
+
 def test_star_answer_arm_is_uniform_over_edge_order():
   # The answer arm must not be guessable from where its first edge sits in the shuffled list.
   firsts = []

@@ -10,7 +10,9 @@ Every key is optional (the defaults are those above) and every value is an integ
 
 Star graphs (Bachmann & Nagarajan 2024, "The pitfalls of next-token prediction"): a center with `degree`
 arms, each a path of `path_len` further nodes; labels are distinct random integers below `num_nodes`, written
-zero-padded to one width so every prompt of a configuration has the same length. A document is
+zero-padded to one width so every prompt of a configuration has the same length, or with `letters=1` as one
+character each (0-9, A-Z, a-z: up to 62 nodes), so a node is one byte as it is one token in the paper. A
+document is
   EDGES|START>GOAL=PATH     e.g. (degree 2, path_len 2)  07>31,42>18,07>42,31>25|07>25=07,31,25
 EDGES are the directed edges `u>v` (pointing away from the center) in random order, START is the center,
 GOAL the leaf of one arm, and PATH the path_len + 1 nodes from START to GOAL. The prompt is everything up to
@@ -38,13 +40,24 @@ PREFIX = "synthetic:"
 # ---------------------------------------------------------------------------------------------------------
 # Star graphs.
 
-def _width(num_nodes: int) -> int:
-  return len(str(num_nodes - 1))
+LETTERS = string.digits + string.ascii_uppercase + string.ascii_lowercase  # one-character node labels
 
 
-def _check_star(degree: int, path_len: int, num_nodes: int) -> None:
+def _label(v: int, num_nodes: int, letters: int) -> str:
+  return LETTERS[v] if letters else f"{v:0{len(str(num_nodes - 1))}d}"
+
+
+def star_node(text: str) -> int:
+  """A label back to its node: decimal (any width), or one character of LETTERS (the digits agree)."""
+  return int(text) if text.isdigit() else LETTERS.index(text) if len(text) == 1 and text in LETTERS else int(text)
+
+
+def _check_star(degree: int, path_len: int, num_nodes: int, letters: int = 0) -> None:
   if degree < 1 or path_len < 1:
     raise DataError(f"synthetic:star: degree={degree} and path_len={path_len} must be >= 1")
+  if letters not in (0, 1) or (letters and num_nodes > len(LETTERS)):
+    raise DataError(f"synthetic:star: letters={letters} with num_nodes={num_nodes}: letters is 0 or 1, and 1 (one "
+                    f"character per node) allows at most {len(LETTERS)} nodes; lower num_nodes or set letters=0")
   need = degree * path_len + 1
   if num_nodes < need:
     raise DataError(f"synthetic:star: num_nodes={num_nodes} is fewer than the {need} nodes of a star with "
@@ -61,19 +74,20 @@ def star_graph(rng: random.Random, degree: int, path_len: int, num_nodes: int) -
   return edges, center, arm[-1], [center] + arm
 
 
-def format_star(edges, start: int, goal: int, path, num_nodes: int) -> bytes:
-  w = _width(num_nodes)
-  text = ",".join(f"{u:0{w}d}>{v:0{w}d}" for u, v in edges)
-  text += f"|{start:0{w}d}>{goal:0{w}d}=" + ",".join(f"{v:0{w}d}" for v in path)
+def format_star(edges, start: int, goal: int, path, num_nodes: int, letters: int = 0) -> bytes:
+  def label(v):
+    return _label(v, num_nodes, letters)
+  text = ",".join(f"{label(u)}>{label(v)}" for u, v in edges)
+  text += f"|{label(start)}>{label(goal)}=" + ",".join(label(v) for v in path)
   return text.encode("ascii")
 
 
 def star_graph_documents(n: int, degree: int = 2, path_len: int = 5, num_nodes: int = 50,
-                         seed: int = 0) -> list[bytes]:
+                         seed: int = 0, letters: int = 0) -> list[bytes]:
   """`n` star-graph documents; the first k are the same for any n >= k."""
-  _check_star(degree, path_len, num_nodes)
+  _check_star(degree, path_len, num_nodes, letters)
   rng = random.Random(f"star-{seed}")
-  return [format_star(*star_graph(rng, degree, path_len, num_nodes), num_nodes) for _ in range(n)]
+  return [format_star(*star_graph(rng, degree, path_len, num_nodes), num_nodes, letters) for _ in range(n)]
 
 
 def split_star(doc: bytes) -> tuple[bytes, bytes]:
@@ -88,9 +102,9 @@ def parse_star(doc: bytes) -> tuple[list[tuple[int, int]], int, int, list[int]]:
   """A star document (or a prompt, with an empty path) -> (edges, start, goal, path)."""
   prompt, answer = split_star(doc)
   edge_text, _, query = prompt[:-1].decode("ascii").partition("|")
-  edges = [tuple(int(x) for x in e.split(">")) for e in edge_text.split(",")]
-  start, goal = (int(x) for x in query.split(">"))
-  return edges, start, goal, [int(x) for x in answer.decode("ascii").split(",")] if answer else []
+  edges = [tuple(star_node(x) for x in e.split(">")) for e in edge_text.split(",")]
+  start, goal = (star_node(x) for x in query.split(">"))
+  return edges, start, goal, [star_node(x) for x in answer.decode("ascii").split(",")] if answer else []
 
 
 def is_path_to_leaf(path: list[int], edges, start: int, length: int) -> bool:
@@ -256,7 +270,7 @@ class Generator:
 
 
 GENERATORS = {
-    "star": Generator(star_graph_documents, dict(degree=2, path_len=5, num_nodes=50, n=20000, seed=0)),
+    "star": Generator(star_graph_documents, dict(degree=2, path_len=5, num_nodes=50, n=20000, seed=0, letters=0)),
     "induction": Generator(induction_documents, dict(n=5000, seed=0, characters=2, min_len=4, max_len=7)),
     "arith": Generator(arith_documents, dict(n=20000, seed=0, digits=2, ops=2)),
 }

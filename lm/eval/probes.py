@@ -93,7 +93,7 @@ def score_paths(continuations: list[bytes], docs: list[bytes]) -> dict[str, floa
     exact += out[: len(answer)] == answer
     edges, start, _, path = synthetic.parse_star(doc)
     try:
-      guess = [int(x) for x in out[: len(answer)].decode("ascii").split(",")]
+      guess = [synthetic.star_node(x) for x in out[: len(answer)].decode("ascii").split(",")]
     except (UnicodeDecodeError, ValueError):
       continue
     valid += synthetic.is_path_to_leaf(guess, edges, start, len(path))
@@ -188,7 +188,7 @@ def star_graph_accuracy(run, params, n: int = 200, seed: int | None = None, degr
                         path_len: int | None = None, num_nodes: int | None = None, batch_size: int = 64,
                         teacher_forced_too: bool = True) -> dict:
   """Exact-path accuracy of greedy generation on `n` held-out star graphs (and teacher forced, for contrast)."""
-  options, default_seed, origin = _options(run, "star", ("degree", "path_len", "num_nodes"),
+  options, default_seed, origin = _options(run, "star", ("degree", "path_len", "num_nodes", "letters"),
                                            dict(degree=degree, path_len=path_len, num_nodes=num_nodes))
   seed = default_seed if seed is None else int(seed)
   docs = synthetic.star_graph_documents(n, seed=seed, **options)
@@ -258,7 +258,7 @@ class Probe:
 
 
 PROBES = {
-    "star": Probe(star_graph_accuracy, "star", ("degree", "path_len", "num_nodes"), 200),
+    "star": Probe(star_graph_accuracy, "star", ("degree", "path_len", "num_nodes", "letters"), 200),
     "induction": Probe(induction_accuracy, "induction", ("characters", "min_len", "max_len"), 200),
 }
 
