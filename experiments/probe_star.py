@@ -24,15 +24,16 @@ SIZES = {
     "tiny": dict(data=dict(source="synthetic:star:degree=2:path_len=3:num_nodes=10:n=20000:seed=0", seq_len=36,
                            batch_size=32),
                  model=dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384),
-                 optim=dict(lr=4e-3, warmup_steps=30),
+                 optim=dict(lr=1e-3, warmup_steps=30),
                  train=dict(steps=200, log_every=50, eval_every=0, checkpoint_every=200, eval_batches=4),
                  eval=dict(max_batches=4)),
-    "small": dict(data=dict(source="synthetic:star:degree=2:path_len=5:num_nodes=50:n=50000:seed=0", seq_len=84,
-                            batch_size=32),
-                  model=dict(d_model=192, num_layers=6, num_heads=6, num_kv_heads=3, d_ff=512),
-                  optim=dict(lr=2e-3, warmup_steps=100),
-                  train=dict(steps=4000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=8),
-                  eval=dict(max_batches=16)),
+    # The same graphs and model, trained long enough to learn the edge lookups (fresh graphs every step).
+    "small": dict(data=dict(source="synthetic:star:degree=2:path_len=3:num_nodes=10:n=200000:seed=0", seq_len=36,
+                            batch_size=64),
+                  model=dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384),
+                  optim=dict(lr=1e-3, warmup_steps=100),
+                  train=dict(steps=2500, log_every=250, eval_every=0, checkpoint_every=2500, eval_batches=4),
+                  eval=dict(max_batches=8)),
 }
 
 
@@ -40,5 +41,6 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.objectives = [dict(name="ntp", weight=1.0)]
   config.data.tokenizer = "bytes"
+  config.data.completion_after = "="  # the loss is on the answer path only, as the paper trains
   config.sample.max_new = 0  # `lm probe star` is the readout, not a sample
   return config_lib.update(config, config_lib.variant(SIZES, arg, "probe_star", default=None))
