@@ -72,7 +72,10 @@ def objectives_of(arm: str) -> list[dict]:
   return [dict(o) for o in config_lib.load_experiment(f"token_{arm}").objectives]
 
 
-def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_objectives: bool = False):
+def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_objectives: bool = False,
+                short_warmup: bool = True):
+  """`experiment` with arm's objectives (or its own), train.seed and, given, train.steps (the warmup capped at
+  a tenth of them when `short_warmup`: for --steps smoke runs, not for equal-FLOPs step counts)."""
   config = config_lib.load_experiment(experiment)
   if not own_objectives:
     config.objectives = objectives_of(arm)
@@ -80,7 +83,8 @@ def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_object
   if steps:
     config.train.update(steps=steps, checkpoint_every=steps, log_every=min(config.train.log_every, steps),
                         eval_every=0)
-    config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 10, 1))
+    if short_warmup:
+      config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 10, 1))
   config.sample.max_new = 0
   config_lib.validate(config)
   return config
@@ -90,11 +94,17 @@ def train(config, root: str) -> dict:
   return loop.train(config, tempfile.mkdtemp(dir=root))
 
 
+_FLOPS: dict[str, float] = {}
+
+
 def flops_per_step(config) -> float:
-  """Training FLOPs of one step of `config` (the analytic count `lm compare` uses), without training."""
-  data = run_lib.load_data(config)
-  run = run_lib.build_run(config, data.tokenizer)
-  return float(run_lib.train_flops_per_step(run, data)["flops_per_step"])
+  """Training FLOPs of one step of `config` (the analytic count `lm compare` uses), without training; the
+  same for every seed, so counted once per experiment."""
+  if config.experiment not in _FLOPS:
+    data = run_lib.load_data(config)
+    run = run_lib.build_run(config, data.tokenizer)
+    _FLOPS[config.experiment] = float(run_lib.train_flops_per_step(run, data)["flops_per_step"])
+  return _FLOPS[config.experiment]
 
 
 def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:
@@ -118,7 +128,8 @@ def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dic
   config = make_config(f"token_{arm}:{variant}", arm, seed, steps, own_objectives=True)
   per_step = flops_per_step(config)
   arm_steps = max(1, round(budget / per_step))
-  config = make_config(f"token_{arm}:{variant}", arm, seed, arm_steps, own_objectives=True)
+  config = make_config(f"token_{arm}:{variant}", arm, seed, arm_steps, own_objectives=True,
+                       short_warmup=bool(steps))  # the variant's warmup for every arm, whatever its step count
   out = train(config, root)
   return dict(bpb=out["val_bpb"], steps=arm_steps, flops=arm_steps * per_step, budget=budget,
               seconds=out["seconds"])
@@ -160,6 +171,11 @@ def main(argv=None):
   steps = args.steps or (5 if args.quick else 0)
   n = args.n or (16 if args.quick else 400)
   arms = {part: _arms(getattr(args, f"{part}_arms"), part) for part in parts}
+  for part in parts:  # every arm's config loads and validates before the first run, not hours into the benchmark
+    for arm in arms[part]:
+      experiment = {"star": "probe_star", "induction": "probe_induction"}.get(part, f"token_{arm}")
+      make_config(f"{experiment}:{getattr(args, f'{part}_variant')}", arm, 0, steps,
+                  own_objectives=part == "bpb")
 
   t0 = time.time()
   results: dict[str, dict] = {}

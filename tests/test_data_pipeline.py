@@ -326,6 +326,25 @@ def _scored_text(rows, tok):
   return out
 
 
+def _check_completion_rows(rows, tok, docs, answers):
+  """Every segment that starts its document scores exactly its answer's units (as far as the row holds them);
+  a piece continuing a document from an earlier row sees none of its prompt and scores nothing."""
+  starts = 0
+  for r in range(len(rows["inputs"])):
+    for sid in range(1, int(rows["segment_ids"][r].max()) + 1):
+      seg = rows["segment_ids"][r] == sid
+      mask = rows["loss_mask"][r][seg]
+      if rows["inputs"][r][seg][0] != tok.bos_id:
+        assert not mask.any()
+        continue
+      units = [b"$" if t == tok.eos_id else tok.decode_bytes([t]) for t in rows["targets"][r][seg]]
+      i = next(i for i, d in enumerate(docs) if (d + b"$").startswith(b"".join(units)))
+      scored = b"".join(u for u, m in zip(units, mask) if m)
+      assert scored == b"".join(units)[len(docs[i]) + 1 - len(answers[i]):]
+      starts += 1
+  return starts
+
+
 @pytest.mark.parametrize("kind", ["bytes", "bpe"])
 def test_completion_only_scores_answers_in_training_and_eval(kind):
   docs = _qa_docs(200)
@@ -335,18 +354,9 @@ def test_completion_only_scores_answers_in_training_and_eval(kind):
   # The answer: everything after the first '=', then eos; a BPE unit straddling the '=' is scored whole.
   ends = [np.cumsum(np.asarray(tok.unit_bytes())[np.asarray(tok.encode(d))]) for d in docs]
   expected = [d[int(e[e <= d.index(b"=") + 1].max(initial=0)):] + b"$" for d, e in zip(docs, ends)]
-  assert b"".join(_scored_text(data.train_rows, tok)) == b"".join(expected[:160])  # corpus order, cut across rows
+  assert _check_completion_rows(data.train_rows, tok, docs[:160], expected) == 160  # corpus order
   batch = next(data.train_iterator(8, seed=0))  # shuffled and packed as drawn
-  checked = 0
-  for r, s in zip(*np.nonzero((batch["inputs"] == tok.bos_id) & (batch["segment_ids"] > 0))):
-    seg = batch["segment_ids"][r] == batch["segment_ids"][r, s]  # a document's first piece: from its start
-    units = [b"$" if t == tok.eos_id else tok.decode_bytes([t]) for t in batch["targets"][r][seg]]
-    doc = next(d for d in docs[:160] if (d + b"$").startswith(b"".join(units)))
-    scored = b"".join(u for u, m in zip(units, batch["loss_mask"][r][seg]) if m)
-    answer = expected[docs.index(doc)]  # the piece may end at the row's end, before the answer does
-    assert scored == b"".join(units)[len(doc) + 1 - len(answer):]
-    checked += 1
-  assert checked >= 8
+  assert _check_completion_rows(batch, tok, docs[:160], expected) >= 8
   batches = data.eval_batches("val", batch_size=4)
   assert sorted(t for b, _ in batches for t in _scored_text(b, tok)) == sorted(expected[160:])
   assert sum(n for _, n in batches) == sum(len(t) for t in expected[160:])  # scored bytes, the eos as one
@@ -363,3 +373,8 @@ def test_completion_only_marker_errors():
   data = pipeline.TokenData(dict(train=[b"no marker", b"q=a"], val=[], test=[]), tokenizers.ByteTokenizer(), 16,
                             completion_after="=")
   assert _scored_text(data.train_rows, data.tokenizer) == [b"", b"a$"]
+  # Held-out text without the marker, or longer than a row: one line, not a silent 0 or a prompt-less score.
+  with pytest.raises(DataError, match="occurs in none of the 1 held-out documents"):
+    data.eval_batches("val", 2, docs=[b"no marker here"])
+  with pytest.raises(DataError, match="a held-out document is 21 units, longer than data.seq_len=16"):
+    data.eval_batches("val", 2, docs=[b"a long question=" + b"yes!"])

@@ -272,3 +272,18 @@ def test_large_raw_sources_are_sent_to_lm_prepare(corpus_dir):
   config_lib.apply_overrides(config, [f"data.source={corpus_dir}", "data.max_raw_bytes=1000"])
   with pytest.raises(DataError, match=r"more than data.max_raw_bytes=1000 .* run `lm prepare .* --out DIR` once"):
     run_lib.check(config)
+
+
+def test_completion_only_loss_refuses_a_prepared_source_before_anything_is_written(prepared_dir, tmp_path):
+  from lm import families  # pylint: disable=import-outside-toplevel
+  from lm.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from lm.train import loop  # pylint: disable=import-outside-toplevel
+  config = families.load_config("token_ntp:tiny", [f"data.source={prepared_dir}", "data.completion_after=="])
+  with pytest.raises(ConfigError, match=r"completion_after='=' needs raw text in memory, but data.source .* is a "
+                                        r"prepared directory"):
+    loop.train(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  # TokenData built by hand on a prepared part: the same one line.
+  data = TokenData.build(str(prepared_dir))
+  with pytest.raises(DataError, match="needs raw text in memory"):
+    TokenData(data.splits, data.tokenizer, 16, parts=data.parts, completion_after="=")

@@ -41,6 +41,9 @@ def no_data(monkeypatch):
      "reference workdir '/nonexistent/ref' holds no checkpoint"),
     ("byte_hat:tiny", ["data.tokenizer=bpe"], ConfigError, "reads raw bytes; set data.tokenizer='bytes'"),
     ("token_ntp:tiny", ["data.tokenizer=wordpiece"], DataError, "tokenizer 'wordpiece' is not a known tokenizer"),
+    ("token_ntp:tiny", ["data.completion_after==", "data.eval_max_bytes=100"], ConfigError,
+     "scores held-out documents whole, so data.eval_max_bytes=100 cannot apply"),
+    ("token_ntp:tiny", ["objectives.0.name=top"], ConfigError, "'top' train extra heads only"),
 ])
 def test_config_errors_come_before_anything_is_written(tmp_path, no_data, experiment, overrides, error, message):
   workdir = tmp_path / "w"

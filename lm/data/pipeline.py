@@ -31,8 +31,15 @@ def context_units(tokenizer, texts, ids, marker: bytes) -> np.ndarray:
   out = np.zeros(len(texts), np.int64)
   for i, (text, x) in enumerate(zip(texts, ids)):
     at = bytes(text).find(marker)
+    if at < 0:
+      out[i] = len(x) + 1
+      continue
     ends = np.cumsum(unit_bytes[np.asarray(x, np.int64)])
-    out[i] = len(x) + 1 if at < 0 else int(np.searchsorted(ends, at + len(marker), side="right"))
+    if not len(ends) or ends[-1] != len(text):
+      raise DataError(f"data.completion_after={marker.decode('utf-8', 'replace')!r}: the {type(tokenizer).__name__}'s "
+                      f"units do not map onto the bytes of {bytes(text[:40])!r}...; completion-only loss needs "
+                      "the bytes tokenizer or byte-level BPE")
+    out[i] = int(np.searchsorted(ends, at + len(marker), side="right"))
   return out
 
 
@@ -90,6 +97,9 @@ def pack_rows(token_docs, seq_len: int, bos_id: int, eos_id: int, pad_id: int,
   inputs, targets, doc, pairs_D = _flat_pairs(token_docs, bos_id, eos_id)
   scored = _scored_pairs(pairs_D, context_D)
   T = seq_len
+  if scored is not None:  # a document's piece in a later row sees none of its prompt: context only
+    first_row_D = (np.cumsum(pairs_D) - pairs_D) // T
+    scored &= np.arange(len(inputs)) // T == np.repeat(first_row_D, pairs_D)
   n_rows = -(-len(inputs) // T)
   pad = n_rows * T - len(inputs)
 
@@ -259,7 +269,8 @@ class TokenBatches:
         ids = docs[p, d]
         ins.append(np.concatenate([[self.bos], ids[:hi - 1]]) if lo == 0 else ids[lo - 1:hi - 1])
         tgs.append(ids[lo:hi] if hi <= len(ids) else np.concatenate([ids[lo:], [self.eos]]))
-        scored.append(np.arange(lo, hi) >= (0 if context is None else context[d]))
+        # Under completion-only loss a piece that does not start its document sees none of its prompt.
+        scored.append(np.arange(lo, hi) >= (0 if context is None else context[d] if lo == 0 else hi))
       units.append(np.repeat(occ, his - los))
     shape = (n, self.T)
     return _rows(np.concatenate(ins).reshape(shape), np.concatenate(tgs).reshape(shape),
@@ -323,12 +334,13 @@ class TokenData:
   def _check_marker(self, completion_after: str) -> None:
     """Completion-only loss reads documents in memory, and the marker must occur in the train split."""
     for part in self.parts:
-      if not isinstance(part.store, MemoryStore):
+      if not isinstance(part.store, MemoryStore) or part.store.marker != self.marker:
         raise DataError(f"data.completion_after={completion_after!r} needs raw text in memory, but {part.name!r} is "
                         "a prepared directory; train on the raw source or set data.completion_after=''")
       if not any(self.marker in t for t in part.store.texts):
         raise DataError(f"data.completion_after={completion_after!r} occurs in no train document of {part.name!r}, so "
                         "nothing would be scored; fix the marker or set data.completion_after=''")
+      _ = part.store.context  # once, here: grain workers get it with the store
 
   @classmethod
   def build(cls, source: str = "python-prose", tokenizer_spec: "str | tokenizers_lib.Tokenizer" = "bytes",
@@ -445,13 +457,25 @@ class TokenData:
     """Eval rows and bytes per row for `segments` (of `split`, or of other text when None)."""
     tok = self.tokenizer
     ids = tok.encode_batch(segments)
-    context = context_units(tok, segments, ids, self.marker) if self.marker else None
+    context = None
+    if self.marker:
+      context = context_units(tok, segments, ids, self.marker)
+      longest = max((len(x) + 1 for x in ids), default=0)
+      if longest > self.seq_len:
+        raise DataError(f"data.completion_after: a held-out document is {longest} units, longer than data.seq_len="
+                        f"{self.seq_len}, and would be scored without its prompt; raise seq_len")
     rows, last_row_S = _pack_eval(ids, self.seq_len, tok.bos_id, tok.eos_id, tok.pad_id, context)
     # Each segment scores its original bytes plus one end-of-segment event, in the row of its last pair; under
     # completion-only loss, the bytes of its scored units plus the eos.
-    scored = [len(s) + 1 for s in segments] if context is None else [
-        int(np.sum(np.asarray(tok.unit_bytes(), np.int64)[np.asarray(x, np.int64)][min(c, len(x)):])) + (c <= len(x))
-        for x, c in zip(ids, context)]
+    if context is None:
+      scored = [len(s) + 1 for s in segments]
+    else:
+      unit_bytes = np.asarray(tok.unit_bytes(), np.int64)
+      scored = [int(np.sum(unit_bytes[np.asarray(x, np.int64)][min(c, len(x)):])) + (c <= len(x))
+                for x, c in zip(ids, context)]
+      if segments and not sum(scored):
+        raise DataError(f"data.completion_after={self.marker.decode('utf-8', 'replace')!r} occurs in none of the "
+                        f"{len(segments)} held-out documents, so there is nothing to score; check the marker")
     bytes_per_row = np.bincount(last_row_S, weights=scored, minlength=len(rows["inputs"]))
     return rows, bytes_per_row.astype(np.int64)
 

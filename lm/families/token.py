@@ -153,7 +153,8 @@ class TokenFamily(Family):
 
   def flops_per_byte(self, config, vocab_size: int, n_bytes: float, rows, needs: Requirements) -> dict[str, float]:
     per_unit = flops_per_unit(config.model, vocab_size, config.data.seq_len, needs.heads)
-    units_per_byte = sum(float(r["loss_mask"].sum()) for r in rows) / max(n_bytes, 1)
+    # Every position of a segment is computed, scored or not (completion-only context included).
+    units_per_byte = sum(float((r["segment_ids"] > 0).sum()) for r in rows) / max(n_bytes, 1)
     return dict(flops_per_byte_inference=per_unit["forward"] * units_per_byte,
                 flops_per_byte_train=per_unit["train"] * units_per_byte)
 

@@ -98,6 +98,12 @@ def check_data_size(config, family: Family) -> None:
   tokenizer, at most two units per byte), so rows <= ceil(factor * (bytes + 2 * documents) / units per row)."""
   d = config.data
   parsed = pipeline.parse_source(d.source)
+  if d.completion_after and any(prepared.is_prepared(s) for s, _ in parsed):
+    raise ConfigError(f"data.completion_after={d.completion_after!r} needs raw text in memory, but data.source "
+                      f"{d.source!r} is a prepared directory; train on the raw source or set data.completion_after=''")
+  if d.completion_after and d.eval_max_bytes:
+    raise ConfigError(f"data.completion_after={d.completion_after!r} scores held-out documents whole, so "
+                      f"data.eval_max_bytes={d.eval_max_bytes} cannot apply; set data.eval_max_bytes=0")
   if parsed[0][1] is not None or any(prepared.is_prepared(s) for s, _ in parsed):
     return  # prepared and mixed sources are checked when opened (their manifests hold the counts)
   size = corpus.source_size(d.source)
