@@ -10,7 +10,7 @@ beside ours (mean ± std over seeds).
 
 Every arm of a part runs the same experiment with the same model, data, optimizer and schedule; only the
 objectives list differs, copied from `experiments/token_ARM.py` (ntp: next-token; mtp: 4 heads; top: ntp +
-token order prediction; ftp, dsmtp the same way). Parts:
+token order prediction; ftp, dsmtp the same way; `mtp:n=2` sets an option of the arm's objective). Parts:
   star       `probe_star:VARIANT` (Bachmann & Nagarajan 2024; Zuhri et al. 2025, Table 5): greedy exact-path
              accuracy on held-out graphs, and teacher forced: the first decision after the start node and the
              later steps (edge lookups). Next-token training's Clever Hans signature: later steps near 1, the
@@ -63,13 +63,29 @@ PAPER = {
     ("bpb", "mtp"): "worse than ntp at small scale (TOP paper)",
     ("bpb", "top"): "better than ntp (TOP paper)",
 }
-DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp", "bpb": "ntp,mtp,top"}
+DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp:n=2", "bpb": "ntp,mtp,top"}
 DEFAULT_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small"}
 
 
 def objectives_of(arm: str) -> list[dict]:
-  """The objectives list of `experiments/token_ARM.py`: one definition of each arm for every part."""
-  return [dict(o) for o in config_lib.load_experiment(f"token_{arm}").objectives]
+  """The objectives list of `experiments/token_NAME.py` for arm `NAME[:KEY=VALUE...]` (options set on its NAME
+  objective, e.g. `mtp:n=2`): one definition of each arm for every part."""
+  name, *options = arm.split(":")
+  objectives = [dict(o) for o in config_lib.load_experiment(f"token_{name}").objectives]
+  for option in options:
+    key, _, value = option.partition("=")
+    target = next((o for o in objectives if o["name"] == name), None)
+    if target is None or not key:
+      raise SystemExit(f"error: arm {arm!r}: write NAME:KEY=VALUE with an option of objective {name!r}")
+    target[key] = _literal(value)
+  return objectives
+
+
+def _literal(value: str):
+  try:
+    return json.loads(value)  # numbers, true/false
+  except json.JSONDecodeError:
+    return value
 
 
 def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_objectives: bool = False,
@@ -146,8 +162,9 @@ def _stats(values: list[float]) -> dict:
 def _arms(spec: str, part: str) -> list[str]:
   arms = [a.strip() for a in spec.split(",") if a.strip()]
   for arm in arms:
-    if not (config_lib.experiments_dir() / f"token_{arm}.py").exists():
-      raise SystemExit(f"error: --{part}-arms: no experiments/token_{arm}.py to take arm {arm!r}'s objectives from")
+    name = arm.split(":")[0]
+    if not (config_lib.experiments_dir() / f"token_{name}.py").exists():
+      raise SystemExit(f"error: --{part}-arms: no experiments/token_{name}.py to take arm {arm!r}'s objectives from")
   return arms
 
 
@@ -190,7 +207,7 @@ def main(argv=None):
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root))
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
                and runs[0][k] is not None}
-        row["paper"] = PAPER.get((part, arm), "")
+        row["paper"] = PAPER.get((part, arm.split(":")[0]), "")
         results[part]["arms"][arm] = row
         _save(args.out, results, seeds, steps, n, args.quick, t0)
 
@@ -199,11 +216,11 @@ def main(argv=None):
   for part, result in results.items():
     titles = METRICS[part]
     print(f"\n  {part} ({result['variant']})")
-    print(f"  {'arm':6s} " + " ".join(f"{t:>18s}" for _, t in titles) + "  paper")
+    print(f"  {'arm':8s} " + " ".join(f"{t:>18s}" for _, t in titles) + "  paper")
     for arm, row in result["arms"].items():
       cells = " ".join(f"{row[k]['mean']:9.3g} ± {row[k]['std']:6.2g}" if k in row else f"{'-':>18s}"
                        for k, _ in titles)
-      print(f"  {arm:6s} {cells}  {row['paper']}")
+      print(f"  {arm:8s} {cells}  {row['paper']}")
   print(f"\n  wrote {args.out}")
   return results
 

@@ -62,6 +62,7 @@ def test_reproduce_arms_are_the_experiments_objectives():
     sys.path.remove(str(ROOT / "benchmarks"))
   # Every arm of every part is one objectives list, taken from experiments/token_ARM.py.
   assert reproduce.objectives_of("top") == [dict(name="ntp", weight=1.0), dict(name="top", weight=1.0, window=16)]
+  assert reproduce.objectives_of("mtp:n=2")[0]["n"] == 2 and reproduce.objectives_of("mtp")[0]["n"] == 4
   config = reproduce.make_config("probe_star:tiny", "mtp", seed=2, steps=7)
   assert config.objectives == reproduce.objectives_of("mtp") and config.train.seed == 2 and config.train.steps == 7
   with pytest.raises(SystemExit, match="no experiments/token_nope.py"):
