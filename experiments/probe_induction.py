@@ -25,11 +25,12 @@ SIZES = {
                  optim=dict(lr=4e-3, warmup_steps=30),
                  train=dict(steps=100, log_every=50, eval_every=0, checkpoint_every=100, eval_batches=4),
                  eval=dict(max_batches=4)),
-    "small": dict(data=dict(source="synthetic:induction:n=20000:seed=0", batch_size=16),
-                  model=dict(d_model=192, num_layers=6, num_heads=6, num_kv_heads=3, d_ff=512),
+    # tiny's model on fresh stories (no story seen twice), long enough for copying to form if it will.
+    "small": dict(data=dict(source="synthetic:induction:n=40000:seed=0", batch_size=16),
+                  model=dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384),
                   optim=dict(lr=2e-3, warmup_steps=100),
-                  train=dict(steps=3000, log_every=100, eval_every=1000, checkpoint_every=1000, eval_batches=8),
-                  eval=dict(max_batches=16)),
+                  train=dict(steps=2000, log_every=250, eval_every=0, checkpoint_every=2000, eval_batches=4),
+                  eval=dict(max_batches=8)),
 }
 
 

@@ -1,21 +1,27 @@
 """Star-graph path-finding probe (Bachmann & Nagarajan 2024): train on star graphs, score greedy answer paths.
 
 Run:
-  lm train probe_star:tiny --workdir runs/star_tiny && lm probe star runs/star_tiny
-  lm train probe_star:tiny --workdir runs/star_mtp --config.objectives.0.name=mtp   # swap the objective
-  lm train probe_star:small --workdir runs/star_small && lm probe star runs/star_small
+  lm train probe_star:small --workdir runs/star_ntp && lm probe star runs/star_ntp --n 400
+  lm train probe_star:small --workdir runs/star_mtp --config.objectives.0.name=mtp   # swap the objective
+  python benchmarks/reproduce.py --parts star                                      # ntp, mtp, top x 3 seeds
+  lm train probe_star:tiny --workdir runs/star_tiny                                # a smoke run (200 steps)
 
-Data (lm/data/synthetic.py): one graph per document, `EDGES|START>GOAL=PATH`; each row of seq_len holds exactly
-one document (bytes + eos), so no graph is cut. tiny: degree 2, arms of 3 nodes, labels 0-9 (35 bytes);
-small: degree 2, arms of 5 nodes, labels 00-49 (83 bytes). `lm probe star` scores 200 held-out graphs (seed 1)
-by exact-path accuracy of greedy decoding after `=`; chance is 1/degree = 0.5 once the model follows edges.
+Data (lm/data/synthetic.py): one graph per document, `EDGES|START>GOAL=PATH`: degree 2, arms of 3 nodes,
+labels 0-9 (35 bytes), each row of seq_len 36 exactly one document, so no graph is cut. The loss is on the
+path and its eos only (`data.completion_after="="`), as the paper trains; val bits per byte is over those
+bytes too. small draws 200k graphs, so 2500 steps x 64 never repeat one. `lm probe star` scores held-out
+graphs (seed 1) by greedy exact-path accuracy after `=` (chance 1/degree = 0.5 once edges are followed) and,
+teacher forced, the first decision after the start node apart from the later steps (edge lookups).
 
-Results (2-core CPU shared with another training run, 2026-11-25):
-  tiny   ntp: star accuracy 0.000 (chance 0.5), teacher forced 0.000, val 1.661 bpb; 43.6 s train + 6.5 s probe.
-         1.661 bpb is exactly uniform digits (18 random digits * log2(10) / 36 units): 200 steps learn the format,
-         not yet the edge lookup, so every answer is one repeated digit. A 2-layer model at lr 3e-3 leaves that
-         plateau only near step 1100 (2000 steps: 1.46 bpb, accuracy 0.01). Use tiny as a smoke run.
-  small  not run yet
+Results (2-core CPU, two runs at a time, one core each, 2026-12-03; BUILD_NOTES "Small runs against the papers"):
+  small  ntp: Clever Hans, as the paper says: later steps 1.000, first decision 0.54 / 0.48 / 0.48 (seeds 0-2),
+         greedy exact = first decision; val 0.127 bpb = 1 bit per path, the coin flip. About 7 minutes on
+         2 cores alone (14 min on one core).
+         mtp (4 heads): first decision 0.73 / 0.65, later steps 1.00, 0.10 bpb: the shortcut partly broken.
+         top (ntp + TOP, window 16): 0.53, i.e. Clever Hans like ntp at this size and schedule.
+  Arms of 5 with two-digit labels (the old `small`, 4000 steps, whole-document loss) learned no lookup (all
+  zeros); with one character per node (`letters=1`, degree 2, arms of 5, 50 labels) and path-only loss,
+  1500 steps reach 1.16 bpb: lookups not yet learned, beyond the ~20 minute budget here.
 """
 
 from lm import config as config_lib
