@@ -378,3 +378,6 @@ def test_completion_only_marker_errors():
     data.eval_batches("val", 2, docs=[b"no marker here"])
   with pytest.raises(DataError, match="a held-out document is 21 units, longer than data.seq_len=16"):
     data.eval_batches("val", 2, docs=[b"a long question=" + b"yes!"])
+  with pytest.raises(DataError, match="a val document of '<memory>' is 21 units, longer than data.seq_len=16"):
+    pipeline.TokenData(dict(train=[b"q=a"], val=[b"a long question=yes!"], test=[]), tokenizers.ByteTokenizer(), 16,
+                       completion_after="=")

@@ -334,13 +334,22 @@ class TokenData:
   def _check_marker(self, completion_after: str) -> None:
     """Completion-only loss reads documents in memory, and the marker must occur in the train split."""
     for part in self.parts:
-      if not isinstance(part.store, MemoryStore) or part.store.marker != self.marker:
+      if not isinstance(part.store, MemoryStore):
         raise DataError(f"data.completion_after={completion_after!r} needs raw text in memory, but {part.name!r} is "
                         "a prepared directory; train on the raw source or set data.completion_after=''")
+      if part.store.marker != self.marker:
+        raise DataError(f"data.completion_after={completion_after!r}: the train store of {part.name!r} was built with "
+                        f"marker {part.store.marker!r}; build it with MemoryStore(texts, tokenizer, marker)")
       if not any(self.marker in t for t in part.store.texts):
         raise DataError(f"data.completion_after={completion_after!r} occurs in no train document of {part.name!r}, so "
                         "nothing would be scored; fix the marker or set data.completion_after=''")
       _ = part.store.context  # once, here: grain workers get it with the store
+      for split, texts in part.held_out.items():  # now, not when the first evaluation comes after training
+        longest = max((len(x) + 1 for x in self.tokenizer.encode_batch(list(texts))), default=0)
+        if longest > self.seq_len:
+          raise DataError(f"data.completion_after={completion_after!r}: a {split} document of {part.name!r} is "
+                          f"{longest} units, longer than data.seq_len={self.seq_len}, and would be scored without "
+                          "its prompt; raise seq_len")
 
   @classmethod
   def build(cls, source: str = "python-prose", tokenizer_spec: "str | tokenizers_lib.Tokenizer" = "bytes",
