@@ -14,11 +14,13 @@ graphs (seed 1) by greedy exact-path accuracy after `=` (chance 1/degree = 0.5 o
 teacher forced, the first decision after the start node apart from the later steps (edge lookups).
 
 Results (2-core CPU, two runs at a time, one core each, 2026-12-03; BUILD_NOTES "Small runs against the papers"):
-  small  ntp: Clever Hans, as the paper says: later steps 1.000, first decision 0.54 / 0.48 / 0.48 (seeds 0-2),
-         greedy exact = first decision; val 0.127 bpb = 1 bit per path, the coin flip. About 7 minutes on
-         2 cores alone (14 min on one core).
-         mtp (4 heads): first decision 0.73 / 0.65, later steps 1.00, 0.10 bpb: the shortcut partly broken.
-         top (ntp + TOP, window 16): 0.53, i.e. Clever Hans like ntp at this size and schedule.
+  small  ntp: Clever Hans, as the paper says: later steps 1.000 in every seed, first decision 0.540 / 0.472 /
+         0.477 (seeds 0-2), greedy exact = first decision; val 0.127 bpb = 1 bit per path, the coin flip.
+         About 7 minutes on 2 cores alone (14 min on one core).
+         mtp (4 heads): first decision 0.725 / 0.650 / 0.458, later steps 1.00: two seeds of three partly
+         break the shortcut (the paper's direction; its MTP-4 also stops short). About twice ntp's time.
+         top (ntp + TOP, window 16): 0.527 / 0.502 / 0.725: one seed of three partly breaks it.
+         The papers' direction, weakly: ntp never leaves the coin flip, mtp and top sometimes do.
   Arms of 5 with two-digit labels (the old `small`, 4000 steps, whole-document loss) learned no lookup (all
   zeros); with one character per node (`letters=1`, degree 2, arms of 5, 50 labels) and path-only loss,
   1500 steps reach 1.16 bpb: lookups not yet learned, beyond the ~20 minute budget here.
