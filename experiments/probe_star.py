@@ -28,17 +28,18 @@ Results (2-core CPU, two runs at a time, one core each, 2026-12-03; BUILD_NOTES 
 
 from lm import config as config_lib
 
+GRAPHS = "synthetic:star:degree=2:path_len=3:num_nodes=10:seed=0"
+MODEL = dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384)
+
 SIZES = {
-    "tiny": dict(data=dict(source="synthetic:star:degree=2:path_len=3:num_nodes=10:n=20000:seed=0", seq_len=36,
-                           batch_size=32),
-                 model=dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384),
+    "tiny": dict(data=dict(source=f"{GRAPHS}:n=20000", seq_len=36, batch_size=32),
+                 model=MODEL,
                  optim=dict(lr=1e-3, warmup_steps=30),
                  train=dict(steps=200, log_every=50, eval_every=0, checkpoint_every=200, eval_batches=4),
                  eval=dict(max_batches=4)),
     # The same graphs and model, trained long enough to learn the edge lookups (fresh graphs every step).
-    "small": dict(data=dict(source="synthetic:star:degree=2:path_len=3:num_nodes=10:n=200000:seed=0", seq_len=36,
-                            batch_size=64),
-                  model=dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, d_ff=384),
+    "small": dict(data=dict(source=f"{GRAPHS}:n=200000", seq_len=36, batch_size=64),
+                  model=MODEL,
                   optim=dict(lr=1e-3, warmup_steps=100),
                   train=dict(steps=2500, log_every=250, eval_every=0, checkpoint_every=2500, eval_batches=4),
                   eval=dict(max_batches=8)),
