@@ -88,24 +88,9 @@ def main(argv=None) -> dict:
       config_lib.apply_overrides(c, [f"train.steps={steps}", f"train.seed={seed}",
                                      f"train.eval_every={max(steps // max(args.curve_points, 1), 1) if args.curve_points else 0}",
                                      f"optim.warmup_steps={min(c.optim.warmup_steps, max(steps // 10, 1))}"])
-      workdir = root / f"{name}-{seed}"
       print(f"== {name} seed {seed}: {steps} steps, {per_step[name]:.3g} FLOPs/step", flush=True)
-      t0 = time.time()
-      summary = loop.train(c, str(workdir))
-      seconds = time.time() - t0
-      r = lm.api.LM(summary["run"], summary["state"].params)
-      scores, extra = {}, {}
-      for split in ("val", "test"):
-        result = r.evaluate(split=split)
-        scores[split] = result["bpb"]
-        extra.update({f"{split}_{k}": result[k] for k in CONCEPT_METRICS if k in result})
-      for spec in NOISE:
-        scores[spec] = r.evaluate(noise=spec)["bpb"]
-      info = compare.summarize_run(workdir)
-      rows.append(dict(run=name, seed=seed, steps=steps, seconds=seconds, params=info["params"],
-                       train_flops=steps * per_step[name], flops_per_byte_train=info["flops_per_byte_train"],
-                       val_bpb=scores["val"], test_bpb=scores["test"], noised={k: scores[k] for k in NOISE},
-                       curve=info["curve"], name=name, family=info["family"], **extra))
+      rows.append(dict(run=name, name=name, seed=seed, steps=steps, train_flops=steps * per_step[name],
+                       **train_and_score(c, root / f"{name}-{seed}")))
 
   print(f"\n{'run':<11}{'params':>9}{'FLOP/B':>10}{'train FLOPs':>13}{'val bpb':>16}{'test bpb':>16}"
         + "".join(f"{k:>14}" for k in NOISE))
@@ -145,6 +130,26 @@ def main(argv=None) -> dict:
   except Exception as e:  # pylint: disable=broad-except  # the table is the result; the plot is a view of it
     print(f"no plot: {e}")
   return result
+
+
+def train_and_score(c, workdir) -> dict:
+  """Train `c` in `workdir`; val and test bits per byte, the same under each `NOISE` kind, the concept
+  metrics where the family has them, params, FLOPs per byte and the validation curve."""
+  t0 = time.time()
+  summary = loop.train(c, str(workdir))
+  seconds = time.time() - t0
+  r = lm.api.LM(summary["run"], summary["state"].params)
+  scores, extra = {}, {}
+  for split in ("val", "test"):
+    result = r.evaluate(split=split)
+    scores[split] = result["bpb"]
+    extra.update({f"{split}_{k}": result[k] for k in CONCEPT_METRICS if k in result})
+  for spec in NOISE:
+    scores[spec] = r.evaluate(noise=spec)["bpb"]
+  info = compare.summarize_run(workdir)
+  return dict(seconds=seconds, params=info["params"], flops_per_byte_train=info["flops_per_byte_train"],
+              val_bpb=scores["val"], test_bpb=scores["test"], noised={k: scores[k] for k in NOISE},
+              curve=info["curve"], family=info["family"], **extra)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""Small runs against the papers' directions: star graphs, name induction, TOP vs NTP vs MTP at equal FLOPs.
+"""Small runs against the papers' directions: star graphs, name induction, TOP vs NTP vs MTP at equal FLOPs, HAT.
 
 Run:
   python benchmarks/reproduce.py                                   # every part, seeds 0,1,2
   python benchmarks/reproduce.py --parts star --seeds 0,1,2        # one part
   python benchmarks/reproduce.py --parts star --star-arms ntp,top  # some arms of it
+  python benchmarks/reproduce.py --parts hat --seeds 0              # the HAT sweep, one seed
+  python benchmarks/reproduce.py --parts hat --hat-arms flat,hat:model.d_model=256   # a shape of your own
   python benchmarks/reproduce.py --quick                           # smoke: 1 seed, a few steps, 16 documents
-Writes JSON to --out (default benchmarks/results/reproduce.json) and prints one table, the paper's figure
-beside ours (mean ± std over seeds).
+Writes JSON to --out (default benchmarks/results/reproduce.json; the parts of earlier runs in that file stay
+unless this run measures them again) and prints one table, the paper's figure beside ours (mean ± std over
+seeds).
 
 Every arm of a part runs the same experiment with the same model, data, optimizer and schedule; only the
 objectives list differs, copied from `experiments/token_ARM.py` (ntp: next-token; mtp: 4 heads; top: ntp +
@@ -20,6 +23,14 @@ token order prediction; ftp, dsmtp the same way; `mtp:n=2` sets an option of the
   bpb        `token_ARM:VARIANT` on the embedded corpus at one training budget in FLOPs, not steps: each arm
              trains for budget / (its FLOPs per step) steps, the budget being next-token's at the variant's
              steps. Val bits per byte of the next-unit head (Zuhri et al. 2025: TOP below NTP, MTP above).
+  hat        byte_hat shapes against flat bytes and BPE tokens (Neitemeier et al. 2025: HAT at parity with
+             BPE at matched compute, more robust to noise), each trained on byte_flat:VARIANT's FLOPs
+             (`benchmarks/families.py`'s budget and scoring: the same held-out segments, clean and noised).
+             The sweep moves the forward FLOPs per byte from the byte-level encoder and decoder into the word
+             backbone, as the paper's models put most of their parameters there: `hat` as configured (a
+             third in the backbone), `hat_b256x4` (~70%), `hat_b256x6` (~80%), `hat_b320x6` (~85%, and more
+             FLOPs per byte, so fewer steps); shapes sized for `small`. `ARM:KEY=VALUE` adds a config
+             override to an arm.
 """
 
 from __future__ import annotations
@@ -37,14 +48,16 @@ import time
 import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from lm import config as config_lib  # noqa: E402
+import families as family_runs  # noqa: E402  # benchmarks/families.py: its scoring and noise kinds
+from lm import config as config_lib, families  # noqa: E402
 from lm.eval import probes  # noqa: E402
 from lm.train import loop  # noqa: E402
 from lm.train import run as run_lib  # noqa: E402
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "reproduce.json"
-PARTS = ("star", "induction", "bpb")
+PARTS = ("star", "induction", "bpb", "hat")
 
 # What each part measures (key, column title) and what the papers report for each arm.
 METRICS = {
@@ -52,6 +65,8 @@ METRICS = {
              ("bpb", "val bpb")),
     "induction": (("later", "later mentions"), ("first", "first mentions"), ("bpb", "val bpb")),
     "bpb": (("bpb", "val bpb"), ("steps", "steps"), ("flops", "train FLOPs")),
+    "hat": (("bpb", "val bpb"), ("test", "test bpb"), ("delete", "+bpb delete 5%"), ("swap", "+bpb swap 5%"),
+            ("upper", "+bpb upper 10%"), ("steps", "steps")),
 }
 PAPER = {
     ("star", "ntp"): "Clever Hans: first decision ~1/degree, lookups ~1; G(5,5) exact 0.1% (TOP paper T5)",
@@ -62,9 +77,31 @@ PAPER = {
     ("bpb", "ntp"): "baseline",
     ("bpb", "mtp"): "worse than ntp at small scale (TOP paper)",
     ("bpb", "top"): "better than ntp (TOP paper)",
+    ("hat", "bpe"): "baseline",
+    ("hat", "flat"): "sets the FLOPs budget",
 }
-DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp:n=2", "bpb": "ntp,mtp,top"}
-DEFAULT_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small"}
+for _shape in ("hat", "hat_b256x4", "hat_b256x6", "hat_b320x6"):
+  PAPER[("hat", _shape)] = "parity with BPE at matched compute; degrades less under noise (Neitemeier et al.)"
+DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp:n=2", "bpb": "ntp,mtp,top",
+                "hat": "bpe,flat,hat,hat_b256x4,hat_b256x6,hat_b320x6"}
+DEFAULT_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small", "hat": "small"}
+
+# The HAT part's arms: experiment and overrides. The shapes keep byte_hat's data (words, rows, batch) and
+# optimizer; encoder 64 wide x 1 layer, decoder 64 x 2 where the backbone grows.
+_SMALL_BYTE_LEVEL = ["model.encoder.d_model=64", "model.encoder.num_layers=1", "model.encoder.d_ff=192",
+                     "model.decoder.d_model=64", "model.decoder.num_layers=2", "model.decoder.d_ff=192"]
+HAT_ARMS = {
+    "bpe": ("token_ntp", ["data.tokenizer=bpe", "data.vocab_size=2048"]),
+    "flat": ("byte_flat", []),
+    "hat": ("byte_hat", []),
+    "hat_b256x4": ("byte_hat", ["model.d_model=256", "model.num_layers=4", "model.num_heads=8",
+                                "model.num_kv_heads=4", "model.d_ff=768", *_SMALL_BYTE_LEVEL]),
+    "hat_b256x6": ("byte_hat", ["model.d_model=256", "model.num_layers=6", "model.num_heads=8",
+                                "model.num_kv_heads=4", "model.d_ff=768", *_SMALL_BYTE_LEVEL]),
+    "hat_b320x6": ("byte_hat", ["model.d_model=320", "model.num_layers=6", "model.num_heads=8",
+                                "model.num_kv_heads=4", "model.d_ff=960", *_SMALL_BYTE_LEVEL]),
+}
+HAT_BUDGET = "flat"  # the arm whose configured steps set the HAT part's FLOPs budget
 
 
 def objectives_of(arm: str) -> list[dict]:
@@ -115,12 +152,14 @@ _FLOPS: dict[str, float] = {}
 
 def flops_per_step(config) -> float:
   """Training FLOPs of one step of `config` (the analytic count `lm compare` uses), without training; the
-  same for every seed, so counted once per experiment."""
-  if config.experiment not in _FLOPS:
+  same for every seed and step count, so counted once per model, data and objectives."""
+  key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("train", "optim", "sample")},
+                   sort_keys=True, default=str)
+  if key not in _FLOPS:
     data = run_lib.load_data(config)
     run = run_lib.build_run(config, data.tokenizer)
-    _FLOPS[config.experiment] = float(run_lib.train_flops_per_step(run, data)["flops_per_step"])
-  return _FLOPS[config.experiment]
+    _FLOPS[key] = float(run_lib.train_flops_per_step(run, data)["flops_per_step"])
+  return _FLOPS[key]
 
 
 def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:
@@ -151,7 +190,40 @@ def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dic
               seconds=out["seconds"])
 
 
-RUNNERS = {"star": star, "induction": induction, "bpb": bpb}
+def hat_config(arm: str, variant: str, seed: int, steps: int = 0, eval_max_bytes: int = 120):
+  """The HAT part's config of arm `NAME[:KEY=VALUE...]` (a `HAT_ARMS` entry plus overrides), scored as
+  `benchmarks/families.py` scores: held-out segments of at most `eval_max_bytes`, no sampling."""
+  name, *overrides = arm.split(":")
+  if name not in HAT_ARMS:
+    raise SystemExit(f"error: --hat-arms: unknown arm {name!r}; choose from {', '.join(HAT_ARMS)}")
+  experiment, own = HAT_ARMS[name]
+  config = families.load_config(f"{experiment}:{variant}", [
+      *own, *overrides, f"data.eval_max_bytes={eval_max_bytes}", "sample.max_new=0", "train.eval_every=0",
+      "train.checkpoint_every=0", f"train.seed={seed}"])
+  if steps:
+    config.train.steps = steps
+  return config
+
+
+def hat(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:  # pylint: disable=unused-argument
+  """Clean and noised val/test bpb of one HAT-part arm trained on `HAT_BUDGET`'s FLOPs at the variant's (or
+  --steps) steps; the noised columns are differences from clean val bpb."""
+  reference = hat_config(HAT_BUDGET, variant, seed, steps)
+  budget = reference.train.steps * flops_per_step(reference)
+  config = hat_config(arm, variant, seed)
+  per_step = flops_per_step(config)
+  arm_steps = max(1, round(budget / per_step))
+  config.train.steps = arm_steps
+  config.train.log_every = min(config.train.log_every, arm_steps)
+  config_lib.validate(config)
+  row = family_runs.train_and_score(config, tempfile.mkdtemp(dir=root))
+  noised = {kind.split(":")[0]: row["noised"][kind] - row["val_bpb"] for kind in family_runs.NOISE}
+  return dict(bpb=row["val_bpb"], test=row["test_bpb"], **noised, steps=arm_steps, flops=arm_steps * per_step,
+              budget=budget, params=row["params"], flops_per_byte_train=row["flops_per_byte_train"],
+              seconds=row["seconds"])
+
+
+RUNNERS = {"star": star, "induction": induction, "bpb": bpb, "hat": hat}
 
 
 def _stats(values: list[float]) -> dict:
@@ -163,7 +235,10 @@ def _arms(spec: str, part: str) -> list[str]:
   arms = [a.strip() for a in spec.split(",") if a.strip()]
   for arm in arms:
     name = arm.split(":")[0]
-    if not (config_lib.experiments_dir() / f"token_{name}.py").exists():
+    if part == "hat":
+      if name not in HAT_ARMS:
+        raise SystemExit(f"error: --hat-arms: unknown arm {name!r}; choose from {', '.join(HAT_ARMS)}")
+    elif not (config_lib.experiments_dir() / f"token_{name}.py").exists():
       raise SystemExit(f"error: --{part}-arms: no experiments/token_{name}.py to take arm {arm!r}'s objectives from")
   return arms
 
@@ -190,16 +265,20 @@ def main(argv=None):
   arms = {part: _arms(getattr(args, f"{part}_arms"), part) for part in parts}
   for part in parts:  # every arm's config loads and validates before the first run, not hours into the benchmark
     for arm in arms[part]:
+      variant = getattr(args, f"{part}_variant")
+      if part == "hat":
+        config_lib.validate(hat_config(arm, variant, 0, steps))
+        continue
       experiment = {"star": "probe_star", "induction": "probe_induction"}.get(part, f"token_{arm}")
-      make_config(f"{experiment}:{getattr(args, f'{part}_variant')}", arm, 0, steps,
-                  own_objectives=part == "bpb")
+      make_config(f"{experiment}:{variant}", arm, 0, steps, own_objectives=part == "bpb")
 
   t0 = time.time()
   results: dict[str, dict] = {}
   with tempfile.TemporaryDirectory(prefix="lm-reproduce-") as root:
     for part in parts:
       variant = getattr(args, f"{part}_variant")
-      results[part] = dict(variant=variant, arms={})
+      results[part] = dict(variant=variant, seeds=seeds, steps=steps or "variant", probe_n=n, quick=args.quick,
+                           date=time.strftime("%Y-%m-%d"), arms={})
       for arm in arms[part]:
         runs = []
         for seed in seeds:
@@ -209,29 +288,32 @@ def main(argv=None):
                and runs[0][k] is not None}
         row["paper"] = PAPER.get((part, arm.split(":")[0]), "")
         results[part]["arms"][arm] = row
-        _save(args.out, results, seeds, steps, n, args.quick, t0)
+        results[part]["seconds"] = time.time() - t0
+        _save(args.out, results)
 
   print(f"reproduce: seeds {seeds}, steps {steps or 'per variant'}, {n} probe documents, "
         f"{jax.default_backend()} x{jax.device_count()}, {time.time() - t0:.0f}s")
   for part, result in results.items():
     titles = METRICS[part]
     print(f"\n  {part} ({result['variant']})")
-    print(f"  {'arm':8s} " + " ".join(f"{t:>18s}" for _, t in titles) + "  paper")
+    width = max(8, *map(len, result["arms"]))
+    print(f"  {'arm':{width}s} " + " ".join(f"{t:>18s}" for _, t in titles) + "  paper")
     for arm, row in result["arms"].items():
       cells = " ".join(f"{row[k]['mean']:9.3g} ± {row[k]['std']:6.2g}" if k in row else f"{'-':>18s}"
                        for k, _ in titles)
-      print(f"  {arm:8s} {cells}  {row['paper']}")
+      print(f"  {arm:{width}s} {cells}  {row['paper']}")
   print(f"\n  wrote {args.out}")
   return results
 
 
-def _save(out: str, results: dict, seeds, steps, n, quick, t0) -> None:
-  """The JSON so far (after every arm: a long run that stops keeps what it measured)."""
+def _save(out: str, results: dict) -> None:
+  """The JSON so far (after every arm: a long run that stops keeps what it measured). Parts this run does not
+  measure stay as an earlier run in the same file left them; each part carries its own seeds, steps and date."""
   path = pathlib.Path(out)
   path.parent.mkdir(parents=True, exist_ok=True)
+  earlier = json.loads(path.read_text()).get("parts", {}) if path.exists() else {}
   path.write_text(json.dumps(dict(
-      seeds=seeds, steps=steps or "variant", probe_n=n, quick=quick, parts=results, seconds=time.time() - t0,
-      date=time.strftime("%Y-%m-%d"), backend=jax.default_backend(), devices=jax.device_count(),
+      parts={**earlier, **results}, backend=jax.default_backend(), devices=jax.device_count(),
       machine=platform.machine(), cpu_count=os.cpu_count(), jax=jax.__version__), indent=2) + "\n")
 
 

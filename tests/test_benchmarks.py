@@ -67,5 +67,25 @@ def test_reproduce_arms_are_the_experiments_objectives():
   assert config.objectives == reproduce.objectives_of("mtp") and config.train.seed == 2 and config.train.steps == 7
   with pytest.raises(SystemExit, match="no experiments/token_nope.py"):
     reproduce.main(["--parts", "star", "--star-arms", "ntp,nope"])
-  with pytest.raises(SystemExit, match="unknown hat"):
-    reproduce.main(["--parts", "star,hat"])
+  with pytest.raises(SystemExit, match="unknown nope"):
+    reproduce.main(["--parts", "star,nope"])
+  # HAT arms: a named shape plus overrides, on byte_hat's data and optimizer; unknown names before any run.
+  config = reproduce.hat_config("hat_b256x4:model.num_layers=5", "tiny", seed=1)
+  assert (config.model.d_model, config.model.num_layers, config.model.encoder.d_model) == (256, 5, 64)
+  assert config.train.seed == 1 and config.data.eval_max_bytes == 120 and config.model.family == "hierarchical"
+  with pytest.raises(SystemExit, match="unknown arm 'nope'"):
+    reproduce.main(["--parts", "hat", "--hat-arms", "flat,nope"])
+
+
+def test_reproduce_json_keeps_earlier_parts(tmp_path):
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import reproduce  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  out = tmp_path / "r.json"
+  reproduce._save(str(out), {"star": dict(seeds=[0, 1], arms={"ntp": {}})})  # pylint: disable=protected-access
+  reproduce._save(str(out), {"bpb": dict(seeds=[0], arms={})})  # pylint: disable=protected-access
+  reproduce._save(str(out), {"star": dict(seeds=[2], arms={})})  # pylint: disable=protected-access
+  parts = json.loads(out.read_text())["parts"]
+  assert parts == {"star": dict(seeds=[2], arms={}), "bpb": dict(seeds=[0], arms={})}
