@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from lm.data import pipeline, segment, tokenizers
+from lm.data import packing, pipeline, segment, tokenizers
 from lm.errors import DataError
 
 BOS, EOS, PAD = 1001, 1002, 1000
@@ -34,7 +34,7 @@ def _reference_pairs(token_docs):
 
 def _check_rows(rows, token_docs, seq_len):
   """Walks the rows with an explicit loop and checks every packing invariant."""
-  assert set(rows) == set(pipeline.KEYS)
+  assert set(rows) == set(packing.KEYS)
   for v in rows.values():
     assert v.dtype == np.int32 and v.shape == rows["inputs"].shape and v.shape[1] == seq_len
   got = []  # (input, target, row, segment) of every unmasked pair, in row-major order.
@@ -58,7 +58,7 @@ def _check_rows(rows, token_docs, seq_len):
 @hypothesis.settings(max_examples=150, deadline=None, database=None)
 def test_pack_rows_matches_reference(lengths, seq_len):
   token_docs = _token_docs(lengths)
-  rows = pipeline.pack_rows(token_docs, seq_len, BOS, EOS, PAD)
+  rows = packing.pack_rows(token_docs, seq_len, BOS, EOS, PAD)
   got = _check_rows(rows, token_docs, seq_len)
   want = _reference_pairs(token_docs)
   # Concat-then-split: the unmasked pairs are exactly the documents' pairs, in order, with no padding
@@ -72,7 +72,7 @@ def test_pack_rows_matches_reference(lengths, seq_len):
 
 
 def test_pack_rows_small_example():
-  rows = pipeline.pack_rows([np.array([5, 6]), np.array([7])], 4, BOS, EOS, PAD)
+  rows = packing.pack_rows([np.array([5, 6]), np.array([7])], 4, BOS, EOS, PAD)
   np.testing.assert_array_equal(rows["inputs"], [[BOS, 5, 6, BOS], [7, PAD, PAD, PAD]])
   np.testing.assert_array_equal(rows["targets"], [[5, 6, EOS, 7], [EOS, PAD, PAD, PAD]])
   np.testing.assert_array_equal(rows["segment_ids"], [[1, 1, 1, 2], [1, 0, 0, 0]])
@@ -84,7 +84,7 @@ def test_pack_rows_small_example():
 @hypothesis.settings(max_examples=150, deadline=None, database=None)
 def test_pack_eval_rows_never_splits_a_segment_that_fits(lengths, seq_len):
   token_segments = _token_docs(lengths, seed=1)
-  rows = pipeline.pack_eval_rows(token_segments, seq_len, BOS, EOS, PAD)
+  rows = packing.pack_eval_rows(token_segments, seq_len, BOS, EOS, PAD)
   got = _check_rows(rows, token_segments, seq_len)
   want = _reference_pairs(token_segments)
   assert [(i, t) for i, t, _, _ in got] == [(i, t) for i, t, _ in want]
@@ -151,11 +151,11 @@ def test_train_iterator_is_deterministic_and_resumes():
   rest = [next(it) for _ in range(2 * n_rows)]  # Crosses epoch boundaries: the iterator is infinite.
   same = data.train_iterator(batch_size=4, seed=7)
   for b1, b2 in zip(first, [next(same) for _ in range(3)]):
-    assert all((b1[k] == b2[k]).all() for k in pipeline.KEYS)
+    assert all((b1[k] == b2[k]).all() for k in packing.KEYS)
   resumed = data.train_iterator(batch_size=4, seed=7)
   resumed.set_state(state)
   for b1, b2 in zip(rest[:5], [next(resumed) for _ in range(5)]):
-    assert all((b1[k] == b2[k]).all() for k in pipeline.KEYS)
+    assert all((b1[k] == b2[k]).all() for k in packing.KEYS)
   other = next(data.train_iterator(batch_size=4, seed=8))
   assert not (other["inputs"] == first[0]["inputs"]).all()
   # Rows of the epoch-shuffled stream (tests/test_data_prepared.py checks its packing), never padded.
@@ -171,7 +171,7 @@ def test_train_iterator_process_shards_make_the_global_batch():
     want = next(whole)
     parts = [next(s) for s in shards]
     assert all(p["inputs"].shape == (2, 32) for p in parts)
-    for k in pipeline.KEYS:
+    for k in packing.KEYS:
       np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), want[k])
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lm.data import corpus, prepared, sources, stream
-from lm.data.pipeline import TokenBatches, TokenData, pack_rows
+from lm.data.packing import pack_rows
+from lm.data.pipeline import TokenBatches, TokenData
 from lm.errors import DataError
 
 WORDS = ["river", "stone", "light", "quiet", "seven", "paper", "north", "glass", "among", "under", "the", "a"]

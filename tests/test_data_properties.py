@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from lm.data import corpus, pipeline, sources, tokenizers
+from lm.data import corpus, packing, pipeline, sources, tokenizers
 from lm.errors import DataError, plural
 
 
@@ -136,8 +136,8 @@ def test_byte_pipeline_on_random_bytes(docs, seq_len, batch_size, val_fraction, 
     else:
       for _ in range(3):
         batch = next(it)
-        assert set(batch) == set(pipeline.KEYS)
-        for k in pipeline.KEYS:
+        assert set(batch) == set(packing.KEYS)
+        for k in packing.KEYS:
           assert batch[k].shape == (batch_size, seq_len) and batch[k].dtype == np.int32
         assert (batch["loss_mask"] == 1).all()
         for r in range(batch_size):
@@ -160,7 +160,7 @@ def test_byte_pipeline_on_random_bytes(docs, seq_len, batch_size, val_fraction, 
       if not segments:
         assert batches == []
         continue
-      stacked = {k: np.concatenate([b[k] for b, _ in batches]) for k in pipeline.KEYS}
+      stacked = {k: np.concatenate([b[k] for b, _ in batches]) for k in packing.KEYS}
       assert all(b[k].shape == (batch_size, seq_len) and b[k].dtype == np.int32 for b, _ in batches for k in b)
       # Byte tokenizer: the eval rows hold exactly the segments' bytes (one pair per byte, plus eos).
       seg_inputs, seg_targets = _byte_pairs(segments, tok.bos_id, tok.eos_id)
