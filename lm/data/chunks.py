@@ -11,7 +11,8 @@ import numpy as np
 
 from lm.data import segment
 from lm.data import tokenizers as tokenizers_lib
-from lm.data.pipeline import TokenData, _rows, load_splits, row_iterator
+from lm.data.packing import rows_of_units
+from lm.data.pipeline import TokenData, load_splits, row_iterator
 from lm.errors import DataError
 
 CHUNK_KEYS = ("units", "unit_mask", "chunk_mask", "segment_ids", "positions", "doc_end")
@@ -86,7 +87,7 @@ def pack_chunk_rows(docs: list[bytes], num_chunks: int, chunk_len: int, chunker=
   doc[:n] = np.repeat(np.arange(len(docs)), chunks_D)
   doc_NxC = doc.reshape(n_rows, C)
   # `_rows` derives segment ids and positions from a unit index; here the units are chunks.
-  rows = _rows(doc_NxC, doc_NxC, doc_NxC)
+  rows = rows_of_units(doc_NxC, doc_NxC, doc_NxC)
   return dict(
       units=units.reshape(n_rows, C, L),
       unit_mask=unit_mask.reshape(n_rows, C, L),
