@@ -68,3 +68,30 @@ def same_losses(got: list[str], want: list[str]) -> bool:
   import math
   return len(got) == len(want) and all(
       math.isclose(float.fromhex(a), float.fromhex(b), rel_tol=1e-5) for a, b in zip(got, want))
+
+
+@pytest.fixture(scope="session")
+def tiny_token_model():
+  """`tiny_token_model(V, seed)`: (model, decode_model, params, next_log_probs) of a one-layer token model over
+  V ids with peaked random weights (params x 4, so distributions are far from uniform and ties improbable);
+  `next_log_probs(prefixes)` is float64 [n, V] after the context [0]. For exact enumeration tests."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import numpy as np
+  from lm import config as config_lib, families
+  from lm.decoding import steps
+  made = {}
+
+  def make(V: int = 3, seed: int = 0):
+    if (V, seed) not in made:
+      c = config_lib.resolve_backend_defaults(families.load_config("token_ntp:tiny", {
+          "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 2,
+          "model.d_ff": 64}), "cpu")
+      family = families.get("token")
+      model, decode_model = family.build_model(c, V), family.build_model(c, V, decode=True)
+      params = nn.unbox(model.init(jax.random.PRNGKey(seed), {"inputs": jnp.zeros((1, 8), jnp.int32)},
+                                   with_heads=False))["params"]
+      params = jax.tree.map(lambda x: x * 4.0, params)
+      made[V, seed] = (model, decode_model, params, steps.next_log_probs_fn(model, params, np.array([0])))
+    return made[V, seed]
+  return make
