@@ -62,8 +62,9 @@ def token_temperature_distribution(next_log_probs: NextLogProbs, eos_id: int, ma
                                    alpha: float) -> dict[tuple[int, ...], float]:
   """What sampling each unit at temperature 1/α gives: Π_t p(x_t|x<t)^α / Σ_v p(v|x<t)^α (not π_α)."""
   def tempered(prefixes):
-    lp = alpha * next_log_probs(prefixes)
-    return lp - np.log(np.sum(np.exp(lp - lp.max(-1, keepdims=True)), -1, keepdims=True)) - lp.max(-1, keepdims=True)
+    lp_NxV = alpha * next_log_probs(prefixes)
+    top_N = lp_NxV.max(-1, keepdims=True)
+    return lp_NxV - top_N - np.log(np.sum(np.exp(lp_NxV - top_N), -1, keepdims=True))
   return {x: float(np.exp(lp)) for x, lp in enumerate_sequences(tempered, eos_id, max_new)}
 
 
