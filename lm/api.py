@@ -14,6 +14,7 @@ The command line (`lm eval`, `lm sample`, ...) is a thin layer over these.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -23,7 +24,7 @@ import jax
 from lm import families
 from lm.data import corpus, noise as noise_lib
 from lm.data.tokenizers import ByteTokenizer
-from lm.errors import CheckpointError
+from lm.errors import CheckpointError, LMError
 from lm.train import run as run_lib
 
 
@@ -92,6 +93,17 @@ class LM:
     return self.run.sample(self.params, pick(prompt, s.prompt), max_new=int(pick(max_new, s.max_new)),
                            temperature=float(pick(temperature, s.temperature)), top_k=int(pick(top_k, s.top_k)),
                            top_p=float(pick(top_p, s.top_p)), seed=int(pick(seed, s.seed)))
+
+  def decode(self, prompt: str, method: str, **options) -> dict:
+    """A sequence-level method on `prompt`: beam, diverse-beam, power (MH), power-smc, smc (with regex=...),
+    mbr; options as `lm.decoding.methods.Options` (beams, groups, diversity, length_penalty, alpha, particles,
+    ess, blocks, mh_steps, regex, samples, utility, temperature, seed, max_new). Returns {outputs: [{text,
+    units, log_p, ...}], chosen, stats}; `outputs[chosen]["text"]` is the continuation."""
+    from lm.decoding import methods  # pylint: disable=import-outside-toplevel
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(methods.Options)})
+    if unknown:
+      raise LMError(f"unknown decoding option(s) {', '.join(unknown)}; see lm.decoding.methods.Options")
+    return self.family.decode(self.run, self.params, prompt, method, methods.Options(**options))
 
   def speculative(self, prompt: str, max_new: int = 200) -> tuple[str, dict]:
     """Greedy self-speculative decoding with the run's own heads: (text, accepted-units stats)."""

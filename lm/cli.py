@@ -8,6 +8,9 @@
   lm compile EXPERIMENT[:ARG] --topology v5p:4x4x2 [--config.a.b=VALUE ...] [--json FILE] [--no-flops]
   lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
+            [--method beam|diverse-beam|power|power-smc|smc|mbr] [--beams N] [--groups G] [--diversity S]
+            [--length-penalty P] [--alpha A] [--particles N] [--ess F] [--blocks B] [--mh-steps M]
+            [--regex PATTERN] [--samples N] [--utility exact|chrf]
   lm probe star|induction DIR [--n N] [--seed S]
   lm compare DIR... [-o report.png] [--json FILE]
   lm rl EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...]
@@ -24,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -190,6 +194,8 @@ def _cmd_sample(args) -> int:
   import lm
   if args.speculative and (args.top_k or args.top_p < 1.0 or args.temperature):
     raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
+  if args.method:
+    return _sample_method(args)
   r = lm.load(args.workdir)
   if args.speculative:
     text, stats = r.speculative(args.prompt, args.max_new)
@@ -199,6 +205,31 @@ def _cmd_sample(args) -> int:
     return 0
   temperature = 0.8 if args.temperature is None else args.temperature
   print(args.prompt + r.sample(args.prompt, args.max_new, temperature, args.top_k, args.top_p, args.seed))
+  return 0
+
+
+def _sample_method(args) -> int:
+  """`lm sample --method NAME`: the chosen continuation after the prompt, then one line per output and the
+  method's cost."""
+  import lm
+  from lm.decoding import methods
+  if args.speculative or args.top_k or args.top_p < 1.0:
+    raise LMError("--method decodes with the model's own distribution; drop --speculative, --top-k and --top-p")
+  options = methods.Options(
+      max_new=args.max_new, beams=args.beams, groups=args.groups, diversity=args.diversity,
+      length_penalty=args.length_penalty, alpha=args.alpha, particles=args.particles, ess=args.ess,
+      blocks=args.blocks, mh_steps=args.mh_steps, regex=args.regex, samples=args.samples, utility=args.utility,
+      temperature=1.0 if args.temperature is None else args.temperature, seed=args.seed)
+  methods.check(args.method, options)  # before the checkpoint loads
+  report = lm.load(args.workdir).decode(args.prompt, args.method, **dataclasses.asdict(options))
+  outputs = report["outputs"]
+  print(args.prompt + outputs[report["chosen"]]["text"])
+  for i, out in enumerate(outputs):
+    extra = "".join(f" | {k} {out[k]:.4g}" for k in ("score", "weight", "expected_utility") if k in out)
+    mark = "*" if i == report["chosen"] else " "
+    print(f"{mark} {i:>3} | log p {out['log_p']:9.3f} | {len(out['units'])} units{extra} | {out['text']!r}")
+  print(f"{args.method}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in report["stats"].items()))
   return 0
 
 
@@ -316,6 +347,20 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--speculative", action="store_true",
                  help="greedy, drafting with the run's own mtp heads (or dsmtp modules) and verifying with its "
                  "next-unit head")
+  s.add_argument("--method", help="a sequence-level method (token models): beam, diverse-beam, power (MH), "
+                 "power-smc, smc (with --regex), mbr")
+  s.add_argument("--beams", type=int, default=4, help="beam, diverse-beam: beams in all")
+  s.add_argument("--groups", type=int, default=2, help="diverse-beam: groups of beams")
+  s.add_argument("--diversity", type=float, default=0.5, help="diverse-beam: Hamming diversity strength")
+  s.add_argument("--length-penalty", type=float, default=1.0, help="beam: rank by log p / length^P")
+  s.add_argument("--alpha", type=float, help="power, power-smc, smc: target p(x)^alpha (default 4; smc: 1)")
+  s.add_argument("--particles", type=int, default=16, help="power-smc, smc: particles (batch rows)")
+  s.add_argument("--ess", type=float, default=0.5, help="power-smc, smc: resample below this fraction")
+  s.add_argument("--blocks", type=int, default=4, help="power: blocks the continuation grows in")
+  s.add_argument("--mh-steps", type=int, default=10, help="power: MH moves after each block")
+  s.add_argument("--regex", help="smc: the continuation matches this in full (re.fullmatch, ASCII classes)")
+  s.add_argument("--samples", type=int, default=16, help="mbr: samples, at --temperature (default 1)")
+  s.add_argument("--utility", default="exact", help="mbr: exact or chrf")
   pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
   pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
   pr.add_argument("workdir")

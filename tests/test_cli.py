@@ -4,6 +4,7 @@ input, and a finished run re-run with a changed setting."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -203,3 +204,49 @@ def test_compare_prints_a_table_and_draws_bpb_against_flops(trained, tmp_path):
   assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
   missing = run_lm("compare", str(tmp_path / "nothing"), check=False)
   assert missing.returncode == 2 and "holds no checkpoint" in missing.stderr
+
+
+def test_sample_method_smc_prints_a_continuation_that_matches(trained):
+  workdir, _ = trained
+  proc = run_lm("sample", str(workdir), "--prompt", "The", "--max-new", "8", "--method", "smc", "--regex",
+                "[a-z ]{2,6}", "--particles", "8")
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith("The") and re.fullmatch("[a-z ]{2,6}", lines[0][3:]), proc.stdout
+  assert len([line for line in lines if re.match(r"[* ] +\d+ \| log p", line)]) == 8
+  assert lines[-1].startswith("smc: forward_passes 9, rows 8, alpha 1") and "log_z" in lines[-1]
+
+
+def test_decode_methods_report_the_models_own_log_probs(trained):
+  """Each method's outputs carry log p equal to teacher forcing the same units (rollout.score)."""
+  import jax.numpy as jnp
+  import numpy as np
+  import lm
+  from lm.models import rollout
+  workdir, _ = trained
+  r = lm.load(str(workdir))
+  prompt = r.tokenizer.prompt_ids("The")
+  for method, options in (("beam", dict(beams=3, length_penalty=0.0)), ("diverse-beam", dict(beams=4, groups=2)),
+                          ("power", dict(blocks=2, mh_steps=2)), ("power-smc", dict(particles=4)),
+                          ("mbr", dict(samples=4, utility="chrf"))):
+    report = r.decode("The", method, max_new=6, **options)
+    assert 0 <= report["chosen"] < len(report["outputs"]) and report["stats"]["forward_passes"] > 1
+    for out in report["outputs"]:
+      units = np.array(out["units"], np.int32)
+      want = rollout.score(r.run.model, r.params, jnp.asarray(prompt)[None], jnp.array([len(prompt)]),
+                           jnp.asarray(units)[None], jnp.array([len(units)]))
+      assert abs(float(want.sum()) - out["log_p"]) < 1e-3, (method, out)
+    if method == "beam":  # best first, by log p with no length penalty
+      assert [o["log_p"] for o in report["outputs"]] == sorted((o["log_p"] for o in report["outputs"]), reverse=True)
+  from lm.errors import LMError
+  with pytest.raises(LMError, match="unknown decoding option"):
+    r.decode("The", "beam", beam=3)
+
+
+def test_sample_method_bad_input_is_one_line(trained, capsys):
+  workdir = str(trained[0])
+  assert "needs --regex" in _error(capsys, "sample", workdir, "--method", "smc")
+  assert "not one of" in _error(capsys, "sample", workdir, "--method", "nope")
+  assert "drop --speculative" in _error(capsys, "sample", workdir, "--method", "beam", "--top-k", "3")
+  assert "equal blocks" in _error(capsys, "sample", workdir, "--method", "power", "--max-new", "10", "--blocks", "3")
+  assert "lookahead" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "a(?=b)")
+  assert "--max-new is 4" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "x{40}", "--max-new", "4")

@@ -60,6 +60,10 @@ class Tokenizer:
     table = self._id_bytes
     return b"".join(table[i] for i in np.asarray(ids).ravel().tolist() if 0 <= i < len(table))
 
+  def id_bytes(self) -> list[bytes]:
+    """The bytes each id stands for (b"" for special ids): what byte-level constraints and probabilities use."""
+    return list(self._id_bytes)
+
   def decode(self, ids) -> str:
     """Text of `ids`; invalid UTF-8 becomes U+FFFD and special ids are dropped."""
     return self.decode_bytes(ids).decode("utf-8", errors="replace")

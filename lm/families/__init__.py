@@ -86,6 +86,11 @@ class Family:
     raise LMError(f"{run.config.experiment!r} ({run.config.model.family} family) has no speculative decoding; "
                   "drop --speculative")
 
+  def decode(self, run, params, prompt: str, method: str, options) -> dict:  # pylint: disable=unused-argument
+    """A sequence-level method (`lm.decoding.methods`) on `prompt`: its report."""
+    raise LMError(f"--method {method} decodes token models, and {run.config.experiment!r} is a "
+                  f"{run.config.model.family} model; sample it without --method")
+
   def sentences(self, config: ml_collections.ConfigDict, split: str) -> list[bytes]:  # pylint: disable=unused-argument
     raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the sentences of "
                   "a concept-family experiment")

@@ -169,6 +169,10 @@ class TokenFamily(Family):
     out = out[0][: int(lengths[0])]
     return tok.decode(out[out != tok.eos_id])
 
+  def decode(self, run, params, prompt: str, method: str, options) -> dict:
+    from lm.decoding import methods  # pylint: disable=import-outside-toplevel
+    return methods.decode(run.decode_model(), params, run.tokenizer, prompt, method, options)
+
   def speculative(self, run, params, prompt: str, max_new: int) -> tuple[str, dict]:
     """Greedy decoding drafted by the run's `mtp` heads (or first `dsmtp` module); stats of accepted units."""
     tok = run.tokenizer

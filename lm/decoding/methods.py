@@ -1,0 +1,155 @@
+"""`lm sample --method NAME`: one prompt, one sequence-level method, a report of what it produced and cost.
+
+Every method returns `outputs` (text, units, the model's log p, and the method's own weight or score), the
+index of the one it `chosen` (what `lm sample` prints after the prompt) and `stats` (forward passes: model
+calls, each over all of the method's rows; effective sample size, acceptance where they apply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.decoding import regex as regex_lib
+from lm.decoding import search, smc
+from lm.errors import LMError
+from lm.models import rollout
+
+METHODS = ("beam", "diverse-beam", "power", "power-smc", "smc", "mbr")
+
+
+@dataclasses.dataclass
+class Options:
+  max_new: int = 200
+  beams: int = 4
+  groups: int = 2
+  diversity: float = 0.5
+  length_penalty: float = 1.0
+  alpha: float | None = None  # power: 4 (Karan & Du's default); smc: 1 (the model's own distribution)
+  particles: int = 16
+  ess: float = 0.5
+  blocks: int = 4
+  mh_steps: int = 10
+  regex: str | None = None
+  samples: int = 16
+  utility: str = "exact"
+  temperature: float = 1.0
+  seed: int = 0
+
+
+def check(method: str, o: Options) -> None:
+  """One line for a bad choice, before anything compiles."""
+  if method not in METHODS:
+    raise LMError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+  if o.max_new < 1:
+    raise LMError("--max-new must be at least 1")
+  positive = dict(beams=o.beams, groups=o.groups, particles=o.particles, samples=o.samples, blocks=o.blocks)
+  for name, value in positive.items():
+    if value < 1:
+      raise LMError(f"--{name} must be at least 1, got {value}")
+  if method == "diverse-beam" and o.beams % o.groups:
+    raise LMError(f"--beams {o.beams} must split into --groups {o.groups} equal groups")
+  if method == "power" and o.max_new % o.blocks:
+    raise LMError(f"--max-new {o.max_new} must split into --blocks {o.blocks} equal blocks")
+  if o.alpha is not None and o.alpha <= 0:
+    raise LMError(f"--alpha must be positive, got {o.alpha}")
+  if o.regex is not None and method != "smc":
+    raise LMError("--regex constrains --method smc; add --method smc")
+  if method == "smc" and o.regex is None:
+    raise LMError("--method smc needs --regex PATTERN (or use --method power-smc for the power distribution)")
+  if method == "mbr" and o.utility not in search.UTILITIES:
+    raise LMError(f"--utility {o.utility!r} is not one of {', '.join(search.UTILITIES)}")
+  if not 0 <= o.ess <= 1:
+    raise LMError(f"--ess is a fraction of the particles, in [0, 1]; got {o.ess}")
+  if o.regex is not None:
+    _compile(o.regex)
+
+
+def _compile(pattern: str) -> regex_lib.ByteDFA:
+  try:
+    return regex_lib.compile_regex(pattern)
+  except regex_lib.RegexError as e:
+    raise LMError(str(e)) from None
+
+
+def constraint_tables(pattern: str, tokenizer, vocab_size: int, max_new: int):
+  """(next_SxV, to_accept_S, accepting_S) of `pattern` over the tokenizer's units, as device arrays."""
+  dfa = _compile(pattern)
+  units = tokenizer.id_bytes()
+  units = units[:vocab_size] + [b""] * (vocab_size - len(units))
+  table_SxV = regex_lib.unit_transitions(dfa, units)
+  to_accept_S = regex_lib.units_to_accept(dfa, table_SxV)
+  if to_accept_S[dfa.start] > max_new:
+    need = int(to_accept_S[dfa.start])
+    what = "units the vocabulary cannot give" if need >= 2 ** 29 else f"at least {need} units"
+    raise LMError(f"--regex {pattern!r} needs {what}; --max-new is {max_new}")
+  return jnp.asarray(table_SxV), jnp.asarray(to_accept_S), jnp.asarray(dfa.accepting_S)
+
+
+def decode(model, params, tokenizer, prompt: str, method: str, o: Options) -> dict:
+  """Run `method` on `prompt` (text) with the decode-mode `model`; the report described above."""
+  check(method, o)
+  eos = tokenizer.eos_id
+  ids = jnp.asarray(tokenizer.prompt_ids(prompt))[None]
+  lengths = jnp.array([ids.shape[1]], jnp.int32)
+  rng = jax.random.PRNGKey(o.seed)
+
+  def texts(ids_RxN, lengths_R):
+    out = []
+    for row, n in zip(np.asarray(ids_RxN), np.asarray(lengths_R)):
+      units = [int(u) for u in row[:int(n)]]
+      out.append((tokenizer.decode([u for u in units if u != eos]), units))
+    return out
+
+  if method in ("beam", "diverse-beam"):
+    groups = o.groups if method == "diverse-beam" else 1
+    got, got_len, log_p, score, passes = search.beam_search(
+        model, params, ids, lengths, beams=o.beams, max_new=o.max_new, eos_id=eos, groups=groups,
+        diversity=float(o.diversity) if groups > 1 else 0.0, length_penalty=float(o.length_penalty))
+    outputs = [dict(text=t, units=u, log_p=float(lp), score=float(s)) for (t, u), lp, s in
+               zip(texts(got[0], got_len[0]), np.asarray(log_p[0]), np.asarray(score[0])) if np.isfinite(s)]
+    chosen = int(np.argmax([x["score"] for x in outputs]))
+    return dict(method=method, outputs=outputs, chosen=chosen, stats=dict(forward_passes=int(passes), rows=o.beams))
+
+  if method == "power":
+    alpha = 4.0 if o.alpha is None else float(o.alpha)
+    out = smc.power_mh(model, params, ids, lengths, rng, max_new=o.max_new, eos_id=eos, alpha=alpha,
+                       blocks=o.blocks, steps_per_block=o.mh_steps)
+    (text, units), = texts(out["ids"], out["lengths"])
+    return dict(method=method, outputs=[dict(text=text, units=units, log_p=float(out["log_p"][0]))], chosen=0,
+                stats=dict(forward_passes=int(out["forward_passes"]), rows=1, alpha=alpha,
+                           acceptance=int(out["accepted"][0]) / max(int(out["proposals"]), 1)))
+
+  if method in ("power-smc", "smc"):
+    alpha = (4.0 if method == "power-smc" else 1.0) if o.alpha is None else float(o.alpha)
+    tables = None
+    if method == "smc":
+      tables = constraint_tables(o.regex, tokenizer, model.cfg.vocab_size, o.max_new)
+    rng, pick = jax.random.split(rng)
+    out = smc.smc(model, params, ids, lengths, rng, particles=o.particles, max_new=o.max_new, eos_id=eos,
+                  alpha=alpha, ess=float(o.ess), tables=tables)
+    log_w = np.asarray(out["log_weights"][0], np.float64)
+    outputs = [dict(text=t, units=u, log_p=float(lp), weight=float(np.exp(w))) for (t, u), lp, w in
+               zip(texts(out["ids"][0], out["lengths"][0]), np.asarray(out["log_p"][0]), log_w)]
+    chosen = int(jax.random.categorical(pick, jnp.asarray(log_w)))  # a draw from the weighted particles
+    wrong = [x["text"] for x in outputs if o.regex is not None and re.fullmatch(o.regex, x["text"], re.ASCII) is None]
+    if wrong:  # cannot happen unless the DFA and Python's re disagree: say so rather than print it
+      raise RuntimeError(f"constrained SMC produced {wrong[0]!r}, which does not match {o.regex!r}")
+    ess_now = 1.0 / float(np.sum(np.exp(2 * log_w))) / o.particles
+    return dict(method=method, outputs=outputs, chosen=chosen, stats=dict(
+        forward_passes=int(out["forward_passes"]), rows=o.particles, alpha=alpha, log_z=float(out["log_z"][0]),
+        ess=ess_now, min_ess=float(out["min_ess"][0]), resamples=int(out["resamples"][0])))
+
+  # mbr: samples at --temperature, then the one with the highest expected utility against the others.
+  got, log_p, got_len = rollout.sample(model, params, ids, lengths, rng, max_new=o.max_new,
+                                       temperature=float(o.temperature), stop_ids=jnp.array([eos]), group=o.samples)
+  decoded = texts(got, got_len)
+  chosen, expected = search.mbr([t for t, _ in decoded], utility=o.utility)
+  outputs = [dict(text=t, units=u, log_p=float(lp), expected_utility=float(e))
+             for (t, u), lp, e in zip(decoded, np.asarray(log_p).sum(1), expected)]
+  return dict(method=method, outputs=outputs, chosen=chosen,  # the loop stops once every row has ended
+              stats=dict(forward_passes=1 + int(np.max(np.asarray(got_len))), rows=o.samples, utility=o.utility))
