@@ -84,6 +84,19 @@ class LM:
     result.update(split=split, data=data or self.config.data.source, noise=noise or None)
     return result
 
+  def evaluate_byte_exact(self, split: str = "val", segments: int = 32, beam: int = 0) -> dict:
+    """Canonical and byte-exact bits per byte (every tokenization summed) of the first `segments` held-out
+    segments of `split` (`lm.eval.byte_exact`; token models)."""
+    from lm.eval import byte_exact  # pylint: disable=import-outside-toplevel
+    return byte_exact.evaluate(self.run, self.params, self.data, split, segments, beam)
+
+  def byte_model(self, beam: int = 0):
+    """The byte-level view of this token model (`lm.decoding.bytes.ByteModel`): `prefix_log_prob(b)`,
+    `text_log_prob(b)`, `next_byte_log_probs(b)` ([257]: bytes then the end event). Two of them, from runs
+    with different tokenizers, ensemble with `lm.decoding.bytes.ensemble_next_byte_log_probs`."""
+    from lm.eval import byte_exact  # pylint: disable=import-outside-toplevel
+    return byte_exact.byte_model(self.run, self.params, beam)
+
   def sample(self, prompt: str | None = None, max_new: int | None = None, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
     """The continuation of `prompt` (text; the prompt itself is not repeated). Unset options take the

@@ -6,7 +6,7 @@
   lm prepare SOURCE --out DIR [--tokenizer bpe|bytes|PATH] [--vocab-size N] [--workers K]
              [--tokenizer-sample-bytes B] [--val-fraction F] [--test-fraction F] [--split-seed S]
   lm compile EXPERIMENT[:ARG] --topology v5p:4x4x2 [--config.a.b=VALUE ...] [--json FILE] [--no-flops]
-  lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE]
+  lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE] [--byte-exact [--segments N] [--beam K]]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
             [--method beam|diverse-beam|power|power-smc|smc|mbr] [--beams N] [--groups G] [--diversity S]
             [--length-penalty P] [--alpha A] [--particles N] [--ess F] [--blocks B] [--mh-steps M]
@@ -169,11 +169,31 @@ def _cmd_eval(args) -> int:
   from lm.train import checkpoint
   if args.noise:
     noise.parse(args.noise)  # a bad spec fails before anything loads
+  if args.byte_exact:
+    return _eval_byte_exact(args)
   result = lm.load(args.workdir).evaluate(split=args.split, data=args.data, noise=args.noise)
   name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
   checkpoint.write_json(epath.Path(args.workdir) / name, result)
   print(f"bpb: {result['bpb']:.4f}")
   print(json.dumps({k: result[k] for k in ("bpb", "n_bytes", "nll_sum")}))
+  return 0
+
+
+def _eval_byte_exact(args) -> int:
+  from etils import epath
+
+  import lm
+  from lm.train import checkpoint
+  if args.data or args.noise:
+    raise LMError("--byte-exact scores the run's own held-out segments; drop --data and --noise")
+  if args.segments < 1 or args.beam < 0:
+    raise LMError("--segments must be at least 1 and --beam at least 0 (0: every tokenization)")
+  result = lm.load(args.workdir).evaluate_byte_exact(split=args.split, segments=args.segments, beam=args.beam)
+  checkpoint.write_json(epath.Path(args.workdir) / f"eval_{args.split}_byte_exact.json", result)
+  print(f"bpb: {result['byte_exact_bpb']:.4f} byte-exact, {result['canonical_bpb']:.4f} canonical "
+        f"(gap {result['gap_bpb']:.4f} bpb, {result['gap_percent']:.2f}%) over {result['segments']} segments, "
+        f"{result['prefixes_scored']} prefixes scored")
+  print(json.dumps({k: result[k] for k in ("byte_exact_bpb", "canonical_bpb", "gap_bpb", "n_bytes", "segments")}))
   return 0
 
 
@@ -332,6 +352,11 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("--split", default="val", choices=("val", "test"))
   e.add_argument("--data", help="score this text source instead, with the run's own tokenizer")
   e.add_argument("--noise", help="score noised text: KIND:RATE with KIND delete, swap or upper, e.g. swap:0.05")
+  e.add_argument("--byte-exact", action="store_true", help="token models: also sum every tokenization of each "
+                 "held-out segment (byte-level marginal) and report it beside canonical bits per byte")
+  e.add_argument("--segments", type=int, default=32, help="--byte-exact: held-out segments to score")
+  e.add_argument("--beam", type=int, default=0, help="--byte-exact: keep the K most probable tokenizations of "
+                 "each prefix (0: all)")
   cp = sub.add_parser("compare", help="table (and plot) of trained runs: bits per byte against FLOPs")
   cp.add_argument("workdirs", nargs="+")
   cp.add_argument("-o", "--output", help="write a plot of bits per byte against training FLOPs (PNG)")

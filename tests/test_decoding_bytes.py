@@ -193,3 +193,26 @@ def test_forward_passes_and_batching():
   lp = bytes_lib.renormalize_log_probs(fn([(), (0,)]), model.keep_V)
   assert lp.dtype == np.float64 and np.all(np.isneginf(lp[:, BOS]))
   np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, atol=1e-12)
+
+
+def _tokenizations(text, vocab):
+  """Every sequence of byte-carrying ids whose bytes are `text` (brute force)."""
+  if not text:
+    return [()]
+  return [(v,) + rest for v, u in enumerate(vocab) if u and text.startswith(u)
+          for rest in _tokenizations(text[len(u):], vocab)]
+
+
+@pytest.mark.parametrize("text", [b"ab", b"abba", b"a bab", b"ba ab"])
+def test_text_log_prob_sums_every_tokenization_position_by_position(model_fn, text):
+  raw = lambda t: float(sum(model_fn([t[:i]])[0][t[i]] for i in range(len(t))) + model_fn([t])[0][EOS])  # noqa: E731
+  tokenizations = _tokenizations(text, [u if v != EOS else b"" for v, u in enumerate(VOCAB)])
+  want = np.logaddexp.reduce([raw(t) for t in tokenizations])
+  model = bytes_lib.ByteModel(model_fn, VOCAB, EOS)
+  assert abs(model.text_log_prob(text) - want) < 1e-10
+  assert abs(model.text_log_prob(text, raw=False) - model.log_prob(text)) < 1e-10  # renormalised: the cover's
+  canonical = tuple(greedy_encode(VOCAB, EOS)(text))
+  for k in (1, 2):  # a beam keeps the canonical path: between it and the exact sum
+    got = bytes_lib.ByteModel(model_fn, VOCAB, EOS).text_log_prob(text, beam=k, keep=canonical)
+    assert raw(canonical) - 1e-12 <= got <= want + 1e-12
+  assert len(tokenizations) > 1

@@ -146,6 +146,38 @@ class ByteModel:
     rows_ExV = self._call([t for t, _ in exact])
     return float(_logsumexp(np.array([lp for _, lp in exact]) + rows_ExV[:, self.eos_id]))
 
+  def text_log_prob(self, text: bytes, beam: int = 0, keep: Sequence[int] = (), raw: bool = True) -> float:
+    """log P(bytes == text, then end) summed over its tokenizations, position by position (Vieira et al.
+    2025): the nodes at byte position m are the tokenizations of text[:m], all expanded by one model call.
+    `beam` keeps the k most probable nodes per position, and always the prefixes of `keep` (a tokenization
+    of `text`, e.g. the canonical one), so the result is never below log P(keep, eos). `raw`: the model's own
+    log-probs, specials not renormalised away (what canonical bits per byte scores)."""
+    call = self._raw_call if raw else self._call
+    keep = tuple(int(v) for v in keep)
+    pinned = {keep[:i] for i in range(len(keep) + 1)}
+    at: dict[int, list] = {0: [((), 0.0)]}
+    for m in range(len(text) + 1):
+      nodes = at.pop(m, [])
+      if not nodes:
+        continue
+      if beam > 0 and len(nodes) > beam:
+        best = heapq.nlargest(beam, nodes, key=lambda node: node[1])
+        nodes = best + [n for n in nodes if n[0] in pinned and n not in best]
+      rows_NxV = call([t for t, _ in nodes])
+      if m == len(text):
+        return float(_logsumexp(np.array([lp for _, lp in nodes]) + rows_NxV[:, self.eos_id]))
+      rest = text[m:]
+      for (t, lp), row_V in zip(nodes, rows_NxV):
+        for n in range(1, min(len(rest), self._max_len) + 1):
+          for v in self._by_bytes.get(rest[:n], ()):
+            if row_V[v] > -np.inf:
+              at.setdefault(m + n, []).append((t + (v,), lp + float(row_V[v])))
+    return -np.inf
+
+  def _raw_call(self, prefixes: list[tuple[int, ...]]) -> np.ndarray:
+    self._passes += len(prefixes)
+    return np.asarray(self.next_log_probs(prefixes), np.float64)
+
   def _distribution(self, exact, over) -> np.ndarray:
     """[257] next-byte log-probs from a cover: elements past the prefix give their byte right after it; those
     ending exactly on it take one more (batched) next-token step, each id giving its first byte, eos the end."""
