@@ -84,9 +84,10 @@ class LM:
     result.update(split=split, data=data or self.config.data.source, noise=noise or None)
     return result
 
-  def evaluate_byte_exact(self, split: str = "val", segments: int = 32, beam: int = 0) -> dict:
-    """Canonical and byte-exact bits per byte (every tokenization summed) of the first `segments` held-out
-    segments of `split` (`lm.eval.byte_exact`; token models)."""
+  def evaluate_byte_exact(self, split: str = "val", segments: int = 32, beam: int = 16) -> dict:
+    """Canonical and byte-exact bits per byte (tokenizations summed: the `beam` most probable of each prefix
+    and the canonical one; 0 sums all, exponential in length) of the first `segments` held-out segments of
+    `split` (`lm.eval.byte_exact`; token models)."""
     from lm.eval import byte_exact  # pylint: disable=import-outside-toplevel
     return byte_exact.evaluate(self.run, self.params, self.data, split, segments, beam)
 

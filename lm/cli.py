@@ -355,8 +355,8 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("--byte-exact", action="store_true", help="token models: also sum every tokenization of each "
                  "held-out segment (byte-level marginal) and report it beside canonical bits per byte")
   e.add_argument("--segments", type=int, default=32, help="--byte-exact: held-out segments to score")
-  e.add_argument("--beam", type=int, default=0, help="--byte-exact: keep the K most probable tokenizations of "
-                 "each prefix (0: all)")
+  e.add_argument("--beam", type=int, default=16, help="--byte-exact: keep the K most probable tokenizations of "
+                 "each prefix, and the canonical one (0: all of them, exponential in the segment's length)")
   cp = sub.add_parser("compare", help="table (and plot) of trained runs: bits per byte against FLOPs")
   cp.add_argument("workdirs", nargs="+")
   cp.add_argument("-o", "--output", help="write a plot of bits per byte against training FLOPs (PNG)")

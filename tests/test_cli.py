@@ -250,3 +250,12 @@ def test_sample_method_bad_input_is_one_line(trained, capsys):
   assert "equal blocks" in _error(capsys, "sample", workdir, "--method", "power", "--max-new", "10", "--blocks", "3")
   assert "lookahead" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "a(?=b)")
   assert "--max-new is 4" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "x{40}", "--max-new", "4")
+
+
+def test_eval_byte_exact_prints_both_bits_per_byte(trained):
+  workdir, _ = trained
+  proc = run_lm("eval", str(workdir), "--byte-exact", "--segments", "2")
+  assert proc.stdout.startswith("bpb: ") and "byte-exact" in proc.stdout
+  result = json.loads(proc.stdout.splitlines()[1])
+  assert abs(result["gap_bpb"]) < 1e-6 and result["segments"] == 2  # bytes: one tokenization (float32 rows)
+  assert json.loads((workdir / "eval_val_byte_exact.json").read_text())["byte_exact_bpb"] == result["byte_exact_bpb"]

@@ -18,7 +18,7 @@ def bpe_model():
 
 def test_byte_exact_is_at_most_canonical_and_canonical_is_the_frameworks_bpb(bpe_model):
   r = bpe_model
-  result = r.evaluate_byte_exact(segments=2)
+  result = r.evaluate_byte_exact(segments=2, beam=0)  # every tokenization
   texts = r.data.eval_segments(r.data.splits["val"])[:2]
   framework = run_lib.evaluate(r.run, r.params, r.data, "val", docs=texts)
   assert framework["n_bytes"] == result["n_bytes"] == sum(len(t) + 1 for t in texts)
@@ -32,8 +32,8 @@ def test_byte_exact_is_at_most_canonical_and_canonical_is_the_frameworks_bpb(bpe
 
 def test_byte_models_have_one_tokenization_and_no_gap():
   r = lm.build("token_ntp:tiny", **SMALL)
-  result = r.evaluate_byte_exact(segments=1)
-  assert abs(result["gap_bpb"]) < 1e-9
+  result = r.evaluate_byte_exact(segments=1, beam=0)
+  assert abs(result["gap_bpb"]) < 1e-6  # the same rows, batched differently (float32)
 
 
 def test_next_bytes_of_a_bpe_model_sum_to_one(bpe_model):

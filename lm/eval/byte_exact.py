@@ -32,7 +32,7 @@ def byte_model(run, params, beam: int = 0) -> bytes_lib.ByteModel:
   return bytes_lib.ByteModel(fn, tok.id_bytes()[:run.model.cfg.vocab_size], tok.eos_id, beam=beam)
 
 
-def evaluate(run, params, data, split: str = "val", segments: int = 32, beam: int = 0) -> dict:
+def evaluate(run, params, data, split: str = "val", segments: int = 32, beam: int = 16) -> dict:
   """Canonical and byte-exact bits per byte over the first `segments` held-out segments of `split`."""
   if run.config.data.completion_after:
     raise LMError("--byte-exact scores whole segments; this run scores completions only (data.completion_after)")
