@@ -385,7 +385,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--mh-steps", type=int, default=10, help="power: MH moves after each block")
   s.add_argument("--regex", help="smc: the continuation matches this in full (re.fullmatch, ASCII classes)")
   s.add_argument("--samples", type=int, default=16, help="mbr: samples, at --temperature (default 1)")
-  s.add_argument("--utility", default="exact", help="mbr: exact or chrf")
+  s.add_argument("--utility", default="exact", help="mbr: exact, chrf or pkg.module:function(hypothesis, reference)")
   pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
   pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
   pr.add_argument("workdir")

@@ -93,3 +93,14 @@ def test_chrf_bounds_and_order():
   assert search.chrf("the cat", "the cat") == 1.0
   assert search.chrf("xyz", "abc") == 0.0
   assert search.chrf("the cat sat", "the cat sits") > search.chrf("a dog ran", "the cat sits") >= 0.0
+
+
+def test_mbr_takes_a_utility_by_module_path_or_function():
+  samples = ["abc", "abd", "xyz"]
+  assert search.utility_fn("difflib:SequenceMatcher") is not None  # any callable a module names
+  by_length = lambda h, r: -abs(len(h) - len(r)) - (h == "xyz")  # noqa: E731
+  assert search.mbr(samples, utility=by_length)[0] == 0
+  with pytest.raises(Exception, match="pkg.module:function"):
+    search.utility_fn("nope")
+  with pytest.raises(Exception, match="cannot import"):
+    search.utility_fn("no_such_module:f")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ class Options:
   mh_steps: int = 10
   regex: str | None = None
   samples: int = 16
-  utility: str = "exact"
+  utility: str | Callable[[str, str], float] = "exact"  # exact, chrf, pkg.module:function or a function
   temperature: float = 1.0
   seed: int = 0
 
@@ -61,8 +62,8 @@ def check(method: str, o: Options) -> None:
     raise LMError("--regex constrains --method smc; add --method smc")
   if method == "smc" and o.regex is None:
     raise LMError("--method smc needs --regex PATTERN (or use --method power-smc for the power distribution)")
-  if method == "mbr" and o.utility not in search.UTILITIES:
-    raise LMError(f"--utility {o.utility!r} is not one of {', '.join(search.UTILITIES)}")
+  if method == "mbr":
+    search.utility_fn(o.utility)  # a name, pkg.module:function or a function; one line otherwise
   if not 0 <= o.ess <= 1:
     raise LMError(f"--ess is a fraction of the particles, in [0, 1]; got {o.ess}")
   if o.regex is not None:
@@ -152,4 +153,5 @@ def decode(model, params, tokenizer, prompt: str, method: str, o: Options) -> di
   outputs = [dict(text=t, units=u, log_p=float(lp), expected_utility=float(e))
              for (t, u), lp, e in zip(decoded, np.asarray(log_p).sum(1), expected)]
   return dict(method=method, outputs=outputs, chosen=chosen,  # the loop stops once every row has ended
-              stats=dict(forward_passes=1 + int(np.max(np.asarray(got_len))), rows=o.samples, utility=o.utility))
+              stats=dict(forward_passes=1 + int(np.max(np.asarray(got_len))), rows=o.samples,
+                         utility=o.utility if isinstance(o.utility, str) else getattr(o.utility, "__name__", "custom")))

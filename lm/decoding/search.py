@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.decoding import steps
+from lm.errors import LMError
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beams", "max_new", "eos_id", "groups", "diversity",
@@ -130,11 +132,29 @@ def chrf(hypothesis: str, reference: str, order: int = 6, beta: float = 2.0) -> 
 UTILITIES: dict[str, Callable[[str, str], float]] = {"exact": exact_match, "chrf": chrf}
 
 
+def utility_fn(spec) -> Callable[[str, str], float]:
+  """A utility by name (`exact`, `chrf`), a `pkg.module:function` of (hypothesis, reference) -> float, or the
+  function itself."""
+  if callable(spec):
+    return spec
+  if spec in UTILITIES:
+    return UTILITIES[spec]
+  module, _, name = str(spec).partition(":")
+  if name.isidentifier() and all(part.isidentifier() for part in module.split(".")):
+    try:
+      fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+      raise LMError(f"--utility {spec!r}: cannot import {name} from {module} ({e})") from None
+    if callable(fn):
+      return fn
+  raise LMError(f"--utility {spec!r}: use {', '.join(UTILITIES)} or pkg.module:function(hypothesis, reference)")
+
+
 def mbr(hypotheses: Sequence, references: Sequence | None = None, weights: Sequence[float] | None = None,
         utility: str | Callable = "exact") -> tuple[int, np.ndarray]:
   """(index of the hypothesis with the highest expected utility, expected utility of each): E_w[u(h, y)] over
   `references` (default: the hypotheses themselves, each weight 1/n: samples as pseudo-references)."""
-  u = UTILITIES[utility] if isinstance(utility, str) else utility
+  u = utility_fn(utility)
   references = list(hypotheses) if references is None else list(references)
   w = np.full(len(references), 1 / len(references)) if weights is None else np.asarray(weights, np.float64)
   expected = np.array([sum(wj * u(h, y) for y, wj in zip(references, w)) for h in hypotheses])
