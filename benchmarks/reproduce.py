@@ -272,23 +272,25 @@ def main(argv=None):
       experiment = {"star": "probe_star", "induction": "probe_induction"}.get(part, f"token_{arm}")
       make_config(f"{experiment}:{variant}", arm, 0, steps, own_objectives=part == "bpb")
 
+  if args.quick and args.out == str(DEFAULT_OUT):  # a smoke run never overwrites the recorded results
+    args.out = str(pathlib.Path(tempfile.gettempdir()) / "reproduce_quick.json")
   t0 = time.time()
   results: dict[str, dict] = {}
   with tempfile.TemporaryDirectory(prefix="lm-reproduce-") as root:
     for part in parts:
       variant = getattr(args, f"{part}_variant")
-      results[part] = dict(variant=variant, seeds=seeds, steps=steps or "variant", probe_n=n, quick=args.quick,
-                           date=time.strftime("%Y-%m-%d"), arms={})
+      results[part] = dict(variant=variant, arms={})
       for arm in arms[part]:
-        runs = []
+        runs, started = [], time.time()
         for seed in seeds:
           print(f"== {part}: {arm}, seed {seed}", flush=True)
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root))
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
                and runs[0][k] is not None}
-        row["paper"] = PAPER.get((part, arm.split(":")[0]), "")
+        row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds,
+                   steps=steps or "variant", probe_n=n, quick=args.quick, date=time.strftime("%Y-%m-%d"),
+                   seconds=time.time() - started, **_machine())
         results[part]["arms"][arm] = row
-        results[part]["seconds"] = time.time() - t0
         _save(args.out, results)
 
   print(f"reproduce: seeds {seeds}, steps {steps or 'per variant'}, {n} probe documents, "
@@ -306,15 +308,23 @@ def main(argv=None):
   return results
 
 
+def _machine() -> dict:
+  return dict(backend=jax.default_backend(), devices=jax.device_count(), machine=platform.machine(),
+              cpu_count=os.cpu_count(), jax=jax.__version__)
+
+
 def _save(out: str, results: dict) -> None:
-  """The JSON so far (after every arm: a long run that stops keeps what it measured). Parts this run does not
-  measure stay as an earlier run in the same file left them; each part carries its own seeds, steps and date."""
+  """The JSON so far (after every arm: a long run that stops keeps what it measured). What an earlier run left
+  in the same file stays unless this run measures the same arm of the same part again; every arm carries its
+  own seeds, steps, date and machine."""
   path = pathlib.Path(out)
   path.parent.mkdir(parents=True, exist_ok=True)
-  earlier = json.loads(path.read_text()).get("parts", {}) if path.exists() else {}
-  path.write_text(json.dumps(dict(
-      parts={**earlier, **results}, backend=jax.default_backend(), devices=jax.device_count(),
-      machine=platform.machine(), cpu_count=os.cpu_count(), jax=jax.__version__), indent=2) + "\n")
+  parts = json.loads(path.read_text()).get("parts", {}) if path.exists() else {}
+  for name, part in results.items():
+    merged = dict(parts.get(name, {}), **{k: v for k, v in part.items() if k != "arms"})
+    merged["arms"] = {**parts.get(name, {}).get("arms", {}), **part["arms"]}
+    parts[name] = merged
+  path.write_text(json.dumps(dict(parts=parts), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def _sample_method(args) -> int:
       max_new=args.max_new, beams=args.beams, groups=args.groups, diversity=args.diversity,
       length_penalty=args.length_penalty, alpha=args.alpha, particles=args.particles, ess=args.ess,
       blocks=args.blocks, mh_steps=args.mh_steps, regex=args.regex, samples=args.samples, utility=args.utility,
-      temperature=1.0 if args.temperature is None else args.temperature, seed=args.seed)
+      temperature=args.temperature, seed=args.seed)
   methods.check(args.method, options)  # before the checkpoint loads
   report = lm.load(args.workdir).decode(args.prompt, args.method, **dataclasses.asdict(options))
   outputs = report["outputs"]
@@ -374,18 +374,18 @@ def parser() -> argparse.ArgumentParser:
                  "next-unit head")
   s.add_argument("--method", help="a sequence-level method (token models): beam, diverse-beam, power (MH), "
                  "power-smc, smc (with --regex), mbr")
-  s.add_argument("--beams", type=int, default=4, help="beam, diverse-beam: beams in all")
-  s.add_argument("--groups", type=int, default=2, help="diverse-beam: groups of beams")
-  s.add_argument("--diversity", type=float, default=0.5, help="diverse-beam: Hamming diversity strength")
-  s.add_argument("--length-penalty", type=float, default=1.0, help="beam: rank by log p / length^P")
+  s.add_argument("--beams", type=int, help="beam, diverse-beam: beams in all (default 4)")
+  s.add_argument("--groups", type=int, help="diverse-beam: groups of beams (default 2)")
+  s.add_argument("--diversity", type=float, help="diverse-beam: Hamming diversity strength (default 0.5)")
+  s.add_argument("--length-penalty", type=float, help="beam, diverse-beam: rank by log p / length^P (default 1)")
   s.add_argument("--alpha", type=float, help="power, power-smc, smc: target p(x)^alpha (default 4; smc: 1)")
-  s.add_argument("--particles", type=int, default=16, help="power-smc, smc: particles (batch rows)")
-  s.add_argument("--ess", type=float, default=0.5, help="power-smc, smc: resample below this fraction")
-  s.add_argument("--blocks", type=int, default=4, help="power: blocks the continuation grows in")
-  s.add_argument("--mh-steps", type=int, default=10, help="power: MH moves after each block")
+  s.add_argument("--particles", type=int, help="power-smc, smc: particles, as batch rows (default 16)")
+  s.add_argument("--ess", type=float, help="power-smc, smc: resample when the ESS falls below this fraction (default 0.5)")
+  s.add_argument("--blocks", type=int, help="power: blocks the continuation grows in (default 4)")
+  s.add_argument("--mh-steps", type=int, help="power: MH moves after each block (default 10)")
   s.add_argument("--regex", help="smc: the continuation matches this in full (re.fullmatch, ASCII classes)")
-  s.add_argument("--samples", type=int, default=16, help="mbr: samples, at --temperature (default 1)")
-  s.add_argument("--utility", default="exact", help="mbr: exact, chrf or pkg.module:function(hypothesis, reference)")
+  s.add_argument("--samples", type=int, help="mbr: samples (default 16), drawn at --temperature (default 1)")
+  s.add_argument("--utility", help="mbr: exact (default), chrf or pkg.module:function(hypothesis, reference)")
   pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
   pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
   pr.add_argument("workdir")

@@ -84,8 +84,10 @@ def test_reproduce_json_keeps_earlier_parts(tmp_path):
   finally:
     sys.path.remove(str(ROOT / "benchmarks"))
   out = tmp_path / "r.json"
-  reproduce._save(str(out), {"star": dict(seeds=[0, 1], arms={"ntp": {}})})  # pylint: disable=protected-access
-  reproduce._save(str(out), {"bpb": dict(seeds=[0], arms={})})  # pylint: disable=protected-access
-  reproduce._save(str(out), {"star": dict(seeds=[2], arms={})})  # pylint: disable=protected-access
+  save = reproduce._save  # pylint: disable=protected-access
+  save(str(out), {"star": dict(variant="small", arms={"ntp": dict(seeds=[0, 1]), "mtp": dict(seeds=[0])})})
+  save(str(out), {"bpb": dict(variant="small", arms={"ntp": dict(seeds=[0])})})
+  save(str(out), {"star": dict(variant="small", arms={"mtp": dict(seeds=[2])})})  # one arm measured again
   parts = json.loads(out.read_text())["parts"]
-  assert parts == {"star": dict(seeds=[2], arms={}), "bpb": dict(seeds=[0], arms={})}
+  assert parts == {"star": dict(variant="small", arms={"ntp": dict(seeds=[0, 1]), "mtp": dict(seeds=[2])}),
+                   "bpb": dict(variant="small", arms={"ntp": dict(seeds=[0])})}

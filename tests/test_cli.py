@@ -213,7 +213,7 @@ def test_sample_method_smc_prints_a_continuation_that_matches(trained):
   lines = proc.stdout.splitlines()
   assert lines[0].startswith("The") and re.fullmatch("[a-z ]{2,6}", lines[0][3:]), proc.stdout
   assert len([line for line in lines if re.match(r"[* ] +\d+ \| log p", line)]) == 8
-  assert lines[-1].startswith("smc: forward_passes 9, rows 8, alpha 1") and "log_z" in lines[-1]
+  assert lines[-1].startswith("smc: forward_passes 8, rows 8, alpha 1") and "log_z" in lines[-1]
 
 
 def test_decode_methods_report_the_models_own_log_probs(trained):
@@ -250,6 +250,8 @@ def test_sample_method_bad_input_is_one_line(trained, capsys):
   assert "equal blocks" in _error(capsys, "sample", workdir, "--method", "power", "--max-new", "10", "--blocks", "3")
   assert "lookahead" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "a(?=b)")
   assert "--max-new is 4" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "x{40}", "--max-new", "4")
+  assert "--alpha does not apply to --method beam" in _error(capsys, "sample", workdir, "--method", "beam", "--alpha", "2")
+  assert "must be positive" in _error(capsys, "sample", workdir, "--method", "mbr", "--temperature", "0")
 
 
 def test_eval_byte_exact_prints_both_bits_per_byte(trained):

@@ -34,7 +34,7 @@ def test_beam_wider_than_the_space_returns_the_exact_ranking(tiny_token_model, l
   np.testing.assert_allclose(np.asarray(score[0, :len(seqs)]), [lp / len(x) ** length_penalty for x, lp in want],
                              atol=1e-4)
   assert np.all(np.isneginf(np.asarray(score[0, len(seqs):])))  # the pool's unused slots
-  assert passes == N + 1
+  assert passes == N  # the prefill and N - 1 steps: the last selection needs no model call
 
 
 def test_narrow_beam_keeps_the_best_of_what_it_explored_and_batches_prompts(tiny_token_model):
@@ -60,12 +60,17 @@ def test_narrow_beam_keeps_the_best_of_what_it_explored_and_batches_prompts(tiny
 def test_diverse_beam_with_zero_strength_is_plain_beam_per_group(tiny_token_model):
   V, eos, N = 4, 3, 4
   _, decode_model, params, _ = tiny_token_model(V, seed=2)
-  plain = search.beam_search(decode_model, params, PROMPT, LENGTHS, beams=2, max_new=N, eos_id=eos)
-  diverse = search.beam_search(decode_model, params, PROMPT, LENGTHS, beams=6, groups=3, diversity=0.0, max_new=N,
-                               eos_id=eos)
-  for g in range(3):
-    np.testing.assert_array_equal(np.asarray(diverse[0][0, 2 * g:2 * g + 2]), np.asarray(plain[0][0]))
-    np.testing.assert_allclose(np.asarray(diverse[2][0, 2 * g:2 * g + 2]), np.asarray(plain[2][0]), atol=1e-6)
+  prompts, lengths = jnp.array([[0, 0], [2, 1]], jnp.int32), jnp.array([1, 2], jnp.int32)  # two prompts
+  plain = search.beam_search(decode_model, params, prompts, lengths, beams=2, max_new=N, eos_id=eos)
+  diverse = search.beam_search(decode_model, params, prompts, lengths, beams=6, groups=3, diversity=0.0,
+                               max_new=N, eos_id=eos)
+  for b in range(2):
+    for g in range(3):
+      np.testing.assert_array_equal(np.asarray(diverse[0][b, 2 * g:2 * g + 2]), np.asarray(plain[0][b]))
+      np.testing.assert_allclose(np.asarray(diverse[2][b, 2 * g:2 * g + 2]), np.asarray(plain[2][b]), atol=1e-6)
+  assert not np.array_equal(np.asarray(plain[0][0]), np.asarray(plain[0][1]))
+  with pytest.raises(ValueError, match="equal groups"):
+    search.beam_search(decode_model, params, prompts, lengths, beams=5, groups=2, max_new=N, eos_id=eos)
 
 
 def test_diverse_beam_penalty_separates_the_groups(tiny_token_model):
@@ -97,7 +102,9 @@ def test_chrf_bounds_and_order():
 
 def test_mbr_takes_a_utility_by_module_path_or_function():
   samples = ["abc", "abd", "xyz"]
-  assert search.utility_fn("difflib:SequenceMatcher") is not None  # any callable a module names
+  assert search.mbr(["b", "a", "a"], utility="operator:eq")[0] == 1  # a function a module names
+  with pytest.raises(Exception, match="must return a number"):
+    search.utility_fn("difflib:SequenceMatcher")
   by_length = lambda h, r: -abs(len(h) - len(r)) - (h == "xyz")  # noqa: E731
   assert search.mbr(samples, utility=by_length)[0] == 0
   with pytest.raises(Exception, match="pkg.module:function"):

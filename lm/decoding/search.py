@@ -38,6 +38,8 @@ def beam_search(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.
   forward passes (model calls, each over all B x K rows). Group g is beams g*W .. g*W+W-1, best first."""
   B, P = prompt_BxP.shape
   K, G, N = beams, groups, max_new
+  if K % G:
+    raise ValueError(f"beams={K} must split into groups={G} equal groups")
   W = K // G
   V = steps.vocab_size(model)
   lp_BxV, cache, position_B = steps.prefill(model, params, prompt_BxP, lengths_B, P + N)
@@ -91,14 +93,16 @@ def beam_search(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.
     rows_R = (jnp.arange(B)[:, None] * K + jnp.stack(new["parent"], axis=1).reshape(B, K)).reshape(-1)
     unit_R = jnp.stack(new["unit"], axis=1).reshape(-1)
     cache = steps.take_rows(cache, axes, rows_R)
-    lp_RxV, cache = steps.step(model, params, cache, unit_R, position_R + i)
+    # The last step's selection needs no model call after it.
+    lp_RxV, cache = jax.lax.cond(i < N - 1, lambda c: steps.step(model, params, c, unit_R, position_R + i),
+                                 lambda c: (lp_RxV, c), cache)
     return state, lp_RxV, cache
 
   state, _, _ = jax.lax.fori_loop(0, N, body, (state, lp_RxV, cache))
   order = jnp.argsort(-state["fin_rank"], axis=2)  # the pool is kept sorted already; this makes it explicit
   take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 3)), axis=2)  # noqa: E731
   return (take(state["fin_ids"]).reshape(B, K, N), take(state["fin_len"]).reshape(B, K),
-          take(state["fin_logp"]).reshape(B, K), take(state["fin_rank"]).reshape(B, K), N + 1)
+          take(state["fin_logp"]).reshape(B, K), take(state["fin_rank"]).reshape(B, K), N)
 
 
 # ---------------------------------------------------------------------------------------------- MBR
@@ -145,8 +149,11 @@ def utility_fn(spec) -> Callable[[str, str], float]:
       fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
       raise LMError(f"--utility {spec!r}: cannot import {name} from {module} ({e})") from None
-    if callable(fn):
-      return fn
+    try:
+      float(fn("a", "a"))
+    except Exception as e:  # pylint: disable=broad-except
+      raise LMError(f"--utility {spec!r}: {module}.{name}(hypothesis, reference) must return a number ({e})") from None
+    return fn
   raise LMError(f"--utility {spec!r}: use {', '.join(UTILITIES)} or pkg.module:function(hypothesis, reference)")
 
 

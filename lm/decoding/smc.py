@@ -88,7 +88,8 @@ def smc(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, r
     if tables is not None:
       state = jnp.where(live & (unit_R != eos_id), tables[0][state, unit_R], state)
     done = c["done"] | (unit_R == eos_id)
-    lp, cache = steps.step(model, params, c["cache"], unit_R, c["position"] + i)
+    lp, cache = jax.lax.cond(i < L - 1, lambda k: steps.step(model, params, k, unit_R, c["position"] + i),
+                             lambda k: (c["lp"], k), c["cache"])  # nothing reads the last step's output
 
     log_w_BxN = log_w.reshape(B, N)
     ess_B = jnp.exp(2 * jax.nn.logsumexp(log_w_BxN, -1) - jax.nn.logsumexp(2 * log_w_BxN, -1)) / N
@@ -109,7 +110,7 @@ def smc(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, r
   return dict(ids=c["ids"].reshape(B, N, L), lengths=c["length"].reshape(B, N),
               log_weights=log_w_BxN - jax.nn.logsumexp(log_w_BxN, -1, keepdims=True),
               log_p=c["log_p"].reshape(B, N), log_z=log_z, resamples=c["resamples"], min_ess=c["min_ess"],
-              forward_passes=L + 1)
+              forward_passes=L)
 
 
 def mh_log_accept(alpha: float, log_p_new, log_p_old, log_q_new, log_q_old):
@@ -121,8 +122,9 @@ def mh_log_accept(alpha: float, log_p_new, log_p_old, log_q_new, log_q_old):
 def power_mh(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, rng: jax.Array, *,
              max_new: int, eos_id: int, alpha: float, blocks: int = 1, steps_per_block: int = 10):
   """One MH chain per prompt row (repeat a prompt for several chains). Returns a dict: ids [B, max_new] (eos
-  fill after an end), lengths [B], log_p [B], accepted [B] (moves accepted), proposals (per chain),
-  forward_passes (model calls over all rows: each proposal re-runs the continuation)."""
+  fill after an end), lengths [B], log_p [B], moves [B] (proposals that redrew something: the position fell
+  before the chain's eos) and accepted [B] of them, forward_passes (model calls over all rows: each proposal
+  re-runs the continuation)."""
   B, P = prompt_BxP.shape
   L = max_new
   if L % blocks:
@@ -154,29 +156,38 @@ def power_mh(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Arr
     return x, lp_x, lq_x
 
   def block(k, c):
-    x, lp_x, lq_x, accepted, rng = c
+    x, lp_x, lq_x, accepted, moves, rng = c
     length = (k + 1) * size
     rng, grow = jax.random.split(rng)
     x, lp_x, lq_x = propose(x, jnp.full((B,), k * size), length, grow)  # the new block, drawn from q
 
     def move(_, c):
-      x, lp_x, lq_x, accepted, rng = c
+      x, lp_x, lq_x, accepted, moves, rng = c
       rng, where, draw, coin = jax.random.split(rng, 4)
       t_B = jax.random.randint(where, (B,), 0, length)
+      # A position past x's eos redraws nothing (the fill): accepted trivially, not counted as a move.
+      moves = moves + (t_B < _lengths(x, eos_id)).astype(jnp.int32)
       x_new, lp_new, lq_new = propose(x, t_B, length, draw)
       after = jnp.arange(L)[None, :] >= t_B[:, None]
       total = lambda a: jnp.sum(jnp.where(after, a, 0.0), axis=1)  # noqa: E731
       log_r = mh_log_accept(alpha, total(lp_new), total(lp_x), total(lq_new), total(lq_x))
       ok = jnp.log(jax.random.uniform(coin, (B,))) < log_r
       keep = lambda new, old: jnp.where(ok[:, None], new, old)  # noqa: E731
-      return keep(x_new, x), keep(lp_new, lp_x), keep(lq_new, lq_x), accepted + ok.astype(jnp.int32), rng
-    return jax.lax.fori_loop(0, steps_per_block, move, (x, lp_x, lq_x, accepted, rng))
+      real = t_B < _lengths(x, eos_id)
+      return (keep(x_new, x), keep(lp_new, lp_x), keep(lq_new, lq_x), accepted + (ok & real).astype(jnp.int32),
+              moves, rng)
+    return jax.lax.fori_loop(0, steps_per_block, move, (x, lp_x, lq_x, accepted, moves, rng))
 
   zeros = jnp.zeros((B, L), jnp.float32)
-  x, lp_x, _, accepted, _ = jax.lax.fori_loop(
-      0, blocks, block, (jnp.full((B, L), eos_id, jnp.int32), zeros, zeros, jnp.zeros((B,), jnp.int32), rng))
-  ends = jnp.cumsum((x == eos_id).astype(jnp.int32), axis=1)
-  lengths = jnp.sum((ends == 0) | ((ends == 1) & (x == eos_id)), axis=1)
+  none = jnp.zeros((B,), jnp.int32)
+  x, lp_x, _, accepted, moves, _ = jax.lax.fori_loop(
+      0, blocks, block, (jnp.full((B, L), eos_id, jnp.int32), zeros, zeros, none, none, rng))
   passes = 1 + sum((k + 1) * size * (1 + steps_per_block) for k in range(blocks))
-  return dict(ids=x, lengths=lengths.astype(jnp.int32), log_p=jnp.sum(lp_x, axis=1), accepted=accepted,
-              proposals=blocks * steps_per_block, forward_passes=passes)
+  return dict(ids=x, lengths=_lengths(x, eos_id), log_p=jnp.sum(lp_x, axis=1), accepted=accepted, moves=moves,
+              forward_passes=passes)
+
+
+def _lengths(x_BxL: jax.Array, eos_id: int) -> jax.Array:
+  """Units of each row up to and including its first eos (all of them without one)."""
+  ends = jnp.cumsum((x_BxL == eos_id).astype(jnp.int32), axis=1)
+  return jnp.sum((ends == 0) | ((ends == 1) & (x_BxL == eos_id)), axis=1).astype(jnp.int32)

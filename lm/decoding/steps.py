@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import parallel
 from lm.models import rollout
 
 
@@ -69,10 +70,11 @@ def repeat_rows(cache, axes, times: int):
                       is_leaf=lambda x: x is None)
 
 
-def next_log_probs_fn(model: nn.Module, params, context: np.ndarray, bucket: int = 64):
+def next_log_probs_fn(model: nn.Module, params, context: np.ndarray, bucket: int = 16):
   """A host callable: list of unit-id prefixes (tuples, after the `context` ids) -> float64 [n, V] log-probs
-  of the next unit. One training-mode forward over right-padded rows (no cache); rows are padded to a
-  multiple of `bucket` so few shapes compile. What the exact enumeration and the byte-level cover sets use."""
+  of the next unit. One training-mode forward over right-padded rows (no cache), unembedding only each row's
+  last position; rows are padded to a multiple of `bucket` and lengths to a multiple of 8, so few shapes
+  compile. What the exact enumeration and the byte-level cover sets use."""
   context = np.asarray(context, np.int32).reshape(-1)
   V = vocab_size(model)
 
@@ -80,10 +82,11 @@ def next_log_probs_fn(model: nn.Module, params, context: np.ndarray, bucket: int
   def last_log_probs(ids_NxT, last_N):
     positions = jnp.broadcast_to(jnp.arange(ids_NxT.shape[1], dtype=jnp.int32), ids_NxT.shape)
     segment = (positions <= last_N[:, None]).astype(jnp.int32)
-    logits = model.apply({"params": params}, {"inputs": ids_NxT, "positions": positions, "segment_ids": segment},
-                         with_heads=False).logits
-    picked = jnp.take_along_axis(logits, last_N[:, None, None], axis=1)[:, 0, :V]
-    return jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1)
+    hidden_NxTxD = model.apply({"params": params}, {"inputs": ids_NxT, "positions": positions,
+                                                    "segment_ids": segment}, with_heads=False).aux["hidden"]
+    hidden_Nx1xD = jnp.take_along_axis(hidden_NxTxD, last_N[:, None, None], axis=1)
+    logits = model.apply({"params": params}, hidden_Nx1xD, method=lambda m, h: m._logits(h))  # pylint: disable=protected-access
+    return jax.nn.log_softmax(logits[:, 0, :V].astype(jnp.float32), axis=-1)
 
   def call(prefixes) -> np.ndarray:
     if not prefixes:
@@ -97,5 +100,5 @@ def next_log_probs_fn(model: nn.Module, params, context: np.ndarray, bucket: int
     for i, r in enumerate(rows):
       ids[i, :len(r)] = r
       last[i] = len(r) - 1
-    return np.asarray(last_log_probs(ids, last), np.float64)[:n]
+    return np.asarray(parallel.to_host(last_log_probs(ids, last)), np.float64)[:n]
   return call

@@ -171,7 +171,7 @@ class TokenFamily(Family):
 
   def decode(self, run, params, prompt: str, method: str, options) -> dict:
     from lm.decoding import methods  # pylint: disable=import-outside-toplevel
-    return methods.decode(run.decode_model(), params, run.tokenizer, prompt, method, options)
+    return methods.decode(run.decode_model(), run.model, params, run.tokenizer, prompt, method, options)
 
   def speculative(self, run, params, prompt: str, max_new: int) -> tuple[str, dict]:
     """Greedy decoding drafted by the run's `mtp` heads (or first `dsmtp` module); stats of accepted units."""
