@@ -39,7 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import lm  # noqa: E402
 from lm import api, families  # noqa: E402
 from lm.data import synthetic  # noqa: E402
-from lm.decoding import exact, methods, smc, steps  # noqa: E402
+from lm.decoding import exact, methods, regex as regex_lib, smc, steps  # noqa: E402
 from lm.eval import probes  # noqa: E402
 from lm.models import rollout  # noqa: E402
 from lm.train import loop  # noqa: E402
@@ -130,26 +130,22 @@ def regex_part(r: api.LM, pattern: str, graphs: int, runs: int, particles: int, 
     context = tok.prompt_ids(prompt.decode())
     next_lp = steps.next_log_probs_fn(train_model, r.params, context)
 
-    def state_of(prefix):
-      s = 0
+    def mask(prefix) -> np.ndarray:
+      """bool [V]: what masking (and SMC's proposal) allows after `prefix`: the library's own rule."""
+      state = 0
       for u in prefix:
-        s = next_SxV[s, u]
-      return s
+        state = next_SxV[state, u]
+      ok = regex_lib.allowed_units(None, next_SxV, to_accept_S, state, max_new - len(prefix))
+      ok[eos] = bool(accepting_S[state])
+      return ok
 
     def allowed(prefix, v):
-      s = state_of(prefix)
-      left = max_new - len(prefix)
-      if v == eos:
-        return bool(accepting_S[s])
-      nxt = next_SxV[s, v]
-      return nxt >= 0 and to_accept_S[nxt] <= left - 1
+      return bool(mask(prefix)[v])
     members = exact.enumerate_sequences(next_lp, eos, max_new, allowed)
     want, _ = exact.conditional(members, lambda x: True)
     # Masking's exact distribution: each unit from the locally renormalised allowed set.
     def masked_lp(prefixes):
-      lp = next_lp(prefixes)
-      mask = np.array([[allowed(p, v) for v in range(V)] for p in prefixes])
-      lp = np.where(mask, lp, -np.inf)
+      lp = np.where(np.stack([mask(p) for p in prefixes]), next_lp(prefixes), -np.inf)
       return lp - np.logaddexp.reduce(lp, axis=-1, keepdims=True)
     masking_exact = dict((x, math.exp(lp)) for x, lp in exact.enumerate_sequences(masked_lp, eos, max_new, allowed))
     ids = jnp.asarray(np.repeat(context[None], runs, 0))
@@ -166,8 +162,8 @@ def regex_part(r: api.LM, pattern: str, graphs: int, runs: int, particles: int, 
     out_rows.append(dict(
         graph=g, support=len(want), smc=_divergences(smc_draws, want), masking=_divergences(mask_draws, want),
         masking_exact_kl=sum(q * math.log(q / want[x]) for x, q in masking_exact.items() if q > 0),
-        log_z_smc=float(np.mean(np.asarray(out["log_z"]))), log_p_constraint=math.log(sum(
-            math.exp(lp) for _, lp in members))))
+        log_mean_z_smc=float(np.logaddexp.reduce(np.asarray(out["log_z"], np.float64)) - math.log(runs)),
+        log_p_constraint=math.log(sum(math.exp(lp) for _, lp in members))))
   mean = lambda key, sub: float(np.mean([row[key][sub] for row in out_rows]))  # noqa: E731
   return dict(pattern=pattern, runs=runs, particles=particles, max_new=max_new, graphs=out_rows,
               smc_kl=mean("smc", "kl"), smc_tv=mean("smc", "tv"), masking_kl=mean("masking", "kl"),

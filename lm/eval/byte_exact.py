@@ -18,7 +18,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from lm import parallel
+from lm import families, parallel
 from lm.decoding import bytes as bytes_lib
 from lm.decoding import methods, steps
 from lm.errors import LMError
@@ -27,7 +27,7 @@ from lm.models import rollout
 
 def byte_model(run, params, beam: int = 0) -> bytes_lib.ByteModel:
   """The byte-level view of a token run after a document start: prefix, text and next-byte probabilities."""
-  if run.config.model.family != "token":
+  if not families.get(run.config.model.family).unit_decoder:
     raise LMError(f"byte-level probabilities marginalise a token model's tokenizations; {run.config.experiment!r} "
                   f"is a {run.config.model.family} model")
   tok = run.tokenizer

@@ -35,6 +35,9 @@ class Family:
   # Whether the model is the plain decoder Hugging Face causal LMs map onto (`lm.interop`: import, export,
   # init_from a Hugging Face directory): embed -> decoder -> final norm -> unembed, params named as token.py's.
   hf_decoder = False
+  # Whether the model predicts tokenizer units one at a time from a start-of-document id, so that a text's
+  # byte-level probability is the sum over its tokenizations (`lm.eval.byte_exact`, `lm.decoding.bytes`).
+  unit_decoder = False
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
     """One-line `ConfigError`s for values of the family's fields that cannot work (no devices, no data)."""

@@ -128,6 +128,7 @@ def logits_chunk(setting: int, padded_vocab: int, seq_len: int) -> int:
 
 class TokenFamily(Family):
   hf_decoder = True
+  unit_decoder = True
 
   def build_model(self, config, vocab_size: int, decode: bool = False,
                   needs: Requirements = Requirements()) -> TokenLM:
