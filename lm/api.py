@@ -111,7 +111,7 @@ class LM:
   def decode(self, prompt: str, method: str, **options) -> dict:
     """A sequence-level method on `prompt`: beam, diverse-beam, power (MH), power-smc, smc (with regex=...),
     mbr; options as `lm.decoding.methods.Options` (beams, groups, diversity, length_penalty, alpha, particles,
-    ess, blocks, mh_steps, regex, samples, utility, temperature, seed, max_new). Returns {outputs: [{text,
+    ess, ramp, blocks, mh_steps, regex, samples, utility, temperature, seed, max_new). Returns {outputs: [{text,
     units, log_p, ...}], chosen, stats}; `outputs[chosen]["text"]` is the continuation."""
     from lm.decoding import methods  # pylint: disable=import-outside-toplevel
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(methods.Options)})

@@ -9,7 +9,7 @@
   lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE] [--byte-exact [--segments N] [--beam K]]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
             [--method beam|diverse-beam|power|power-smc|smc|mbr] [--beams N] [--groups G] [--diversity S]
-            [--length-penalty P] [--alpha A] [--particles N] [--ess F] [--blocks B] [--mh-steps M]
+            [--length-penalty P] [--alpha A] [--particles N] [--ess F] [--ramp R] [--blocks B] [--mh-steps M]
             [--regex PATTERN] [--samples N] [--utility exact|chrf]
   lm probe star|induction DIR [--n N] [--seed S]
   lm compare DIR... [-o report.png] [--json FILE]
@@ -237,7 +237,7 @@ def _sample_method(args) -> int:
     raise LMError("--method decodes with the model's own distribution; drop --speculative, --top-k and --top-p")
   options = methods.Options(
       max_new=args.max_new, beams=args.beams, groups=args.groups, diversity=args.diversity,
-      length_penalty=args.length_penalty, alpha=args.alpha, particles=args.particles, ess=args.ess,
+      length_penalty=args.length_penalty, alpha=args.alpha, particles=args.particles, ess=args.ess, ramp=args.ramp,
       blocks=args.blocks, mh_steps=args.mh_steps, regex=args.regex, samples=args.samples, utility=args.utility,
       temperature=args.temperature, seed=args.seed)
   methods.check(args.method, options)  # before the checkpoint loads
@@ -381,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--alpha", type=float, help="power, power-smc, smc: target p(x)^alpha (default 4; smc: 1)")
   s.add_argument("--particles", type=int, help="power-smc, smc: particles, as batch rows (default 16)")
   s.add_argument("--ess", type=float, help="power-smc, smc: resample when the ESS falls below this fraction (default 0.5)")
+  s.add_argument("--ramp", type=int, help="power-smc, smc: raise alpha from 1 over the first R units (default 0: at once)")
   s.add_argument("--blocks", type=int, help="power: blocks the continuation grows in (default 4)")
   s.add_argument("--mh-steps", type=int, help="power: MH moves after each block (default 10)")
   s.add_argument("--regex", help="smc: the continuation matches this in full (re.fullmatch, ASCII classes)")

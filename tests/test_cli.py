@@ -226,7 +226,7 @@ def test_decode_methods_report_the_models_own_log_probs(trained):
   r = lm.load(str(workdir))
   prompt = r.tokenizer.prompt_ids("The")
   for method, options in (("beam", dict(beams=3, length_penalty=0.0)), ("diverse-beam", dict(beams=4, groups=2)),
-                          ("power", dict(blocks=2, mh_steps=2)), ("power-smc", dict(particles=4)),
+                          ("power", dict(blocks=2, mh_steps=2)), ("power-smc", dict(particles=4, ramp=3)),
                           ("mbr", dict(samples=4, utility="chrf"))):
     report = r.decode("The", method, max_new=6, **options)
     assert 0 <= report["chosen"] < len(report["outputs"]) and report["stats"]["forward_passes"] > 1
@@ -252,6 +252,7 @@ def test_sample_method_bad_input_is_one_line(trained, capsys):
   assert "--max-new is 4" in _error(capsys, "sample", workdir, "--method", "smc", "--regex", "x{40}", "--max-new", "4")
   assert "--alpha does not apply to --method beam" in _error(capsys, "sample", workdir, "--method", "beam", "--alpha", "2")
   assert "must be positive" in _error(capsys, "sample", workdir, "--method", "mbr", "--temperature", "0")
+  assert "--ramp counts units" in _error(capsys, "sample", workdir, "--method", "power-smc", "--ramp", "-1")
 
 
 def test_eval_byte_exact_prints_both_bits_per_byte(trained):

@@ -83,13 +83,14 @@ def test_mh_sampler_reaches_the_power_distribution(tiny_token_model):
   assert 0 < int(out["accepted"].sum()) < int(out["moves"].sum()) <= chains * 12 and out["forward_passes"] == 1 + L * 13
 
 
-@pytest.mark.parametrize("resample", [True, False])
-def test_power_smc_normaliser_is_unbiased(tiny_token_model, resample):
+@pytest.mark.parametrize("resample,ramp", [(True, 0), (False, 0), (True, 5)])
+def test_power_smc_normaliser_is_unbiased(tiny_token_model, resample, ramp):
+  """Ẑ is unbiased for Σ p^α; with a ramp longer than the run (α 1.4, 1.8, then 3 at the last step) too."""
   L, alpha, runs = 3, 3.0, 600
   _, decode_model, params, next_lp = tiny_token_model(V)
   z = np.exp(exact.log_partition(exact.enumerate_sequences(next_lp, EOS, L), alpha))
   out = smc.smc(decode_model, params, *_prompts(runs), jax.random.PRNGKey(1), particles=4, max_new=L, eos_id=EOS,
-                alpha=alpha, ess=0.9, resample=resample)
+                alpha=alpha, ess=0.9, resample=resample, ramp=ramp)
   z_hat = np.exp(np.asarray(out["log_z"], np.float64))
   assert abs(z_hat.mean() - z) < 4 * z_hat.std() / np.sqrt(runs)
   assert (int(out["resamples"].sum()) > 0) == resample

@@ -36,6 +36,7 @@ class Options:
   alpha: float | None = None
   particles: int | None = None
   ess: float | None = None
+  ramp: int | None = None
   blocks: int | None = None
   mh_steps: int | None = None
   regex: str | None = None
@@ -47,9 +48,9 @@ class Options:
 
 # What each method reads, and its defaults (power's alpha 4 is Karan & Du's; smc's 1 is the model itself).
 READS = {"beam": ("beams", "length_penalty"), "diverse-beam": ("beams", "groups", "diversity", "length_penalty"),
-         "power": ("alpha", "blocks", "mh_steps"), "power-smc": ("alpha", "particles", "ess"),
-         "smc": ("alpha", "particles", "ess", "regex"), "mbr": ("samples", "utility", "temperature")}
-DEFAULTS = dict(beams=4, groups=2, diversity=0.5, length_penalty=1.0, particles=16, ess=0.5, blocks=4,
+         "power": ("alpha", "blocks", "mh_steps"), "power-smc": ("alpha", "particles", "ess", "ramp"),
+         "smc": ("alpha", "particles", "ess", "ramp", "regex"), "mbr": ("samples", "utility", "temperature")}
+DEFAULTS = dict(beams=4, groups=2, diversity=0.5, length_penalty=1.0, particles=16, ess=0.5, ramp=0, blocks=4,
                 mh_steps=10, samples=16, utility="exact", temperature=1.0)
 
 
@@ -93,6 +94,8 @@ def check(method: str, o: Options) -> Options:
     search.utility_fn(o.utility)  # a name, pkg.module:function or a function; one line otherwise
   if not 0 <= o.ess <= 1:
     raise LMError(f"--ess is a fraction of the particles, in [0, 1]; got {o.ess}")
+  if o.ramp < 0:
+    raise LMError(f"--ramp counts units (0: no ramp), got {o.ramp}")
   if o.regex is not None:
     _compile(o.regex)
   return o
@@ -176,7 +179,7 @@ def decode(model, score_model, params, tokenizer, prompt: str, method: str, o: O
       tables = constraint_tables(o.regex, tokenizer, model.cfg.vocab_size, o.max_new)
     out = jax.tree.map(parallel.to_host, smc.smc(model, params, ids, lengths, rng, particles=o.particles,
                                                  max_new=o.max_new, eos_id=eos, alpha=alpha, ess=float(o.ess),
-                                                 tables=tables))
+                                                 tables=tables, ramp=int(o.ramp)))
     log_w = np.asarray(out["log_weights"][0], np.float64)
     outputs = [dict(text=t, units=u, log_p=float(lp), weight=float(np.exp(w))) for (t, u), lp, w in
                zip(texts(out["ids"][0], out["lengths"][0]), out["log_p"][0], log_w)]

@@ -52,10 +52,19 @@ def _systematic(rng, log_w_GxN):
   return jnp.minimum(jax.vmap(jnp.searchsorted)(edges, u), N - 1).astype(jnp.int32)
 
 
+def ramped(alpha: float, ramp: int, max_new: int, i):
+  """α_i of step i: 1 + (α - 1) min(1, (i + 1) / ramp), and α at the last step whatever the ramp (ramp 0: α)."""
+  if ramp <= 0:
+    return jnp.float32(alpha)
+  frac = jnp.minimum(1.0, (i + 1) / ramp)
+  return jnp.where(i >= max_new - 1, alpha, 1.0 + (alpha - 1.0) * frac).astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "particles", "max_new", "eos_id", "alpha", "ess",
-                                             "resample"))
+                                             "resample", "ramp"))
 def smc(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, rng: jax.Array, *, particles: int,
-        max_new: int, eos_id: int, alpha: float = 1.0, ess: float = 0.5, resample: bool = True, tables=None):
+        max_new: int, eos_id: int, alpha: float = 1.0, ess: float = 0.5, resample: bool = True, tables=None,
+        ramp: int = 0):
   """SMC over `particles` rows per prompt. `tables` = (next_SxV, to_accept_S, accepting_S) of a constraint
   (`lm.decoding.regex`), or None. Returns a dict: ids [B, N, max_new] (eos fill after an end), lengths
   [B, N], log_weights [B, N] (normalised per prompt), log_p [B, N] (the model's log p of each particle),
@@ -75,12 +84,14 @@ def smc(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, r
 
   def body(i, c):
     rng, draw, pick = jax.random.split(c["rng"], 3)
-    target_RxV = _masked(c["lp"], alpha, c["state"], L - i, eos_id, tables)
+    a_i = ramped(alpha, ramp, L, i)
+    target_RxV = _masked(c["lp"], a_i, c["state"], L - i, eos_id, tables)
     log_inc_R = jax.nn.logsumexp(target_RxV, axis=-1)
     unit_R = jax.random.categorical(draw, target_RxV, axis=-1).astype(jnp.int32)
     live = ~c["done"]
     unit_R = jnp.where(live, unit_R, eos_id)
-    log_w = c["log_w"] + jnp.where(live, log_inc_R, 0.0)
+    bridge_R = (a_i - ramped(alpha, ramp, L, i - 1)) * c["log_p"] if ramp > 0 else 0.0  # finished rows too
+    log_w = c["log_w"] + jnp.where(live, log_inc_R, 0.0) + bridge_R
     log_p = c["log_p"] + jnp.where(live, jnp.take_along_axis(c["lp"], unit_R[:, None], axis=1)[:, 0], 0.0)
     ids = c["ids"].at[:, i].set(unit_R)
     length = c["length"] + live.astype(jnp.int32)
