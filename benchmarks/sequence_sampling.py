@@ -11,11 +11,14 @@ Parts (each method sees the same held-out graphs, seeds and budget):
   power    star-graph answers (`probe_star`): exact-path pass@1 of greedy, token temperature 1/α, token
            temperature best-of-N by the model's log p, power MH and power SMC, with the cost as unit passes (rows
            x sequential model calls): power sampling's claim (Karan & Du 2025) is that where the first unit
-           decides, p(x)^α puts more mass on right answers than per-unit temperature does.
+           decides, p(x)^α puts more mass on right answers than per-unit temperature does. Also the model's
+           own probability of the right answer: p^α can only sharpen what p already prefers.
   regex    a constraint on the answer (a path of digits) for a few graphs: KL and total variation of what
            SMC draws (one particle per run, chosen by weight) and of what masking alone draws, to the exact
            p(x | x matches) enumerated over every matching continuation; masking's own exact distribution (the
-           product of locally renormalised conditionals) is reported too.
+           product of locally renormalised conditionals) is reported too, and the floor: the same number of
+           draws from the exact conditional itself (finite samples have KL > 0). Also log mean Ẑ against
+           the exact log P(match).
   bytes    a BPE `token_ntp` run: canonical and byte-exact bits per byte over the same held-out segments.
 """
 
@@ -75,6 +78,7 @@ def power_part(r: api.LM, n: int, alpha: float, particles: int, mh_steps: int, s
           f"token T=1/{alpha:g}, best of {best_of} by log p": best_of * max_new,
           f"power MH a={alpha:g}": budget, f"power SMC a={alpha:g}, {particles} particles": particles * max_new}
   names = list(arms)
+  gold_p = []  # the model's probability of the right answer: what any sampler of p (or p^α) has to work with
   for i, doc in enumerate(docs):
     prompt, _ = synthetic.split_star(doc)
     ids = jnp.asarray(tok.prompt_ids(prompt.decode()))[None]
@@ -101,12 +105,16 @@ def power_part(r: api.LM, n: int, alpha: float, particles: int, mh_steps: int, s
     out = smc.smc(model, r.params, ids, lengths, key, particles=particles, max_new=max_new, eos_id=eos, alpha=alpha)
     pick = int(jax.random.categorical(jax.random.fold_in(key, 1), out["log_weights"][0]))
     arms[names[4]].append(text(out["ids"][0, pick], out["lengths"][0, pick]))
+    gold = jnp.asarray(list(tok.encode(synthetic.split_star(doc)[1])) + [eos], jnp.int32)[None]
+    gold_p.append(math.exp(float(rollout.score(r.run.model, r.params, ids, lengths, gold,
+                                               jnp.array([gold.shape[1]])).sum())))
   rows = []
   for name in names:
     scores = probes.score_paths(arms[name], docs)
     rows.append(dict(method=name, pass_at_1=scores["accuracy"], valid_path_rate=scores["valid_path_rate"],
                      unit_passes=cost[name]))
-  return dict(graphs=n, max_new=max_new, alpha=alpha, rows=rows, chance=1 / _degree(docs[0]))
+  return dict(graphs=n, max_new=max_new, alpha=alpha, rows=rows, chance=1 / _degree(docs[0]),
+              gold_p_mean=float(np.mean(gold_p)), gold_p_above_half=float(np.mean(np.asarray(gold_p) > 0.5)))
 
 
 def _degree(doc: bytes) -> int:
@@ -159,15 +167,19 @@ def regex_part(r: api.LM, pattern: str, graphs: int, runs: int, particles: int, 
                      resample=False)
     mask_draws = [tuple(int(u) for u in np.asarray(masked["ids"][i, 0])[:int(masked["lengths"][i, 0])])
                   for i in range(runs)]
+    support = list(want)  # the floor: as many draws from the exact conditional itself
+    exact_draws = [support[j] for j in np.random.default_rng(seed * 31 + g).choice(
+        len(support), size=runs, p=np.asarray([want[x] for x in support]) / sum(want.values()))]
     out_rows.append(dict(
         graph=g, support=len(want), smc=_divergences(smc_draws, want), masking=_divergences(mask_draws, want),
+        exact_draws=_divergences(exact_draws, want),
         masking_exact_kl=sum(q * math.log(q / want[x]) for x, q in masking_exact.items() if q > 0),
         log_mean_z_smc=float(np.logaddexp.reduce(np.asarray(out["log_z"], np.float64)) - math.log(runs)),
         log_p_constraint=math.log(sum(math.exp(lp) for _, lp in members))))
   mean = lambda key, sub: float(np.mean([row[key][sub] for row in out_rows]))  # noqa: E731
   return dict(pattern=pattern, runs=runs, particles=particles, max_new=max_new, graphs=out_rows,
               smc_kl=mean("smc", "kl"), smc_tv=mean("smc", "tv"), masking_kl=mean("masking", "kl"),
-              masking_tv=mean("masking", "tv"),
+              masking_tv=mean("masking", "tv"), floor_kl=mean("exact_draws", "kl"), floor_tv=mean("exact_draws", "tv"),
               masking_exact_kl=float(np.mean([row["masking_exact_kl"] for row in out_rows])))
 
 
@@ -237,13 +249,21 @@ def _print(result: dict) -> None:
     print(f"  {'method':44s} {'pass@1':>8s} {'valid path':>11s} {'unit passes':>12s}")
     for row in pw["rows"]:
       print(f"  {row['method']:44s} {row['pass_at_1']:8.3f} {row['valid_path_rate']:11.3f} {row['unit_passes']:12d}")
+    if "gold_p_mean" in pw:
+      print(f"  the model's p(right answer): mean {pw['gold_p_mean']:.3f}, above 1/2 on {pw['gold_p_above_half']:.3f} "
+            "of the graphs")
   if "regex" in parts:
     rx = parts["regex"]
     print(f"\nregex {rx['pattern']!r}: {rx['runs']} runs per graph, {rx['particles']} particles, "
           f"{len(rx['graphs'])} graphs (means)")
     print(f"  SMC      KL {rx['smc_kl']:.4f}  TV {rx['smc_tv']:.4f}")
+    if "floor_kl" in rx:
+      print(f"  floor    KL {rx['floor_kl']:.4f}  TV {rx['floor_tv']:.4f}  (as many draws from the exact conditional)")
     print(f"  masking  KL {rx['masking_kl']:.4f}  TV {rx['masking_tv']:.4f}  (exact KL of masking: "
           f"{rx['masking_exact_kl']:.4f})")
+    for row in rx["graphs"]:
+      print(f"  graph {row['graph']}: log mean Z-hat (SMC) {row['log_mean_z_smc']:.4f}, exact log P(match) "
+            f"{row['log_p_constraint']:.4f}")
   if "bytes" in parts:
     b = parts["bytes"]
     print(f"\nbytes: {b['segments']} segments, beam {b['beam']}: canonical {b['canonical_bpb']:.4f} bpb, "
