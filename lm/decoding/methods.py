@@ -8,6 +8,7 @@ calls, each over all of the method's rows; effective sample size, acceptance whe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable
 
@@ -101,6 +102,7 @@ def check(method: str, o: Options) -> Options:
   return o
 
 
+@functools.lru_cache(maxsize=16)  # checked once before loading, then lifted to units: compile once
 def _compile(pattern: str) -> regex_lib.ByteDFA:
   try:
     return regex_lib.compile_regex(pattern)
