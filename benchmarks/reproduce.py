@@ -288,7 +288,7 @@ def main(argv=None):
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
                and runs[0][k] is not None}
         row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds,
-                   steps=steps or "variant", probe_n=n, quick=args.quick, date=time.strftime("%Y-%m-%d"),
+                   steps_flag=steps or "variant", probe_n=n, quick=args.quick, date=time.strftime("%Y-%m-%d"),
                    seconds=time.time() - started, **_machine())
         results[part]["arms"][arm] = row
         _save(args.out, results)
