@@ -11,7 +11,9 @@ Run:
 
 Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
   tiny   3.870 val bpb in 26 s (200 steps).
-  small  not run yet.
+  small  at token_ntp:small's training FLOPs (778 steps; benchmarks/reproduce.py --parts bpb, 3 seeds,
+         2026-12-06): 2.147 ± 0.020 val bpb against next-token's 2.107 ± 0.029; behind in every seed, unlike
+         the paper's gains at 340M+ parameters with BPE (bytes here).
 """
 
 from lm import config as config_lib
