@@ -69,7 +69,10 @@ def smc(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, r
   (`lm.decoding.regex`), or None. Returns a dict: ids [B, N, max_new] (eos fill after an end), lengths
   [B, N], log_weights [B, N] (normalised per prompt), log_p [B, N] (the model's log p of each particle),
   log_z [B] (log Ẑ), resamples [B], min_ess [B] (as a fraction of N), forward_passes (model calls over all
-  rows). `resample=False` keeps the weights but never resamples (importance sampling)."""
+  rows). `resample=False` keeps the weights but never resamples (importance sampling). `ramp` > 0 bridges
+  (Power-SMC): step i targets p(x_{1:i})^α_i, α_i rising linearly from 1 to α over the first `ramp` units
+  (and α at the last step), so the incremental weight gains (α_i - α_{i-1}) log p(x_{1:i-1}); the final
+  target and Ẑ's expectation are unchanged, while early resampling sees milder weights."""
   B, P = prompt_BxP.shape
   N, L = particles, max_new
   R = B * N
