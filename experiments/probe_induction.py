@@ -15,7 +15,8 @@ Results (2-core CPU shared with another training run, 2026-11-25):
          val 2.707 bpb; 57.6 s train + 6.8 s probe. 100 steps learn letters and templates, not copying:
          a smoke run. (150 steps: 0.020 at 1.84 bpb; 300 steps on 5000 stories: 0.025 at 1.41 bpb.)
   small  (benchmarks/reproduce.py --parts induction --induction-variant small, 400 stories, 2026-12-06,
-         seed 0): ntp 0.933 on later mentions (first mentions 0.026, whole names 0.926, 0.596 val bpb);
+         seed 0): ntp 0.933 on later mentions (first mentions 0.026, whole names 0.926, 0.596 val bpb;
+         seed 1: 0.932);
          mtp:n=2 0.933 (0.026, 0.927, 0.606 bpb). Induction forms without MTP at this size: the names are
          the only unpredictable thing in the templates. See BUILD_NOTES.md (issue 18).
 """
