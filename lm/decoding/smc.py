@@ -52,7 +52,7 @@ def _systematic(rng, log_w_GxN):
   return jnp.minimum(jax.vmap(jnp.searchsorted)(edges, u), N - 1).astype(jnp.int32)
 
 
-def ramped(alpha: float, ramp: int, max_new: int, i):
+def _ramped(alpha: float, ramp: int, max_new: int, i):
   """α_i of step i: 1 + (α - 1) min(1, (i + 1) / ramp), and α at the last step whatever the ramp (ramp 0: α)."""
   if ramp <= 0:
     return jnp.float32(alpha)
@@ -87,13 +87,13 @@ def smc(model: nn.Module, params, prompt_BxP: jax.Array, lengths_B: jax.Array, r
 
   def body(i, c):
     rng, draw, pick = jax.random.split(c["rng"], 3)
-    a_i = ramped(alpha, ramp, L, i)
+    a_i = _ramped(alpha, ramp, L, i)
     target_RxV = _masked(c["lp"], a_i, c["state"], L - i, eos_id, tables)
     log_inc_R = jax.nn.logsumexp(target_RxV, axis=-1)
     unit_R = jax.random.categorical(draw, target_RxV, axis=-1).astype(jnp.int32)
     live = ~c["done"]
     unit_R = jnp.where(live, unit_R, eos_id)
-    bridge_R = (a_i - ramped(alpha, ramp, L, i - 1)) * c["log_p"] if ramp > 0 else 0.0  # finished rows too
+    bridge_R = (a_i - _ramped(alpha, ramp, L, i - 1)) * c["log_p"] if ramp > 0 else 0.0  # finished rows too
     log_w = c["log_w"] + jnp.where(live, log_inc_R, 0.0) + bridge_R
     log_p = c["log_p"] + jnp.where(live, jnp.take_along_axis(c["lp"], unit_R[:, None], axis=1)[:, 0], 0.0)
     ids = c["ids"].at[:, i].set(unit_R)
