@@ -17,7 +17,7 @@ Results (2-core CPU shared with another training run, 2026-11-25):
   small  (benchmarks/reproduce.py --parts induction --induction-variant small, 400 stories, 2026-12-06,
          seed 0): ntp 0.933 on later mentions (first mentions 0.026, whole names 0.926, 0.596 val bpb;
          seed 1: 0.932);
-         mtp:n=2 0.933 (0.026, 0.927, 0.606 bpb). Induction forms without MTP at this size: the names are
+         mtp:n=2 0.933 (0.026, 0.927, 0.606 bpb; seed 1: 0.929). Induction forms without MTP at this size: the names are
          the only unpredictable thing in the templates. See BUILD_NOTES.md (issue 18).
 """
 
