@@ -6,10 +6,13 @@ Run:
   python benchmarks/reproduce.py --parts star --star-arms ntp,top  # some arms of it
   python benchmarks/reproduce.py --parts hat --seeds 0              # the HAT sweep, one seed
   python benchmarks/reproduce.py --parts hat --hat-arms flat,hat:model.d_model=256   # a shape of your own
+  python benchmarks/reproduce.py --parts induction --seeds 2 --add-seeds   # one more seed beside those recorded
   python benchmarks/reproduce.py --quick                           # smoke: 1 seed, a few steps, 16 documents
 Writes JSON to --out (default benchmarks/results/reproduce.json; the parts of earlier runs in that file stay
 unless this run measures them again) and prints one table, the paper's figure beside ours (mean ± std over
-seeds).
+seeds). With --add-seeds a run's seeds join the ones an arm already has in --out (one process per seed keeps
+a long benchmark's partial results and lets two seeds share the machine); the recorded arm must have the same
+variant, --steps and --n, and none of the new seeds.
 
 Every arm of a part runs the same experiment with the same model, data, optimizer and schedule; only the
 objectives list differs, copied from `experiments/token_ARM.py` (ntp: next-token; mtp: 4 heads; top: ntp +
@@ -251,6 +254,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=0, help="override every run's train.steps (0: the variant's)")
   p.add_argument("--n", type=int, default=0, help="held-out documents per probe (default 400; --quick: 16)")
   p.add_argument("--out", default=str(DEFAULT_OUT))
+  p.add_argument("--add-seeds", action="store_true",
+                 help="add this run's seeds to the arms recorded in --out instead of replacing them")
   for part in PARTS:
     p.add_argument(f"--{part}-arms", default=DEFAULT_ARMS[part], help=f"{part}: objectives of experiments/token_ARM.py")
     p.add_argument(f"--{part}-variant", default=DEFAULT_VARIANT[part], help=f"{part}: experiment variant")
@@ -274,6 +279,11 @@ def main(argv=None):
 
   if args.quick and args.out == str(DEFAULT_OUT):  # a smoke run never overwrites the recorded results
     args.out = str(pathlib.Path(tempfile.gettempdir()) / "reproduce_quick.json")
+  settings = dict(steps_flag=steps or "variant", probe_n=n, quick=args.quick)
+  if args.add_seeds:  # checked before the first run, not after hours of training
+    for part in parts:
+      for arm in arms[part]:
+        _check_addable(args.out, part, arm, dict(settings, variant=getattr(args, f"{part}_variant")), seeds)
   t0 = time.time()
   results: dict[str, dict] = {}
   with tempfile.TemporaryDirectory(prefix="lm-reproduce-") as root:
@@ -287,11 +297,10 @@ def main(argv=None):
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root))
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
                and runs[0][k] is not None}
-        row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds,
-                   steps_flag=steps or "variant", probe_n=n, quick=args.quick, date=time.strftime("%Y-%m-%d"),
-                   seconds=time.time() - started, **_machine())
-        results[part]["arms"][arm] = row
-        _save(args.out, results)
+        row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds, **settings,
+                   date=time.strftime("%Y-%m-%d"), seconds=time.time() - started, **_machine())
+        _save(args.out, {part: dict(variant=variant, arms={arm: row})}, add_seeds=args.add_seeds)
+        results[part]["arms"][arm] = _load(args.out)[part]["arms"][arm]  # the table shows every recorded seed
 
   print(f"reproduce: seeds {seeds}, steps {steps or 'per variant'}, {n} probe documents, "
         f"{jax.default_backend()} x{jax.device_count()}, {time.time() - t0:.0f}s")
@@ -313,16 +322,49 @@ def _machine() -> dict:
               cpu_count=os.cpu_count(), jax=jax.__version__)
 
 
-def _save(out: str, results: dict) -> None:
+def _load(out: str) -> dict:
+  path = pathlib.Path(out)
+  return json.loads(path.read_text()).get("parts", {}) if path.exists() else {}
+
+
+def _check_addable(out: str, part: str, arm: str, settings: dict, seeds: list[int]) -> None:
+  """--add-seeds: arm's recorded row (if any) was measured the same way and has none of `seeds`."""
+  old = _load(out).get(part, {}).get("arms", {}).get(arm)
+  if old is None:
+    return
+  differs = [f"{k} {old.get(k)!r} != {v!r}" for k, v in settings.items() if old.get(k) != v]
+  if differs:
+    raise SystemExit(f"error: --add-seeds: {part} arm {arm!r} in {out} was measured with {'; '.join(differs)}; "
+                     "run with its settings or drop --add-seeds to replace it")
+  again = sorted(set(old.get("seeds", [])) & set(seeds))
+  if again:
+    raise SystemExit(f"error: --add-seeds: {part} arm {arm!r} in {out} already has seed(s) {again}; "
+                     "choose other --seeds or drop --add-seeds to replace it")
+
+
+def _add_seeds(old: dict, new: dict) -> dict:
+  """One arm's row with both rows' seeds: metric values joined (and their mean/std recomputed), wall seconds
+  summed, everything else (date, machine) from the new row."""
+  row = dict(new, seeds=[*old["seeds"], *new["seeds"]], seconds=old.get("seconds", 0.0) + new["seconds"])
+  for key, value in new.items():
+    if isinstance(value, dict) and "values" in value and isinstance(old.get(key), dict):
+      row[key] = _stats([*old[key]["values"], *value["values"]])
+  return row
+
+
+def _save(out: str, results: dict, add_seeds: bool = False) -> None:
   """The JSON so far (after every arm: a long run that stops keeps what it measured). What an earlier run left
-  in the same file stays unless this run measures the same arm of the same part again; every arm carries its
-  own seeds, steps, date and machine."""
+  in the same file stays unless this run measures the same arm of the same part again (with `add_seeds`, the
+  arm then keeps its earlier seeds too); every arm carries its own seeds, steps, date and machine."""
   path = pathlib.Path(out)
   path.parent.mkdir(parents=True, exist_ok=True)
-  parts = json.loads(path.read_text()).get("parts", {}) if path.exists() else {}
+  parts = _load(out)
   for name, part in results.items():
     merged = dict(parts.get(name, {}), **{k: v for k, v in part.items() if k != "arms"})
-    merged["arms"] = {**parts.get(name, {}).get("arms", {}), **part["arms"]}
+    arms = dict(parts.get(name, {}).get("arms", {}))
+    for arm, row in part["arms"].items():
+      arms[arm] = _add_seeds(arms[arm], row) if add_seeds and arm in arms else row
+    merged["arms"] = arms
     parts[name] = merged
   path.write_text(json.dumps(dict(parts=parts), indent=2) + "\n")
 

@@ -91,3 +91,30 @@ def test_reproduce_json_keeps_earlier_parts(tmp_path):
   parts = json.loads(out.read_text())["parts"]
   assert parts == {"star": dict(variant="small", arms={"ntp": dict(seeds=[0, 1]), "mtp": dict(seeds=[2])}),
                    "bpb": dict(variant="small", arms={"ntp": dict(seeds=[0])})}
+
+
+def test_reproduce_add_seeds(tmp_path):
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import reproduce  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  out = tmp_path / "r.json"
+  settings = dict(variant="tiny", steps_flag=5, probe_n=16, quick=True)
+
+  def row(seeds, later, seconds):
+    return dict(settings, seeds=seeds, later=reproduce._stats(later), seconds=seconds, date="d")  # pylint: disable=protected-access
+
+  save = reproduce._save  # pylint: disable=protected-access
+  save(str(out), {"induction": dict(variant="tiny", arms={"ntp": row([0, 1], [0.5, 0.7], 10.0)})})
+  save(str(out), {"induction": dict(variant="tiny", arms={"ntp": row([2], [0.9], 5.0)})}, add_seeds=True)
+  ntp = json.loads(out.read_text())["parts"]["induction"]["arms"]["ntp"]
+  assert ntp["seeds"] == [0, 1, 2] and ntp["later"]["values"] == [0.5, 0.7, 0.9] and ntp["seconds"] == 15.0
+  assert ntp["later"]["mean"] == pytest.approx(0.7) and ntp["later"]["std"] == pytest.approx(0.2)
+  # Refused before any training: a seed already there, or other settings than the recorded arm's.
+  args = ["--parts", "induction", "--induction-arms", "ntp", "--induction-variant", "tiny", "--quick", "--out",
+          str(out), "--add-seeds"]
+  with pytest.raises(SystemExit, match=r"already has seed\(s\) \[1\]"):
+    reproduce.main([*args, "--seeds", "1,3"])
+  with pytest.raises(SystemExit, match="measured with probe_n 16 != 400"):
+    reproduce.main([*args, "--seeds", "3", "--n", "400"])
