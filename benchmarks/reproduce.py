@@ -7,6 +7,7 @@ Run:
   python benchmarks/reproduce.py --parts hat --seeds 0              # the HAT sweep, one seed
   python benchmarks/reproduce.py --parts hat --hat-arms flat,hat:model.d_model=256   # a shape of your own
   python benchmarks/reproduce.py --parts induction --seeds 2 --add-seeds   # one more seed beside those recorded
+  python benchmarks/reproduce.py --parts star --seeds 0 --curve 5  # the probes at 5 checkpoints along training
   python benchmarks/reproduce.py --quick                           # smoke: 1 seed, a few steps, 16 documents
 Writes JSON to --out (default benchmarks/results/reproduce.json; the parts of earlier runs in that file stay
 unless this run measures them again) and prints one table, the paper's figure beside ours (mean ± std over
@@ -56,7 +57,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import families as family_runs  # noqa: E402  # benchmarks/families.py: its scoring and noise kinds
 from lm import config as config_lib, families  # noqa: E402
 from lm.eval import probes  # noqa: E402
-from lm.train import loop  # noqa: E402
+from lm.train import checkpoint, loop  # noqa: E402
 from lm.train import run as run_lib  # noqa: E402
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "reproduce.json"
@@ -104,6 +105,7 @@ HAT_ARMS = {
     "hat_b320x6": ("byte_hat", ["model.d_model=320", "model.num_layers=6", "model.num_heads=8",
                                 "model.num_kv_heads=4", "model.d_ff=960", *_SMALL_BYTE_LEVEL]),
 }
+CURVE_METRIC = {"star": "first", "induction": "later"}  # the probe metric --curve prints
 HAT_BUDGET = "flat"  # the arm whose configured steps set the HAT part's FLOPs budget
 
 
@@ -146,8 +148,30 @@ def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_object
   return config
 
 
-def train(config, root: str) -> dict:
-  return loop.train(config, tempfile.mkdtemp(dir=root))
+def train(config, root: str, workdir: str | None = None) -> dict:
+  out = loop.train(config, workdir or tempfile.mkdtemp(dir=root))
+  if out.get("preempted"):  # SIGTERM or a preemption notice: the arms measured before this one are saved
+    raise SystemExit(f"reproduce: stopped at step {out['step']} of an arm; the arms measured before it are saved")
+  return out
+
+
+CURVE = 0  # --curve: checkpoints probed along training in the probe parts (0: the final params only)
+
+
+def probe_curve(config, root: str, probe) -> tuple[dict, list[dict]]:
+  """Train `config` and run `probe(run, params) -> metrics` on the final params and, with --curve K, on K
+  evenly spaced checkpoints (the last one the final step): a learning curve of the probe, same training."""
+  if not CURVE:
+    out = train(config, root)
+    return out, []
+  steps = config.train.steps
+  config.train.update(checkpoint_every=max(1, steps // CURVE), keep_checkpoints=CURVE + 1)
+  workdir = tempfile.mkdtemp(dir=root)
+  out = train(config, root, workdir)
+  ckpts = checkpoint.Checkpoints(workdir)
+  abstract = out["run"].abstract_state.params
+  curve = [dict(step=step, **probe(out["run"], ckpts.read_params(step, abstract))) for step in sorted(ckpts.steps())]
+  return out, curve
 
 
 _FLOPS: dict[str, float] = {}
@@ -166,17 +190,25 @@ def flops_per_step(config) -> float:
 
 
 def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:
-  out = train(make_config(f"probe_star:{variant}", arm, seed, steps), root)
-  r = probes.star_graph_accuracy(out["run"], out["state"].params, n=n)
-  return dict(exact=r["accuracy"], first=r["teacher_forced_first_decision"], later=r["teacher_forced_later_steps"],
-              valid=r["valid_path_rate"], chance=r["chance"], bpb=out["val_bpb"], seconds=out["seconds"])
+  def probe(run, params):
+    r = probes.star_graph_accuracy(run, params, n=n)
+    return dict(exact=r["accuracy"], first=r["teacher_forced_first_decision"],
+                later=r["teacher_forced_later_steps"], valid=r["valid_path_rate"], chance=r["chance"])
+
+  out, curve = probe_curve(make_config(f"probe_star:{variant}", arm, seed, steps), root, probe)
+  return dict(probe(out["run"], out["state"].params), bpb=out["val_bpb"], seconds=out["seconds"],
+              **(dict(curve=curve) if curve else {}))
 
 
 def induction(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:
-  out = train(make_config(f"probe_induction:{variant}", arm, seed, steps), root)
-  r = probes.induction_accuracy(out["run"], out["state"].params, n=n)
-  return dict(later=r["accuracy"], first=r["first_occurrence_accuracy"], names=r["name_accuracy"],
-              chance=r["chance"], bpb=out["val_bpb"], seconds=out["seconds"])
+  def probe(run, params):
+    r = probes.induction_accuracy(run, params, n=n)
+    return dict(later=r["accuracy"], first=r["first_occurrence_accuracy"], names=r["name_accuracy"],
+                chance=r["chance"])
+
+  out, curve = probe_curve(make_config(f"probe_induction:{variant}", arm, seed, steps), root, probe)
+  return dict(probe(out["run"], out["state"].params), bpb=out["val_bpb"], seconds=out["seconds"],
+              **(dict(curve=curve) if curve else {}))
 
 
 def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:  # pylint: disable=unused-argument
@@ -254,12 +286,16 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=0, help="override every run's train.steps (0: the variant's)")
   p.add_argument("--n", type=int, default=0, help="held-out documents per probe (default 400; --quick: 16)")
   p.add_argument("--out", default=str(DEFAULT_OUT))
+  p.add_argument("--curve", type=int, default=0,
+                 help="star, induction: also probe K evenly spaced checkpoints (a learning curve per seed)")
   p.add_argument("--add-seeds", action="store_true",
                  help="add this run's seeds to the arms recorded in --out instead of replacing them")
   for part in PARTS:
     p.add_argument(f"--{part}-arms", default=DEFAULT_ARMS[part], help=f"{part}: objectives of experiments/token_ARM.py")
     p.add_argument(f"--{part}-variant", default=DEFAULT_VARIANT[part], help=f"{part}: experiment variant")
   args = p.parse_args(argv)
+  global CURVE  # pylint: disable=global-statement
+  CURVE = max(args.curve, 0)
   parts = [x.strip() for x in args.parts.split(",") if x.strip()]
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
@@ -297,6 +333,8 @@ def main(argv=None):
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root))
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
                and runs[0][k] is not None}
+        if any("curve" in r for r in runs):
+          row["curves"] = [r.get("curve", []) for r in runs]  # one list of {step, metrics} per seed
         row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds, **settings,
                    date=time.strftime("%Y-%m-%d"), seconds=time.time() - started, **_machine())
         _save(args.out, {part: dict(variant=variant, arms={arm: row})}, add_seeds=args.add_seeds)
@@ -313,6 +351,11 @@ def main(argv=None):
       cells = " ".join(f"{row[k]['mean']:9.3g} ± {row[k]['std']:6.2g}" if k in row else f"{'-':>18s}"
                        for k, _ in titles)
       print(f"  {arm:{width}s} {cells}  {row['paper']}")
+    for arm, row in result["arms"].items():
+      for seed, curve in zip(row["seeds"], row.get("curves", [])):
+        key = CURVE_METRIC[part]
+        if curve:
+          print(f"  curve of {key}, {arm} seed {seed}: " + ", ".join(f"{c['step']}: {c[key]:.3f}" for c in curve))
   print(f"\n  wrote {args.out}")
   return results
 
@@ -346,6 +389,8 @@ def _add_seeds(old: dict, new: dict) -> dict:
   """One arm's row with both rows' seeds: metric values joined (and their mean/std recomputed), wall seconds
   summed, everything else (date, machine) from the new row."""
   row = dict(new, seeds=[*old["seeds"], *new["seeds"]], seconds=old.get("seconds", 0.0) + new["seconds"])
+  if "curves" in old or "curves" in new:
+    row["curves"] = [*old.get("curves", [[]] * len(old["seeds"])), *new.get("curves", [[]] * len(new["seeds"]))]
   for key, value in new.items():
     if isinstance(value, dict) and "values" in value and isinstance(old.get(key), dict):
       row[key] = _stats([*old[key]["values"], *value["values"]])

@@ -107,9 +107,12 @@ def test_reproduce_add_seeds(tmp_path):
 
   save = reproduce._save  # pylint: disable=protected-access
   save(str(out), {"induction": dict(variant="tiny", arms={"ntp": row([0, 1], [0.5, 0.7], 10.0)})})
-  save(str(out), {"induction": dict(variant="tiny", arms={"ntp": row([2], [0.9], 5.0)})}, add_seeds=True)
+  curve = [dict(step=5, later=0.4), dict(step=10, later=0.9)]
+  save(str(out), {"induction": dict(variant="tiny", arms={"ntp": dict(row([2], [0.9], 5.0), curves=[curve])})},
+       add_seeds=True)
   ntp = json.loads(out.read_text())["parts"]["induction"]["arms"]["ntp"]
   assert ntp["seeds"] == [0, 1, 2] and ntp["later"]["values"] == [0.5, 0.7, 0.9] and ntp["seconds"] == 15.0
+  assert ntp["curves"] == [[], [], curve]  # a learning curve stays with its seed
   assert ntp["later"]["mean"] == pytest.approx(0.7) and ntp["later"]["std"] == pytest.approx(0.2)
   # Refused before any training: a seed already there, or other settings than the recorded arm's.
   args = ["--parts", "induction", "--induction-arms", "ntp", "--induction-variant", "tiny", "--quick", "--out",
