@@ -139,7 +139,7 @@ def train_and_score(c, workdir) -> dict:
   summary = loop.train(c, str(workdir))
   seconds = time.time() - t0
   if summary.get("preempted"):  # stopped by a signal: its params are not the run's, so nothing is scored
-    raise SystemExit(f"stopped at step {summary['step']} of {c.train.steps}; the runs finished before it are saved")
+    raise SystemExit(f"stopped at step {summary['step']} of {c.train.steps} by a signal; nothing was written")
   r = lm.api.LM(summary["run"], summary["state"].params)
   scores, extra = {}, {}
   for split in ("val", "test"):
