@@ -34,8 +34,8 @@ token order prediction; ftp, dsmtp the same way; `mtp:n=2` sets an option of the
              backbone, as the paper's models put most of their parameters there: `hat` as configured (a
              third in the backbone), `hat_b256x4` (~70%), `hat_b256x6` (~80%), `hat_b320x6` (~85%, and more
              FLOPs per byte, so fewer steps), all with a byte level of width 64 (encoder 1 layer, decoder 2);
-             and the other axis at byte_hat's backbone: `hat_e64` (that narrow byte level) and `hat_e128` (a
-             wider one than byte_hat's 96); shapes sized for `small`. `ARM:KEY=VALUE` adds a config
+             and the other axis at byte_hat's backbone: `hat_e48`, `hat_e64` (that narrow byte level) and
+             `hat_e128` (wider than byte_hat's 96); shapes sized for `small`. `ARM:KEY=VALUE` adds a config
              override to an arm.
 """
 
@@ -86,10 +86,10 @@ PAPER = {
     ("hat", "bpe"): "baseline",
     ("hat", "flat"): "sets the FLOPs budget",
 }
-for _shape in ("hat", "hat_b256x4", "hat_b256x6", "hat_b320x6", "hat_e64", "hat_e128"):
+for _shape in ("hat", "hat_b256x4", "hat_b256x6", "hat_b320x6", "hat_e48", "hat_e64", "hat_e128"):
   PAPER[("hat", _shape)] = "parity with BPE at matched compute; degrades less under noise (Neitemeier et al.)"
 DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp:n=2", "bpb": "ntp,mtp,top",
-                "hat": "bpe,flat,hat,hat_b256x4,hat_b256x6,hat_b320x6,hat_e64,hat_e128"}
+                "hat": "bpe,flat,hat,hat_b256x4,hat_b256x6,hat_b320x6,hat_e48,hat_e64,hat_e128"}
 DEFAULT_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small", "hat": "small"}
 
 # The HAT part's arms: experiment and overrides. The shapes keep byte_hat's data (words, rows, batch) and
@@ -107,6 +107,8 @@ HAT_ARMS = {
     "hat_b320x6": ("byte_hat", ["model.d_model=320", "model.num_layers=6", "model.num_heads=8",
                                 "model.num_kv_heads=4", "model.d_ff=960", *_SMALL_BYTE_LEVEL]),
     # The other axis: byte_hat's backbone, the byte level narrower (as the shapes above) or wider.
+    "hat_e48": ("byte_hat", ["model.encoder.d_model=48", "model.encoder.num_layers=1", "model.encoder.d_ff=144",
+                             "model.decoder.d_model=48", "model.decoder.num_layers=2", "model.decoder.d_ff=144"]),
     "hat_e64": ("byte_hat", _SMALL_BYTE_LEVEL),
     "hat_e128": ("byte_hat", ["model.encoder.d_model=128", "model.encoder.d_ff=384", "model.decoder.d_model=128",
                               "model.decoder.d_ff=384"]),
