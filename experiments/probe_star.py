@@ -20,7 +20,11 @@ Results (2-core CPU, two runs at a time, one core each, 2026-12-03; BUILD_NOTES 
          mtp (4 heads): first decision 0.725 / 0.650 / 0.458, later steps 1.00: two seeds of three partly
          break the shortcut (the paper's direction; its MTP-4 also stops short). About twice ntp's time.
          top (ntp + TOP, window 16): 0.527 / 0.502 / 0.725: one seed of three partly breaks it.
-         The papers' direction, weakly: ntp never leaves the coin flip, mtp and top sometimes do.
+         Learning curves (--curve 5, seed 0 again, 2026-12-06): every arm has the lookups by step 500-1000
+         and its first decision stays at 0.45-0.56 to step 2500; this rerun of mtp seed 0 gave 0.557, not
+         0.725 (another thread layout, another trajectory), top 0.527 (as before), ntp 0.545 (0.540). The partial
+         fixes above are run-to-run noise around the coin flip: next-token's Clever Hans signature
+         reproduces; the papers' fix does not appear at this size (0.9-1.5M params, 2500 steps).
   Arms of 5 with two-digit labels (the old `small`, 4000 steps, whole-document loss) learned no lookup (all
   zeros); with one character per node (`letters=1`, degree 2, arms of 5, 50 labels) and path-only loss,
   1500 steps reach 1.16 bpb: lookups not yet learned, beyond the ~20 minute budget here.
