@@ -101,9 +101,10 @@ def test_reproduce_add_seeds(tmp_path):
     sys.path.remove(str(ROOT / "benchmarks"))
   out = tmp_path / "r.json"
   settings = dict(variant="tiny", steps_flag=5, probe_n=16, quick=True)
+  stats = reproduce._stats  # pylint: disable=protected-access
 
   def row(seeds, later, seconds):
-    return dict(settings, seeds=seeds, later=reproduce._stats(later), seconds=seconds, date="d")  # pylint: disable=protected-access
+    return dict(settings, seeds=seeds, later=stats(later), seconds=seconds, date="d")
 
   save = reproduce._save  # pylint: disable=protected-access
   save(str(out), {"induction": dict(variant="tiny", arms={"ntp": row([0, 1], [0.5, 0.7], 10.0)})})
