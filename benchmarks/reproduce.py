@@ -30,12 +30,12 @@ token order prediction; ftp, dsmtp the same way; `mtp:n=2` sets an option of the
   hat        byte_hat shapes against flat bytes and BPE tokens (Neitemeier et al. 2025: HAT at parity with
              BPE at matched compute, more robust to noise), each trained on byte_flat:VARIANT's FLOPs
              (`benchmarks/families.py`'s budget and scoring: the same held-out segments, clean and noised).
-             The sweep moves the forward FLOPs per byte from the byte-level encoder and decoder into the word
-             backbone, as the paper's models put most of their parameters there: `hat` as configured (a
-             third in the backbone), `hat_b256x4` (~70%), `hat_b256x6` (~80%), `hat_b320x6` (~85%, and more
-             FLOPs per byte, so fewer steps), all with a byte level of width 64 (encoder 1 layer, decoder 2);
-             and the other axis at byte_hat's backbone: `hat_e48`, `hat_e64` (that narrow byte level) and
-             `hat_e128` (wider than byte_hat's 96); shapes sized for `small`. `ARM:KEY=VALUE` adds a config
+             The sweep has two axes from byte_hat:small's shape before it (backbone 192 x 4, byte level 96
+             wide, encoder and decoder 2 layers each; now `hat_e96`): FLOPs moved into the word backbone, as
+             the paper's models put most of their parameters there, with a byte level 64 wide (encoder 1
+             layer, decoder 2): `hat_b256x4`, `hat_b256x6`, `hat_b320x6`; and the byte level's width at that
+             backbone: `hat_e48`, `hat_e64`, `hat_e96`, `hat_e128`. The best, `hat_e64`, is byte_hat:small
+             now (`hat`). Shapes sized for `small`. `ARM:KEY=VALUE` adds a config
              override to an arm.
 """
 
@@ -86,32 +86,39 @@ PAPER = {
     ("hat", "bpe"): "baseline",
     ("hat", "flat"): "sets the FLOPs budget",
 }
-for _shape in ("hat", "hat_b256x4", "hat_b256x6", "hat_b320x6", "hat_e48", "hat_e64", "hat_e128"):
+for _shape in ("hat", "hat_b256x4", "hat_b256x6", "hat_b320x6", "hat_e48", "hat_e64", "hat_e96", "hat_e128"):
   PAPER[("hat", _shape)] = "parity with BPE at matched compute; degrades less under noise (Neitemeier et al.)"
 DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp:n=2", "bpb": "ntp,mtp,top",
-                "hat": "bpe,flat,hat,hat_b256x4,hat_b256x6,hat_b320x6,hat_e48,hat_e64,hat_e128"}
+                "hat": "bpe,flat,hat,hat_b256x4,hat_b256x6,hat_b320x6,hat_e48,hat_e96,hat_e128"}
 DEFAULT_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small", "hat": "small"}
 
-# The HAT part's arms: experiment and overrides. The shapes keep byte_hat's data (words, rows, batch) and
-# optimizer; encoder 64 wide x 1 layer, decoder 64 x 2 where the backbone grows.
-_SMALL_BYTE_LEVEL = ["model.encoder.d_model=64", "model.encoder.num_layers=1", "model.encoder.d_ff=192",
-                     "model.decoder.d_model=64", "model.decoder.num_layers=2", "model.decoder.d_ff=192"]
+# The HAT part's arms: experiment and overrides. Every shape keeps byte_hat's data (words, rows, batch) and
+# optimizer and spells out the sizes it sweeps, so an arm means the same thing whatever byte_hat:small is.
+def _byte_level(width: int, encoder_layers: int = 1, decoder_layers: int = 2) -> list[str]:
+  return [f"model.encoder.d_model={width}", f"model.encoder.num_layers={encoder_layers}",
+          f"model.encoder.d_ff={width * 3}", f"model.decoder.d_model={width}",
+          f"model.decoder.num_layers={decoder_layers}", f"model.decoder.d_ff={width * 3}"]
+
+
+_BACKBONE = ["model.d_model=192", "model.num_layers=4", "model.num_heads=6", "model.num_kv_heads=3",
+             "model.d_ff=512"]  # byte_hat:small's
 HAT_ARMS = {
     "bpe": ("token_ntp", ["data.tokenizer=bpe", "data.vocab_size=2048"]),
     "flat": ("byte_flat", []),
-    "hat": ("byte_hat", []),
+    "hat": ("byte_hat", []),  # as configured: since this sweep, hat_e64's shape
+    # FLOPs moved into the backbone, the byte level 64 wide.
     "hat_b256x4": ("byte_hat", ["model.d_model=256", "model.num_layers=4", "model.num_heads=8",
-                                "model.num_kv_heads=4", "model.d_ff=768", *_SMALL_BYTE_LEVEL]),
+                                "model.num_kv_heads=4", "model.d_ff=768", *_byte_level(64)]),
     "hat_b256x6": ("byte_hat", ["model.d_model=256", "model.num_layers=6", "model.num_heads=8",
-                                "model.num_kv_heads=4", "model.d_ff=768", *_SMALL_BYTE_LEVEL]),
+                                "model.num_kv_heads=4", "model.d_ff=768", *_byte_level(64)]),
     "hat_b320x6": ("byte_hat", ["model.d_model=320", "model.num_layers=6", "model.num_heads=8",
-                                "model.num_kv_heads=4", "model.d_ff=960", *_SMALL_BYTE_LEVEL]),
-    # The other axis: byte_hat's backbone, the byte level narrower (as the shapes above) or wider.
-    "hat_e48": ("byte_hat", ["model.encoder.d_model=48", "model.encoder.num_layers=1", "model.encoder.d_ff=144",
-                             "model.decoder.d_model=48", "model.decoder.num_layers=2", "model.decoder.d_ff=144"]),
-    "hat_e64": ("byte_hat", _SMALL_BYTE_LEVEL),
-    "hat_e128": ("byte_hat", ["model.encoder.d_model=128", "model.encoder.d_ff=384", "model.decoder.d_model=128",
-                              "model.decoder.d_ff=384"]),
+                                "model.num_kv_heads=4", "model.d_ff=960", *_byte_level(64)]),
+    # The other axis: byte_hat:small's backbone, the byte level's width (and depth: 96 is the shape
+    # byte_hat:small had before this sweep, d_ff 256 rather than 288).
+    "hat_e48": ("byte_hat", [*_BACKBONE, *_byte_level(48)]),
+    "hat_e64": ("byte_hat", [*_BACKBONE, *_byte_level(64)]),
+    "hat_e96": ("byte_hat", [*_BACKBONE, *_byte_level(96, 2, 2), "model.encoder.d_ff=256", "model.decoder.d_ff=256"]),
+    "hat_e128": ("byte_hat", [*_BACKBONE, *_byte_level(128, 2, 2)]),
 }
 CURVE_METRIC = {"star": "first", "induction": "later"}  # the probe metric --curve prints
 HAT_BUDGET = "flat"  # the arm whose configured steps set the HAT part's FLOPs budget
