@@ -15,10 +15,12 @@ Results (2-core CPU shared with another training run, 2026-11-25):
          val 2.707 bpb; 57.6 s train + 6.8 s probe. 100 steps learn letters and templates, not copying:
          a smoke run. (150 steps: 0.020 at 1.84 bpb; 300 steps on 5000 stories: 0.025 at 1.41 bpb.)
   small  (benchmarks/reproduce.py --parts induction --induction-variant small, 400 stories, 2026-12-06,
-         seed 0): ntp 0.933 on later mentions (first mentions 0.026, whole names 0.926, 0.596 val bpb;
-         seed 1: 0.932);
-         mtp:n=2 0.933 (0.026, 0.927, 0.606 bpb; seed 1: 0.929). Induction forms without MTP at this size: the names are
-         the only unpredictable thing in the templates. See BUILD_NOTES.md (issue 18).
+         seeds 0 / 1 / 2): ntp 0.933 / 0.932 / 0.932 on later mentions (first mentions 0.028, whole names
+         0.923, 0.584 val bpb); mtp:n=2 0.933 / 0.929 / 0.932 (0.026, 0.920, 0.599 bpb). Induction forms
+         without MTP at this size: the names are the only unpredictable thing in the templates. The curve
+         (--curve 4, seed 2) shows the paper's effect as speed: later mentions at step 500 / 1000 / 1500 /
+         2000 are 0.027 / 0.123 / 0.923 / 0.932 for ntp and 0.027 / 0.465 / 0.924 / 0.932 for mtp:n=2.
+         See BUILD_NOTES.md (issue 18).
 """
 
 from lm import config as config_lib
