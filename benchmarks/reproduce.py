@@ -90,7 +90,10 @@ for _shape in ("hat", "hat_b256x4", "hat_b256x6", "hat_b320x6", "hat_e48", "hat_
   PAPER[("hat", _shape)] = "parity with BPE at matched compute; degrades less under noise (Neitemeier et al.)"
 DEFAULT_ARMS = {"star": "ntp,mtp,top", "induction": "ntp,mtp:n=2", "bpb": "ntp,mtp,top",
                 "hat": "bpe,flat,hat,hat_b256x4,hat_b256x6,hat_b320x6,hat_e48,hat_e96,hat_e128"}
-DEFAULT_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small", "hat": "small"}
+# The variants the recorded results use; --quick takes the probes' tiny ones (their small data takes a while
+# to draw).
+DEFAULT_VARIANT = {"star": "small", "induction": "small", "bpb": "small", "hat": "small"}
+QUICK_VARIANT = {"star": "tiny", "induction": "tiny", "bpb": "small", "hat": "small"}
 
 # The HAT part's arms: experiment and overrides. Every shape keeps byte_hat's data (words, rows, batch) and
 # optimizer and spells out the sizes it sweeps, so an arm means the same thing whatever byte_hat:small is.
@@ -307,8 +310,12 @@ def main(argv=None):
                  help="add this run's seeds to the arms recorded in --out instead of replacing them")
   for part in PARTS:
     p.add_argument(f"--{part}-arms", default=DEFAULT_ARMS[part], help=f"{part}: objectives of experiments/token_ARM.py")
-    p.add_argument(f"--{part}-variant", default=DEFAULT_VARIANT[part], help=f"{part}: experiment variant")
+    p.add_argument(f"--{part}-variant", default="",
+                   help=f"{part}: experiment variant (default {DEFAULT_VARIANT[part]}; --quick: {QUICK_VARIANT[part]})")
   args = p.parse_args(argv)
+  for part in PARTS:
+    if not getattr(args, f"{part}_variant"):
+      setattr(args, f"{part}_variant", (QUICK_VARIANT if args.quick else DEFAULT_VARIANT)[part])
   global CURVE  # pylint: disable=global-statement
   CURVE = max(args.curve, 0)
   parts = [x.strip() for x in args.parts.split(",") if x.strip()]
