@@ -353,6 +353,8 @@ def main(argv=None):
         for seed in seeds:
           print(f"== {part}: {arm}, seed {seed}", flush=True)
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root))
+          print(f"== {part}: {arm}, seed {seed}: " + ", ".join(  # each seed's figures as soon as it has them
+              f"{k} {v:.4g}" for k, v in runs[-1].items() if isinstance(v, (int, float))), flush=True)
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
                and runs[0][k] is not None}
         if any("curve" in r for r in runs):
