@@ -120,7 +120,8 @@ HAT_ARMS = {
     # byte_hat:small had before this sweep, d_ff 256 rather than 288).
     "hat_e48": ("byte_hat", [*_BACKBONE, *_byte_level(48)]),
     "hat_e64": ("byte_hat", [*_BACKBONE, *_byte_level(64)]),
-    "hat_e96": ("byte_hat", [*_BACKBONE, *_byte_level(96, 2, 2), "model.encoder.d_ff=256", "model.decoder.d_ff=256"]),
+    "hat_e96": ("byte_hat", [*_BACKBONE, *_byte_level(96, 2, 2), "model.encoder.d_ff=256",
+                             "model.decoder.d_ff=256"]),
     "hat_e128": ("byte_hat", [*_BACKBONE, *_byte_level(128, 2, 2)]),
 }
 CURVE_METRIC = {"star": "first", "induction": "later"}  # the probe metric --curve prints
@@ -188,7 +189,8 @@ def probe_curve(config, root: str, probe) -> tuple[dict, list[dict]]:
   out = train(config, root, workdir)
   ckpts = checkpoint.Checkpoints(workdir)
   abstract = out["run"].abstract_state.params
-  curve = [dict(step=step, **probe(out["run"], ckpts.read_params(step, abstract))) for step in sorted(ckpts.steps())]
+  curve = [dict(step=step, **probe(out["run"], ckpts.read_params(step, abstract)))
+           for step in sorted(ckpts.steps())]
   return out, curve
 
 
@@ -322,6 +324,8 @@ def main(argv=None):
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
     raise SystemExit(f"error: --parts: unknown {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+  if args.curve and not set(parts) & set(CURVE_METRIC):
+    raise SystemExit(f"error: --curve: only the probe parts ({', '.join(CURVE_METRIC)}) have learning curves")
   seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",") if s.strip()]
   steps = args.steps or (5 if args.quick else 0)
   n = args.n or (16 if args.quick else 400)

@@ -122,3 +122,5 @@ def test_reproduce_add_seeds(tmp_path):
     reproduce.main([*args, "--seeds", "1,3"])
   with pytest.raises(SystemExit, match="measured with probe_n 16 != 400"):
     reproduce.main([*args, "--seeds", "3", "--n", "400"])
+  with pytest.raises(SystemExit, match="only the probe parts"):
+    reproduce.main(["--parts", "hat", "--curve", "3"])
