@@ -54,12 +54,18 @@ def test_accelerator_check_quick(tmp_path):
   assert result["training"]["tokens_per_s"] > 0 and result["training"]["compile_s"] > 0
 
 
-def test_reproduce_arms_are_the_experiments_objectives():
+def _reproduce():
+  """benchmarks/reproduce.py as a module (benchmarks/ is not a package)."""
   sys.path.insert(0, str(ROOT / "benchmarks"))
   try:
     import reproduce  # pylint: disable=import-outside-toplevel
   finally:
     sys.path.remove(str(ROOT / "benchmarks"))
+  return reproduce
+
+
+def test_reproduce_arms_are_the_experiments_objectives():
+  reproduce = _reproduce()
   # Every arm of every part is one objectives list, taken from experiments/token_ARM.py.
   assert reproduce.objectives_of("top") == [dict(name="ntp", weight=1.0), dict(name="top", weight=1.0, window=16)]
   assert reproduce.objectives_of("mtp:n=2")[0]["n"] == 2 and reproduce.objectives_of("mtp")[0]["n"] == 4
@@ -78,11 +84,7 @@ def test_reproduce_arms_are_the_experiments_objectives():
 
 
 def test_reproduce_json_keeps_earlier_parts(tmp_path):
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import reproduce  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+  reproduce = _reproduce()
   out = tmp_path / "r.json"
   save = reproduce._save  # pylint: disable=protected-access
   save(str(out), {"star": dict(variant="small", arms={"ntp": dict(seeds=[0, 1]), "mtp": dict(seeds=[0])})})
@@ -94,11 +96,7 @@ def test_reproduce_json_keeps_earlier_parts(tmp_path):
 
 
 def test_reproduce_add_seeds(tmp_path):
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import reproduce  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+  reproduce = _reproduce()
   out = tmp_path / "r.json"
   settings = dict(variant="tiny", steps_flag=5, probe_n=16, quick=True)
   stats = reproduce._stats  # pylint: disable=protected-access
