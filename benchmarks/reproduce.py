@@ -174,24 +174,21 @@ def train(config, root: str, workdir: str | None = None) -> dict:
   return out
 
 
-CURVE = 0  # --curve: checkpoints probed along training in the probe parts (0: the final params only)
-
-
-def probe_curve(config, root: str, probe) -> tuple[dict, list[dict]]:
-  """Train `config` and run `probe(run, params) -> metrics` on the final params and, with --curve K, on K
-  evenly spaced checkpoints (the last one the final step): a learning curve of the probe, same training."""
-  if not CURVE:
+def probe_curve(config, root: str, probe, curve: int) -> tuple[dict, list[dict]]:
+  """Train `config` and run `probe(run, params) -> metrics` on the final params and, given `curve` = K > 0, on
+  K evenly spaced checkpoints (the last one the final step): a learning curve of the probe, same training."""
+  if not curve:
     out = train(config, root)
     return out, []
   steps = config.train.steps
-  config.train.update(checkpoint_every=max(1, steps // CURVE), keep_checkpoints=CURVE + 1)
+  config.train.update(checkpoint_every=max(1, steps // curve), keep_checkpoints=curve + 1)
   workdir = tempfile.mkdtemp(dir=root)
   out = train(config, root, workdir)
   ckpts = checkpoint.Checkpoints(workdir)
   abstract = out["run"].abstract_state.params
-  curve = [dict(step=step, **probe(out["run"], ckpts.read_params(step, abstract)))
-           for step in sorted(ckpts.steps())]
-  return out, curve
+  points = [dict(step=step, **probe(out["run"], ckpts.read_params(step, abstract)))
+            for step in sorted(ckpts.steps())]
+  return out, points
 
 
 _FLOPS: dict[str, float] = {}
@@ -209,26 +206,26 @@ def flops_per_step(config) -> float:
   return _FLOPS[key]
 
 
-def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:
+def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str, curve: int = 0) -> dict:
   def probe(run, params):
     r = probes.star_graph_accuracy(run, params, n=n)
     return dict(exact=r["accuracy"], first=r["teacher_forced_first_decision"],
                 later=r["teacher_forced_later_steps"], valid=r["valid_path_rate"], chance=r["chance"])
 
-  out, curve = probe_curve(make_config(f"probe_star:{variant}", arm, seed, steps), root, probe)
+  out, points = probe_curve(make_config(f"probe_star:{variant}", arm, seed, steps), root, probe, curve)
   return dict(probe(out["run"], out["state"].params), bpb=out["val_bpb"], seconds=out["seconds"],
-              **(dict(curve=curve) if curve else {}))
+              **(dict(curve=points) if points else {}))
 
 
-def induction(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:
+def induction(arm: str, seed: int, variant: str, steps: int, n: int, root: str, curve: int = 0) -> dict:
   def probe(run, params):
     r = probes.induction_accuracy(run, params, n=n)
     return dict(later=r["accuracy"], first=r["first_occurrence_accuracy"], names=r["name_accuracy"],
                 chance=r["chance"])
 
-  out, curve = probe_curve(make_config(f"probe_induction:{variant}", arm, seed, steps), root, probe)
+  out, points = probe_curve(make_config(f"probe_induction:{variant}", arm, seed, steps), root, probe, curve)
   return dict(probe(out["run"], out["state"].params), bpb=out["val_bpb"], seconds=out["seconds"],
-              **(dict(curve=curve) if curve else {}))
+              **(dict(curve=points) if points else {}))
 
 
 def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:  # pylint: disable=unused-argument
@@ -318,8 +315,6 @@ def main(argv=None):
   for part in PARTS:
     if not getattr(args, f"{part}_variant"):
       setattr(args, f"{part}_variant", (QUICK_VARIANT if args.quick else DEFAULT_VARIANT)[part])
-  global CURVE  # pylint: disable=global-statement
-  CURVE = max(args.curve, 0)
   parts = [x.strip() for x in args.parts.split(",") if x.strip()]
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
@@ -356,7 +351,8 @@ def main(argv=None):
         runs, started = [], time.time()
         for seed in seeds:
           print(f"== {part}: {arm}, seed {seed}", flush=True)
-          runs.append(RUNNERS[part](arm, seed, variant, steps, n, root))
+          curve = dict(curve=max(args.curve, 0)) if part in CURVE_METRIC else {}
+          runs.append(RUNNERS[part](arm, seed, variant, steps, n, root, **curve))
           print(f"== {part}: {arm}, seed {seed}: " + ", ".join(  # each seed's figures as soon as it has them
               f"{k} {v:.4g}" for k, v in runs[-1].items() if isinstance(v, (int, float))), flush=True)
         row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
