@@ -17,7 +17,8 @@ Results (python-prose, 2-core CPU, 2026-11-25):
          (quiet machine, --config.sample.max_new=0; 83 s while a benchmark shared the CPU).
   small  the best shape of a matched-FLOPs sweep (python benchmarks/reproduce.py --parts hat, 2026-12-06;
          budget byte_flat:small's 2.61e13 training FLOPs; held-out segments of <= 120 bytes): byte level 64
-         wide (encoder 1 layer, decoder 2), backbone 192 x 4, 1893 steps: 2.128 ± 0.011 val bpb (3 seeds: 2.115 / 2.131 / 2.137), test 2.084.
+         wide (encoder 1 layer, decoder 2), backbone 192 x 4, 1893 steps: 2.128 ± 0.011 val bpb (3 seeds:
+         2.115 / 2.131 / 2.137), test 2.084.
          Byte level 48: 2.204; 96 (the old small): 2.182; FLOPs moved into a 256-wide backbone: 2.228-2.257.
          Flat bytes 2.109, BPE-2048 1.981 at the same FLOPs: HAT nears flat bytes, not BPE, at this size;
          it loses less than BPE under deletions, swaps and upper-casing. BUILD_NOTES "Small runs against the
