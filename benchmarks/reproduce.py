@@ -10,10 +10,11 @@ Run:
   python benchmarks/reproduce.py --parts star --seeds 0 --curve 5  # the probes at 5 checkpoints along training
   python benchmarks/reproduce.py --quick                           # smoke: 1 seed, a few steps, 16 documents
 Writes JSON to --out (default benchmarks/results/reproduce.json; the parts of earlier runs in that file stay
-unless this run measures them again) and prints one table, the paper's figure beside ours (mean ± std over
-seeds). With --add-seeds a run's seeds join the ones an arm already has in --out (one process per seed keeps
-a long benchmark's partial results and lets two seeds share the machine); the recorded arm must have the same
-variant, --steps and --n, and none of the new seeds.
+unless this run measures them again) and prints one table, the paper's figure beside ours (mean ± sample std
+over seeds; `benchmarks/results.py` puts 95% intervals and paired tests in RESULTS.md). With --add-seeds a
+run's seeds join the ones an arm already has in --out (one process per seed keeps a long benchmark's partial
+results and lets two seeds share the machine); the recorded arm must have the same variant, --steps and --n,
+and none of the new seeds.
 
 Every arm of a part runs the same experiment with the same model, data, optimizer and schedule; only the
 objectives list differs, copied from `experiments/token_ARM.py` (ntp: next-token; mtp: 4 heads; top: ntp +
@@ -43,10 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +55,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import families as family_runs  # noqa: E402  # benchmarks/families.py: its scoring and noise kinds
+import protocol  # noqa: E402  # benchmarks/protocol.py: statistics and what a result records
 from lm import config as config_lib, families  # noqa: E402
 from lm.eval import probes  # noqa: E402
 from lm.train import checkpoint, loop  # noqa: E402
@@ -278,11 +277,6 @@ def hat(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dic
 RUNNERS = {"star": star, "induction": induction, "bpb": bpb, "hat": hat}
 
 
-def _stats(values: list[float]) -> dict:
-  return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
-              values=values)
-
-
 def _arms(spec: str, part: str) -> list[str]:
   arms = [a.strip() for a in spec.split(",") if a.strip()]
   for arm in arms:
@@ -355,12 +349,13 @@ def main(argv=None):
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root, **curve))
           print(f"== {part}: {arm}, seed {seed}: " + ", ".join(  # each seed's figures as soon as it has them
               f"{k} {v:.4g}" for k, v in runs[-1].items() if isinstance(v, (int, float))), flush=True)
-        row = {k: _stats([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))
-               and runs[0][k] is not None}
+        row = {k: protocol.summary([r[k] for r in runs]) for k in runs[0]
+               if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None}
         if any("curve" in r for r in runs):
           row["curves"] = [r.get("curve", []) for r in runs]  # one list of {step, metrics} per seed
         row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds, **settings,
-                   date=time.strftime("%Y-%m-%d"), seconds=time.time() - started, **_machine())
+                   seconds=time.time() - started,
+                   **protocol.meta(None if argv is None else ["benchmarks/reproduce.py", *argv]))
         _save(args.out, {part: dict(variant=variant, arms={arm: row})}, add_seeds=args.add_seeds)
         results[part]["arms"][arm] = _load(args.out)[part]["arms"][arm]  # the table shows every recorded seed
 
@@ -372,8 +367,7 @@ def main(argv=None):
     width = max(8, *map(len, result["arms"]))
     print(f"  {'arm':{width}s} " + " ".join(f"{t:>18s}" for _, t in titles) + "  paper")
     for arm, row in result["arms"].items():
-      cells = " ".join(f"{row[k]['mean']:9.3g} ± {row[k]['std']:6.2g}" if k in row else f"{'-':>18s}"
-                       for k, _ in titles)
+      cells = " ".join(_cell(row.get(k)) for k, _ in titles)
       print(f"  {arm:{width}s} {cells}  {row['paper']}")
     for arm, row in result["arms"].items():
       for seed, curve in zip(row["seeds"], row.get("curves", [])):
@@ -384,9 +378,10 @@ def main(argv=None):
   return results
 
 
-def _machine() -> dict:
-  return dict(backend=jax.default_backend(), devices=jax.device_count(), machine=platform.machine(),
-              cpu_count=os.cpu_count(), jax=jax.__version__)
+def _cell(s: dict | None) -> str:
+  if s is None:
+    return f"{'-':>18s}"
+  return f"{s['mean']:9.3g} ± " + (f"{s['std']:6.2g}" if s.get("std") is not None else f"{'-':>6s}")
 
 
 def _load(out: str) -> dict:
@@ -417,7 +412,7 @@ def _add_seeds(old: dict, new: dict) -> dict:
     row["curves"] = [*old.get("curves", [[]] * len(old["seeds"])), *new.get("curves", [[]] * len(new["seeds"]))]
   for key, value in new.items():
     if isinstance(value, dict) and "values" in value and isinstance(old.get(key), dict):
-      row[key] = _stats([*old[key]["values"], *value["values"]])
+      row[key] = protocol.summary([*old[key]["values"], *value["values"]])
   return row
 
 

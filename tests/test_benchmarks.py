@@ -99,7 +99,7 @@ def test_reproduce_add_seeds(tmp_path):
   reproduce = _reproduce()
   out = tmp_path / "r.json"
   settings = dict(variant="tiny", steps_flag=5, probe_n=16, quick=True)
-  stats = reproduce._stats  # pylint: disable=protected-access
+  stats = reproduce.protocol.summary
 
   def row(seeds, later, seconds):
     return dict(settings, seeds=seeds, later=stats(later), seconds=seconds, date="d")
