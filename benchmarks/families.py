@@ -21,20 +21,15 @@ byte x the training data's bytes per step). All runs are scored on the same held
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
-import statistics
 import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import lm.api  # noqa: E402
+import protocol  # noqa: E402  # benchmarks/protocol.py, beside this file
 from lm import config as config_lib, families  # noqa: E402
 from lm.eval import compare  # noqa: E402
 from lm.train import loop, run as run_lib  # noqa: E402
@@ -97,9 +92,7 @@ def main(argv=None) -> dict:
   table = []
   for name in configs:
     mine = [r for r in rows if r["run"] == name]
-
-    def stat(values):
-      return (statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0)
+    stat = protocol.summary  # sample std and 95% interval over seeds, as every benchmark reports
     entry = dict(run=name, params=mine[0]["params"], flops_per_byte_train=mine[0]["flops_per_byte_train"],
                  train_flops=mine[0]["train_flops"], steps=mine[0]["steps"],
                  val_bpb=stat([r["val_bpb"] for r in mine]), test_bpb=stat([r["test_bpb"] for r in mine]),
@@ -108,28 +101,31 @@ def main(argv=None) -> dict:
                     if f"val_{k}" in mine[0]})
     table.append(entry)
     print(f"{name:<11}{entry['params'] / 1e6:>8.2f}M{entry['flops_per_byte_train']:>10.3g}"
-          f"{entry['train_flops']:>13.3g}{entry['val_bpb'][0]:>10.4f}±{entry['val_bpb'][1]:.3f}"
-          f"{entry['test_bpb'][0]:>10.4f}±{entry['test_bpb'][1]:.3f}"
-          + "".join(f"{entry['noised'][k][0]:>14.4f}" for k in NOISE))
+          f"{entry['train_flops']:>13.3g}{_ms(entry['val_bpb'])}{_ms(entry['test_bpb'])}"
+          + "".join(f"{entry['noised'][k]['mean']:>14.4f}" for k in NOISE))
   concept_rows = [e for e in table if "val_oracle_bpb" in e]
   if concept_rows:
     print(f"\n{'run':<14}{'val bpb':>16}{'oracle bpb':>16}{'L2':>14}{'contrastive acc':>18}")
     for e in concept_rows:
-      print(f"{e['run']:<14}{e['val_bpb'][0]:>10.4f}±{e['val_bpb'][1]:.3f}{e['val_oracle_bpb'][0]:>10.4f}"
-            f"±{e['val_oracle_bpb'][1]:.3f}{e['val_l2'][0]:>8.3f}±{e['val_l2'][1]:.3f}"
-            f"{e['val_contrastive_accuracy'][0]:>12.4f}±{e['val_contrastive_accuracy'][1]:.3f}")
-  result = dict(set=args.set, variant=variant, budget_flops=budget, eval_max_bytes=args.eval_max_bytes, table=table,
-                runs=[{k: v for k, v in r.items() if k not in ("curve", "name", "family")} for r in rows],
-                machine=f"{platform.machine()} {jax.default_backend()} x{jax.device_count()}",
-                date=time.strftime("%Y-%m-%d"), jax=jax.__version__, numpy=np.__version__)
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
+      print(f"{e['run']:<14}{_ms(e['val_bpb'])}{_ms(e['val_oracle_bpb'])}{_ms(e['val_l2'], 8, 3)}"
+            f"{_ms(e['val_contrastive_accuracy'], 12)}")
+  result = protocol.record(
+      None if argv is None else ["benchmarks/families.py", *argv],
+      dict(set=args.set, variant=variant, seeds=seeds, budget_flops=budget, eval_max_bytes=args.eval_max_bytes,
+           curve_points=args.curve_points, quick=args.quick),
+      dict(table=table, runs=[{k: v for k, v in r.items() if k not in ("curve", "name", "family")} for r in rows]))
+  out = protocol.write(args.out, result)
   try:
     compare.plot([r for r in rows if r["seed"] == seeds[0]], str(out.with_suffix(".png")))
   except Exception as e:  # pylint: disable=broad-except  # the table is the result; the plot is a view of it
     print(f"no plot: {e}")
   return result
+
+
+def _ms(s: dict, width: int = 10, digits: int = 4) -> str:
+  """`mean±std` for the printed table (the std blank for one seed)."""
+  std = f"±{s['std']:.3f}" if s["std"] is not None else " " * 6
+  return f"{s['mean']:>{width}.{digits}f}{std}"
 
 
 def train_and_score(c, workdir) -> dict:
