@@ -5,7 +5,8 @@ Run:
                                                            # and seed on a 2-core CPU)
   python benchmarks/objectives.py --quick                  # smoke mode: 1 seed, 5 steps, 16 probe documents
   python benchmarks/objectives.py --variant small --seeds 0,1,2 --objectives ntp,mtp
-Writes JSON to --out (default benchmarks/results/objectives.json) and prints a table of mean ± std over seeds.
+Writes JSON to --out (default benchmarks/results/objectives.json) and prints a table of mean ± sample std over
+seeds.
 
 For each objective NAME with an experiment `experiments/token_NAME.py` (others are skipped with a note) and each
 seed S, three runs with `train.seed=S`:
@@ -20,11 +21,7 @@ compare objectives at one model size.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +30,7 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import protocol  # noqa: E402  # benchmarks/protocol.py, beside this file
 from lm import config as config_lib  # noqa: E402
 from lm.eval import probes  # noqa: E402
 from lm.train import loop  # noqa: E402
@@ -75,9 +73,8 @@ def run_one(name: str, variant: str, seed: int, steps: int, n_probe: int, root: 
   return out
 
 
-def _stats(values: list[float]) -> dict:
-  return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
-              values=values)
+def _cell(s: dict) -> str:
+  return f"{s['mean']:8.3f} ± {s['std']:6.3f}" if s["std"] is not None else f"{s['mean']:8.3f}{'':9s}"
 
 
 def main(argv=None):
@@ -110,24 +107,21 @@ def main(argv=None):
       for seed in seeds:
         print(f"== {name}, seed {seed}", flush=True)
         runs.append(run_one(name, args.variant, seed, steps, n_probe, root))
-      rows[name] = {k: _stats([r[k] for r in runs]) for k, _ in METRICS}
+      rows[name] = {k: protocol.summary([r[k] for r in runs]) for k, _ in METRICS}
       rows[name].update(star_chance=runs[0]["star_chance"], induction_chance=runs[0]["induction_chance"],
                         seconds=sum(r["seconds"] for r in runs))
 
-  result = dict(
-      variant=args.variant, seeds=seeds, steps=steps or "variant", probe_n=n_probe, quick=args.quick,
-      objectives=rows, skipped=skipped, seconds=time.time() - t0,
-      backend=jax.default_backend(), devices=jax.device_count(), machine=platform.machine(),
-      cpu_count=os.cpu_count(), jax=jax.__version__)
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
+  result = protocol.record(
+      None if argv is None else ["benchmarks/objectives.py", *argv],
+      dict(variant=args.variant, seeds=seeds, steps=steps or "variant", probe_n=n_probe, quick=args.quick),
+      dict(objectives=rows, skipped=skipped, seconds=time.time() - t0))
+  out = protocol.write(args.out, result)
 
   print(f"objectives: variant {args.variant}, seeds {seeds}, steps {steps or 'per variant'}, {n_probe} probe "
-        f"documents, {jax.default_backend()} x{jax.device_count()}, {result['seconds']:.0f}s")
+        f"documents, {jax.default_backend()} x{jax.device_count()}, {result['results']['seconds']:.0f}s")
   print(f"  {'objective':10s} " + " ".join(f"{title:>17s}" for _, title in METRICS))
   for name, row in rows.items():
-    print(f"  {name:10s} " + " ".join(f"{row[k]['mean']:8.3f} ± {row[k]['std']:6.3f}" for k, _ in METRICS))
+    print(f"  {name:10s} " + " ".join(_cell(row[k]) for k, _ in METRICS))
   if rows:
     first = next(iter(rows.values()))
     chance = first["induction_chance"]
