@@ -4,7 +4,8 @@ Paper: DeepSeek-AI, "DeepSeek-V3 Technical Report", 2024. Module k combines h^{k
 the true token t+k: h'^k_t = M_k [RMSNorm(h^{k-1}_t); RMSNorm(Emb(t_{t+k}))] (eq. 21), runs one transformer
 block (eq. 22) and predicts token t+k+1 through the shared output head (eq. 23); L_MTP = (lambda / D)
 sum_k L^k_MTP (eq. 25), added to the next-token loss. lambda is this objective's weight: 0.3 for the first
-part of training then 0.1, as in the paper (a step schedule). Option `depth` (D, 1 as in the paper).
+part of training then 0.1, as in the paper (a step schedule, switching at 90% of train.steps). Option `depth`
+(D, 1 as in the paper).
 
 Run:
   lm train token_dsmtp:tiny  --workdir runs/dsmtp_tiny
@@ -24,7 +25,8 @@ SIZES = {"tiny": dict(train=dict(steps=200)), "small": {}, "base": {}}
 def get_config(arg: str | None = None):
   sizes = config_lib.variant(SIZES, arg, "token_dsmtp")
   config = config_lib.update(config_lib.load_experiment(f"token_ntp:{arg}" if arg else "token_ntp"), sizes)
-  switch = int(config.train.steps * 0.9)  # the paper switches lambda from 0.3 to 0.1 late in training
+  # The paper switches lambda from 0.3 to 0.1 late in training: at 90% of the run's own train.steps (resolved
+  # when the run is built, so a benchmark that changes the steps moves the switch with them).
   config.objectives = [dict(name="ntp", weight=1.0),
-                       dict(name="dsmtp", depth=1, weight=dict(kind="step", values=[0.3, 0.1], boundaries=[switch]))]
+                       dict(name="dsmtp", depth=1, weight=dict(kind="step", values=[0.3, 0.1], at=[0.9]))]
   return config

@@ -376,7 +376,8 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
 
 
 def resolve_backend_defaults(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
-  """Replace `auto` model settings with concrete ones for `backend` (cpu, gpu, tpu); returns a copy.
+  """Replace `auto` model settings with concrete ones for `backend` (cpu, gpu, tpu), and loss-weight schedules
+  given at fractions of train.steps with step boundaries (`resolve_weight`); returns a copy.
 
   CPU: float32 compute and fully unrolled layers (a rolled scan measured ~35% slower per step there).
   TPU/GPU: bfloat16 compute and a rolled scan, so compile time stays flat in depth. Attention: the fused
@@ -395,7 +396,21 @@ def resolve_backend_defaults(config: ml_collections.ConfigDict, backend: str) ->
     m.attention_impl = {"tpu": "splash", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}.get(backend, "xla")
   if m.attention_impl in ("splash", "pallas_gpu") and not accel:
     m.attention_interpret = True  # asked for by name on CPU: Pallas' interpreter (slow; for numerics)
+  config.objectives = [resolve_weight(o, config.train.steps) for o in config.objectives]
   return config
+
+
+def resolve_weight(objective: dict, steps: int) -> dict:
+  """An objective entry whose step-schedule weight gives `at` (fractions of train.steps) with its `boundaries`
+  set from `steps`: a schedule that follows the run's own length when a benchmark or override changes it."""
+  weight = objective.get("weight")
+  if not isinstance(weight, dict) or "at" not in weight:
+    return dict(objective)
+  at = list(weight["at"])
+  if weight.get("kind") != "step" or not all(0 < f < 1 for f in at):
+    raise ConfigError(f"objective {objective.get('name')!r}: weight {dict(weight)} gives `at` (fractions of "
+                      "train.steps, each between 0 and 1) only with kind 'step'")
+  return dict(objective, weight=dict(weight, boundaries=[int(f * steps) for f in at]))
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -144,3 +144,23 @@ def test_lazy_outputs_give_the_dense_logits():
   np.testing.assert_allclose(np.asarray(lazy.logits), np.asarray(dense.logits), rtol=1e-6, atol=1e-6)
   assert float(lazy.logits[0, 0, 30]) < -1e8  # padded vocabulary entries masked
   assert logits_chunk(0, 128256, 8192) == 130 and logits_chunk(0, 264, 1024) == 0 and logits_chunk(-1, 10**6, 8) == 0
+
+
+def test_step_schedule_at_fractions_follows_the_runs_own_steps():
+  """token_dsmtp's lambda switch (0.3 -> 0.1 at 90% of train.steps) moves with train.steps changed after
+  loading, as benchmarks change them; an unresolved `at` schedule is refused in one line."""
+  from lm import config as config_lib
+  from lm.train import history
+  config = config_lib.load_experiment("token_dsmtp:tiny")
+  for steps, switch in ((200, 180), (150, 135), (609, 548)):
+    config.train.steps = steps
+    weight = config_lib.resolve_backend_defaults(config, "cpu").objectives[1]["weight"]
+    lam = objectives.schedule(weight)
+    assert weight["boundaries"] == [switch]
+    assert float(lam(jnp.asarray(switch - 1))) == pytest.approx(0.3)
+    assert float(lam(jnp.asarray(switch))) == pytest.approx(0.1)
+  with pytest.raises(ConfigError, match="give boundaries"):
+    objectives.build(config.objectives)
+  # A resume that lengthens the run moves the switch with it, as it does the learning-rate schedule.
+  short, long = (config_lib.resolve_backend_defaults(config, "cpu").to_dict() for config.train.steps in (150, 300))
+  assert set(history.changes(short, long)) == {"train.steps"}

@@ -155,7 +155,8 @@ def get(name: str) -> Objective:
 
 def schedule(spec: Any) -> Callable[[Array], Array]:
   """A loss weight over steps: a number; {'kind': 'linear', 'start', 'end', 'steps'} ramp; or
-  {'kind': 'step', 'values': [a, b, ...], 'boundaries': [s1, ...]} (value i from boundary i-1 on)."""
+  {'kind': 'step', 'values': [a, b, ...], 'boundaries': [s1, ...]} (value i from boundary i-1 on), or with
+  'at': [f1, ...] (fractions of train.steps) in place of boundaries, which a run sets from its own length."""
   if isinstance(spec, (int, float)):
     return lambda step: jnp.asarray(float(spec), jnp.float32)
   spec = dict(spec)
@@ -164,6 +165,9 @@ def schedule(spec: Any) -> Callable[[Array], Array]:
     start, end, steps = float(spec["start"]), float(spec["end"]), max(int(spec["steps"]), 1)
     return lambda step: start + (end - start) * jnp.clip(step / steps, 0.0, 1.0)
   if kind == "step":
+    if "boundaries" not in spec:
+      raise ConfigError(f"weight schedule {spec}: give boundaries (steps), or `at` (fractions of train.steps) in a "
+                        "run's config, where lm.config.resolve_backend_defaults sets the boundaries")
     values = jnp.asarray(spec["values"], jnp.float32)
     bounds = jnp.asarray(spec["boundaries"], jnp.int32)
     if len(spec["values"]) != len(spec["boundaries"]) + 1:

@@ -39,9 +39,19 @@ SAFE_ON_RESUME = (
 
 def changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """`{field: (saved, current)}` for every field that differs (tuples and lists compare as JSON does)."""
-  a, b = (config_lib.flatten(json.loads(json.dumps(d))) for d in (saved, current))
+  a, b = (config_lib.flatten(_without_derived(json.loads(json.dumps(d)))) for d in (saved, current))
   missing = object()
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)}
+
+
+def _without_derived(config: dict) -> dict:
+  """`config` less the step boundaries set from `at` fractions (lm.config.resolve_weight): they follow
+  train.steps, as the learning-rate schedule's length does, and are no change of their own."""
+  for objective in config.get("objectives") or ():
+    weight = objective.get("weight")
+    if isinstance(weight, dict) and "at" in weight:
+      weight.pop("boundaries", None)
+  return config
 
 
 def is_safe(field: str) -> bool:
