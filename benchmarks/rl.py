@@ -32,16 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
-import jax
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import protocol  # noqa: E402  # benchmarks/protocol.py, beside this file
 from lm import config as config_lib  # noqa: E402
 from lm.errors import RunFinished  # noqa: E402
 from lm.interop import convert  # noqa: E402
@@ -103,7 +101,8 @@ def _stat(xs: list[float]) -> str:
   xs = [x for x in xs if x is not None]
   if not xs:
     return "-"
-  return f"{statistics.fmean(xs):.3f}" + (f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
+  s = protocol.summary(xs)
+  return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
 
 
 def main() -> None:
@@ -176,12 +175,10 @@ def main() -> None:
   for arm in arms:
     print(f"{arm:8} " + " ".join(f"{_stat([v['pass_k'][k] for v in runs.values() if v['arm'] == arm]):>14}"
                                  for k in ks))
-  out = dict(machine=platform.machine(), jax=jax.__version__,
-             date=time.strftime("%Y-%m-%d"),
-             args={k: v for k, v in vars(args).items() if k != "out"}, seconds=time.time() - t0, init_pass_k=base,
-             runs=runs)
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+  # The learning rate used, not --lr's 0 for "the experiment's".
+  settings = dict({k: v for k, v in vars(args).items() if k != "out"}, lr=_config(args, 0).rl.lr)
+  protocol.write(args.out, protocol.record(None, settings, dict(seconds=time.time() - t0, init_pass_k=base,
+                                                                runs=runs)))
   print(f"\nwrote {args.out} ({time.time() - t0:.0f}s)")
 
 
