@@ -95,8 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   # `lm rl` (lm/rl/loop.py): sequence-level training from `init_from` (empty: this experiment's own `lm train`
   # run into WORKDIR/init first) on prompts with answers; the policy-gradient options as lm.objectives.sequence.
   # rl.algorithm=dpo trains on rl.pairs (a JSONL of prompt/chosen/rejected) with `dpo` at rl.beta instead.
+  # Held out: the first rl.eval_prompts of rl.eval_source (pg), else the first of rl.prompts (or rl.pairs).
   c.rl = dict(algorithm="pg", pairs="", beta=0.1, init_from="", reference="", prompts="synthetic:arith:seed=1",
-              eval_prompts=64, stop=(),  # stop: strings that end a completion besides eos
+              eval_source="", eval_prompts=64, stop=(),  # stop: strings that end a completion besides eos
               rewards=("exact_answer",), reward_weights=(1.0,), group=8, prompts_per_step=8, max_new=8,
               temperature=1.0, top_k=0, top_p=1.0, updates_per_batch=1, advantage="grpo", ratio="token",
               clip_low=0.2, clip_high=0.2, dual_clip=0.0, aggregation="sequence_mean", kl_coef=0.0,

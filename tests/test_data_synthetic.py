@@ -109,6 +109,20 @@ def test_source_spec_defaults_and_options():
   assert synthetic.source_options("synthetic:star", "induction") == []
 
 
+@pytest.mark.parametrize("spec", ["synthetic:arith:n=400:seed=5", "synthetic:star:degree=2:path_len=2:num_nodes=10:n=400"])
+def test_a_split_keeps_the_draws_whose_problem_it_holds(spec):
+  """split=NAME is the split=all stream less other splits' problems (dev and test less repeats); every problem
+  has one split, whatever its operand or edge order."""
+  stream = synthetic.documents(spec)
+  split_of = {d: synthetic.split_of(synthetic.prompt_answer(d)[0]) for d in stream}
+  assert set(split_of.values()) == set(synthetic.SPLITS)
+  for split in ("pretrain", "rl"):
+    mine = [d for d in stream if split_of[d] == split]
+    assert synthetic.documents(f"{spec.replace(':n=400', f':n={len(mine)}')}:split={split}") == mine
+  assert synthetic.problem_key("12+34=") == synthetic.problem_key("34+12=") != synthetic.problem_key("34-12=")
+  assert synthetic.problem_key("1>2,0>1|0>2=") == synthetic.problem_key("0>1,1>2|0>2=")
+
+
 def test_source_spec_survives_a_command_line_override():
   config = config_lib.load_experiment("probe_star:tiny")
   config_lib.apply_overrides(config, ["data.source=synthetic:star:degree=3:path_len=2"])
@@ -124,6 +138,9 @@ def test_source_spec_survives_a_command_line_override():
     ("synthetic:star:degree=5:path_len=10:num_nodes=20", "fewer than the 51 nodes"),
     ("synthetic:induction:characters=2:min_len=1", "min_len"),
     ("synthetic:induction:n=0", "n=0 must be >= 1"),
+    ("synthetic:arith:split=val", "split='val'; choose all, pretrain, rl, dev, test"),
+    ("synthetic:induction:split=dev", "unknown option 'split'"),
+    ("synthetic:arith:digits=1:ops=1:n=40:split=test", "split=test holds fewer than n=40 distinct problems"),
 ])
 def test_bad_source_specs_fail_in_one_line(spec, needle):
   with pytest.raises(DataError) as e:

@@ -2,10 +2,14 @@
 checkpoints and resume; bad input fails in one line before anything is written."""
 
 import json
+import re
 
 import pytest
 
 from lm import cli
+from lm import config as config_lib
+from lm.data import corpus, synthetic
+from lm.rl import loop as rl_loop
 
 FAST = ["--config.train.steps=20", "--config.train.log_every=10", "--config.rl.steps=4", "--config.rl.eval_every=2",
         "--config.rl.log_every=1", "--config.rl.checkpoint_every=2", "--config.rl.eval_prompts=8",
@@ -37,7 +41,7 @@ def test_rl_pretrains_samples_rewards_updates_evaluates_and_resumes(tmp_path, ca
 @pytest.mark.parametrize("override, message", [
     ("--config.rl.rewards=exact", "unknown reward 'exact'"),
     ("--config.rl.advantage=ppo", "advantage='ppo'"),
-    ("--config.rl.eval_prompts=100000", "not more than rl.eval_prompts=100000"),
+    ("--config.rl.eval_prompts=100000", "than rl.eval_prompts=100000"),
     ("--config.rl.ratio=seq", "ratio='seq'"),
 ])
 def test_bad_rl_settings_fail_in_one_line_before_writing(tmp_path, capsys, override, message):
@@ -46,6 +50,50 @@ def test_bad_rl_settings_fail_in_one_line_before_writing(tmp_path, capsys, overr
   err = capsys.readouterr().err
   assert message in err and err.count("\n") == 1
   assert not w.exists()
+
+
+def _problem(prompt: str):
+  """What a prompt asks, written independently of lm.data.synthetic.problem_key: a star graph's edge set, start
+  and goal; an arithmetic problem with the operands of + in order."""
+  if "|" in prompt:
+    edges, start, goal, _ = synthetic.parse_star(prompt.encode())
+    return frozenset(edges), start, goal
+  a, op, b = re.fullmatch(r"(\d+)([-+*])(\d+)=", prompt).groups()
+  return (op, *sorted((int(a), int(b)))) if op in "+*" else (op, int(a), int(b))
+
+
+@pytest.mark.parametrize("experiment", ["rl_arith", "rl_star"])
+def test_held_out_prompts_share_no_problem_with_pretraining_or_rl_prompts(experiment):
+  """At the experiments' own sizes: the dev prompts `lm rl` evaluates and the test prompts benchmarks/rl.py
+  reports are in no pretraining document (as text, or as the same problem written otherwise: swapped operands,
+  edges in another order) and among no RL training prompts; dev and test share none and repeat none."""
+  config = config_lib.load_experiment(experiment)
+  config.rl.eval_prompts = 256
+  pretraining = corpus.load_documents(config.data.source)
+  pairs = rl_loop.prompt_answers(config.rl.prompts)
+  dev, train = rl_loop.split_prompts(config.rl, pairs)
+  assert train == pairs and len(dev) == 256
+  test = rl_loop.prompt_answers(config.rl.eval_source.replace("split=dev", "split=test"))
+  seen = {_problem(synthetic.prompt_answer(d)[0]) for d in pretraining} | {_problem(p) for p, _ in train}
+  starts = {d[:d.index(b"=") + 1] for d in pretraining}  # a document holds one problem: its prompt ends at "="
+  for held in (dev, test):
+    problems = [_problem(p) for p, _ in held]
+    assert len(set(problems)) == len(held) == 256
+    assert not seen & set(problems)
+    assert not starts & {p.encode() for p, _ in held} and not {p for p, _ in held} & {p for p, _ in train}
+  assert not {_problem(p) for p, _ in dev} & {_problem(p) for p, _ in test}
+  assert len(pretraining) == 20000 and len(pairs) == 4000
+
+
+def test_without_an_eval_source_the_first_rl_prompts_are_held_out_and_not_trained_on():
+  from lm.errors import ConfigError
+  config = config_lib.load_experiment("rl_arith")
+  config.rl.update(eval_source="", prompts="synthetic:arith:n=100:seed=1", eval_prompts=64)
+  pairs = rl_loop.prompt_answers(config.rl.prompts)
+  assert rl_loop.split_prompts(config.rl, pairs) == (pairs[:64], pairs[64:])
+  config.rl.eval_prompts = 100
+  with pytest.raises(ConfigError, match="has 100 prompts, not more than rl.eval_prompts=100"):
+    rl_loop.split_prompts(config.rl, pairs)
 
 
 @pytest.mark.slow

@@ -5,8 +5,15 @@ A data source `synthetic:NAME[:KEY=VALUE]...` generates documents in memory, det
 Options are joined by colons (commas already join sources, and a colon needs no shell quoting):
   synthetic:star:degree=2:path_len=5:num_nodes=50:n=20000:seed=0
   synthetic:induction:n=5000:seed=0:characters=2:min_len=4:max_len=7
-  synthetic:arith:n=20000:seed=0:digits=2:ops=2
-Every key is optional (the defaults are those above) and every value is an integer.
+  synthetic:arith:n=20000:seed=0:digits=2:ops=2:split=pretrain
+Every key is optional (the defaults are those above, split `all`) and every value but split's is an integer.
+
+Splits by content (star and arith): a keyed hash of each problem's content (`problem_key`: an arithmetic
+problem with the operands of + and * in order, a star graph as its edge set, start and goal) puts every
+distinct problem in one of `SPLITS`: pretrain, rl (RL training prompts), dev (choices such as a learning
+rate) or test (what is reported). `split=NAME` keeps only the draws whose problem is in NAME, so sources of
+different splits never share a problem, whatever their seeds and sizes; dev and test never repeat one.
+`split=all` (the default) keeps every draw.
 
 Star graphs (Bachmann & Nagarajan 2024, "The pitfalls of next-token prediction"): a center with `degree`
 arms, each a path of `path_len` further nodes; labels are distinct random integers below `num_nodes`, written
@@ -27,6 +34,7 @@ can only be completed by copying from earlier in the story (induction).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import re
 import string
@@ -83,11 +91,12 @@ def format_star(edges, start: int, goal: int, path, num_nodes: int, letters: int
 
 
 def star_graph_documents(n: int, degree: int = 2, path_len: int = 5, num_nodes: int = 50,
-                         seed: int = 0, letters: int = 0) -> list[bytes]:
-  """`n` star-graph documents; the first k are the same for any n >= k."""
+                         seed: int = 0, letters: int = 0, split: str = "all") -> list[bytes]:
+  """`n` star-graph documents of `split`; the first k are the same for any n >= k."""
   _check_star(degree, path_len, num_nodes, letters)
   rng = random.Random(f"star-{seed}")
-  return [format_star(*star_graph(rng, degree, path_len, num_nodes), num_nodes, letters) for _ in range(n)]
+  return _draw(lambda: format_star(*star_graph(rng, degree, path_len, num_nodes), num_nodes, letters), n, split,
+               "synthetic:star")
 
 
 def split_star(doc: bytes) -> tuple[bytes, bytes]:
@@ -243,12 +252,12 @@ def arith_problem(rng: random.Random, digits: int, ops: str) -> tuple[str, str]:
   return f"{a}{op}{b}=", str(a + b if op == "+" else a - b if op == "-" else a * b)
 
 
-def arith_documents(n: int, seed: int = 0, digits: int = 2, ops: int = 2) -> list[bytes]:
-  """`A+B=C` documents; `ops` = how many of + - * are used (1: +, 2: + -, 3: + - *)."""
+def arith_documents(n: int, seed: int = 0, digits: int = 2, ops: int = 2, split: str = "all") -> list[bytes]:
+  """`A+B=C` documents of `split`; `ops` = how many of + - * are used (1: +, 2: + -, 3: + - *)."""
   if digits < 1 or not 1 <= ops <= 3:
     raise DataError(f"synthetic:arith: digits={digits} must be >= 1 and ops={ops} 1, 2 or 3 (+, +-, +-*)")
   rng = random.Random(seed)
-  return [(p + a).encode() for p, a in (arith_problem(rng, digits, ARITH_OPS[:ops]) for _ in range(n))]
+  return _draw(lambda: "".join(arith_problem(rng, digits, ARITH_OPS[:ops])).encode(), n, split, "synthetic:arith")
 
 
 def prompt_answer(doc: bytes) -> tuple[str, str]:
@@ -261,6 +270,65 @@ def prompt_answer(doc: bytes) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Splits by content.
+
+SPLITS = {"pretrain": 0.8, "rl": 0.1, "dev": 0.05, "test": 0.05}  # shares of the distinct problems
+_SPLIT_KEY = b"lm.synthetic.split"
+_ARITH = re.compile(r"(\d+)([-+*])(\d+)=")
+
+
+def problem_key(prompt: str) -> str:
+  """A problem's content, however its document writes it: `12+34`, `34+12` -> `12+34`; a star prompt -> its
+  sorted edges, start and goal as node numbers (edge order and label width left out)."""
+  if "|" in prompt:
+    edges, start, goal, _ = parse_star(prompt.encode("ascii"))
+    return ",".join(f"{u}>{v}" for u, v in sorted(edges)) + f"|{start}>{goal}"
+  m = _ARITH.fullmatch(prompt)
+  if not m:
+    raise DataError(f"{prompt!r} is neither an arithmetic nor a star-graph prompt")
+  a, op, b = int(m[1]), m[2], int(m[3])
+  if op in "+*":  # commutative: the swapped problem is the same one
+    a, b = min(a, b), max(a, b)
+  return f"{a}{op}{b}"
+
+
+def _split_of_key(key: str) -> str:
+  digest = hashlib.blake2b(key.encode("ascii"), key=_SPLIT_KEY, digest_size=8).digest()
+  u = int.from_bytes(digest, "big") / 2 ** 64
+  for name, share in SPLITS.items():
+    if u < share:
+      return name
+    u -= share
+  return name  # rounding at the top end
+
+
+def split_of(prompt: str) -> str:
+  """The split (a key of SPLITS) that the problem of `prompt` belongs to."""
+  return _split_of_key(problem_key(prompt))
+
+
+def _draw(make: Callable[[], bytes], n: int, split: str, what: str) -> list[bytes]:
+  """`n` documents from `make` (one random document a call): every draw for split `all`, else the draws whose
+  problem is in `split`; dev and test without repeating a problem (a held-out set counts each once)."""
+  if split == "all":
+    return [make() for _ in range(n)]
+  out, seen, misses = [], set(), 0
+  while len(out) < n:
+    doc = make()
+    key = problem_key(prompt_answer(doc)[0])
+    if _split_of_key(key) == split and not (split in ("dev", "test") and key in seen):
+      out.append(doc)
+      seen.add(key)
+      misses = 0
+    else:
+      misses += 1
+      if misses > 200_000:
+        raise DataError(f"{what}: split={split} holds fewer than n={n} distinct problems ({len(out)} found); "
+                        "lower n")
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Source specs.
 
 @dataclasses.dataclass(frozen=True)
@@ -270,13 +338,14 @@ class Generator:
 
 
 GENERATORS = {
-    "star": Generator(star_graph_documents, dict(degree=2, path_len=5, num_nodes=50, n=20000, seed=0, letters=0)),
+    "star": Generator(star_graph_documents, dict(degree=2, path_len=5, num_nodes=50, n=20000, seed=0, letters=0,
+                                                 split="all")),
     "induction": Generator(induction_documents, dict(n=5000, seed=0, characters=2, min_len=4, max_len=7)),
-    "arith": Generator(arith_documents, dict(n=20000, seed=0, digits=2, ops=2)),
+    "arith": Generator(arith_documents, dict(n=20000, seed=0, digits=2, ops=2, split="all")),
 }
 
 
-def parse_source(spec: str) -> tuple[str, dict[str, int]]:
+def parse_source(spec: str) -> tuple[str, dict[str, int | str]]:
   """`synthetic:NAME[:KEY=VALUE]...` -> (NAME, every option with defaults filled in)."""
   if not spec.startswith(PREFIX):
     raise DataError(f"data.source {spec!r} is not a synthetic source; write synthetic:NAME[:KEY=VALUE]...")
@@ -293,6 +362,12 @@ def parse_source(spec: str) -> tuple[str, dict[str, int]]:
       what = f"unknown option {key!r}" if sep else f"option {item!r} is not KEY=VALUE"
       raise DataError(f"data.source {spec!r}: {what}; synthetic:{name} takes {', '.join(defaults)} "
                       f"(colon-separated, e.g. synthetic:{name}:{next(iter(defaults))}=3)")
+    if key == "split":
+      value = value.strip()
+      if value not in ("all", *SPLITS):
+        raise DataError(f"data.source {spec!r}: split={value!r}; choose all, {', '.join(SPLITS)}")
+      options[key] = value
+      continue
     try:
       options[key] = int(value)
     except ValueError:
@@ -308,7 +383,7 @@ def documents(spec: str) -> list[bytes]:
   return GENERATORS[name].documents(**options)
 
 
-def source_options(source: str, name: str) -> list[dict[str, int]]:
+def source_options(source: str, name: str) -> list[dict[str, int | str]]:
   """Options of every `synthetic:NAME` part of a comma-joined data.source (empty when it has none)."""
   parts = [p.strip() for p in source.split(",")]
   return [parse_source(p)[1] for p in parts if p == f"{PREFIX}{name}" or p.startswith(f"{PREFIX}{name}:")]

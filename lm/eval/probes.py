@@ -191,7 +191,11 @@ def star_graph_accuracy(run, params, n: int = 200, seed: int | None = None, degr
   options, default_seed, origin = _options(run, "star", ("degree", "path_len", "num_nodes", "letters"),
                                            dict(degree=degree, path_len=path_len, num_nodes=num_nodes))
   seed = default_seed if seed is None else int(seed)
-  docs = synthetic.star_graph_documents(n, seed=seed, **options)
+  # A run trained on one split (rl_star: split=pretrain) is probed on graphs of the test split, none of which
+  # it saw in any edge order.
+  trained = synthetic.source_options(run.config.data.source, "star")
+  split = "test" if any(f["split"] != "all" for f in trained) else "all"
+  docs = synthetic.star_graph_documents(n, seed=seed, split=split, **options)
   prompts, answers = zip(*map(synthetic.split_star, docs)) if docs else ((), ())
   tok = run.tokenizer
   longest = max((len(tok.encode(d)) + 1 for d in docs), default=0)

@@ -1,11 +1,13 @@
 """`lm rl EXPERIMENT --workdir DIR`: sequence-level training with policy gradients on prompts with answers.
 
-Each step: `rl.prompts_per_step` training prompts (drawn by step from `rl.prompts`, the first
-`rl.eval_prompts` held out), `rl.group` samples each from the current policy with their log-probabilities
-(`lm.models.rollout.sample`), rewards (`lm.rl.rewards`), group advantages, then `rl.updates_per_batch`
-updates of the `pg` objective (`pg_kl` with a reference when `rl.kl_coef` > 0) through the same jitted train
-step, checkpoints, trackers and preemption handling as `lm train`. With no `rl.init_from` the experiment's own
-`lm train` run goes to WORKDIR/init first. Held-out pass@1 and pass@k every `rl.eval_every` steps.
+Each step: `rl.prompts_per_step` training prompts (drawn by step from `rl.prompts`), `rl.group` samples each
+from the current policy with their log-probabilities (`lm.models.rollout.sample`), rewards (`lm.rl.rewards`),
+group advantages, then `rl.updates_per_batch` updates of the `pg` objective (`pg_kl` with a reference when
+`rl.kl_coef` > 0) through the same jitted train step, checkpoints, trackers and preemption handling as `lm
+train`. With no `rl.init_from` the experiment's own `lm train` run goes to WORKDIR/init first. Held-out pass@1
+and pass@k every `rl.eval_every` steps, on the first `rl.eval_prompts` prompts of `rl.eval_source` (e.g. a
+`split=dev` synthetic source, none of whose problems is in pretraining or in rl.prompts), or without one on the
+first of `rl.prompts`, which are then not trained on.
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def prompt_answers(source: str) -> list[tuple[str, str]]:
   return [synthetic.prompt_answer(d) for d in corpus.load_documents(source)]
 
 
+def split_prompts(r, pairs: list) -> tuple[list, list]:
+  """(held-out, training) prompts of rl config `r`: the first `r.eval_prompts` of `r.eval_source` and every one of
+  `pairs` (pg with an eval source), or the first `r.eval_prompts` of `pairs` and the rest."""
+  if r.eval_source and r.algorithm == "pg":
+    held = prompt_answers(r.eval_source)
+    if len(held) < r.eval_prompts:
+      raise ConfigError(f"rl.eval_source {r.eval_source!r} has {len(held)} prompts, fewer than rl.eval_prompts="
+                        f"{r.eval_prompts}; raise its n or hold out fewer")
+    return held[:r.eval_prompts], pairs
+  if len(pairs) <= r.eval_prompts:
+    raise ConfigError(f"rl.prompts {r.prompts!r} has {len(pairs)} prompts, not more than rl.eval_prompts="
+                      f"{r.eval_prompts}; add prompts or hold out fewer")
+  return pairs[:r.eval_prompts], pairs[r.eval_prompts:]
+
+
 def preference_pairs(path: str) -> list[tuple[str, str, str]]:
   """(prompt, chosen, rejected) from a JSONL file with those three fields per line."""
   out = []
@@ -112,9 +129,7 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
     raise ConfigError("rl.algorithm=dpo needs rl.pairs: a JSONL file of prompt, chosen, rejected")
   triples = preference_pairs(r.pairs) if dpo else []
   pairs = [(p, c) for p, c, _ in triples] if dpo else prompt_answers(r.prompts)
-  if len(pairs) <= r.eval_prompts:
-    raise ConfigError(f"rl.prompts {r.prompts!r} has {len(pairs)} prompts, not more than rl.eval_prompts="
-                      f"{r.eval_prompts}; add prompts or hold out fewer")
+  eval_pairs, train_pairs = split_prompts(r, pairs)
   objectives.build(rl_config(config, "").objectives)  # the objective's options, before any training
   workdir = checkpoint.workdir_path(workdir)
   primary = jax.process_index() == 0
@@ -138,9 +153,8 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
     start = 0
   if start >= r.steps:
     raise RunFinished(f"rl run finished at step {start} in {workdir} (rl.steps={r.steps}); raise --config.rl.steps")
-  eval_pairs, train_pairs = pairs[:r.eval_prompts], pairs[r.eval_prompts:]
   eval_triples, train_triples = triples[:r.eval_prompts], triples[r.eval_prompts:]
-  rollouts = Rollouts(run, pairs, cfg)
+  rollouts = Rollouts(run, eval_pairs + train_pairs, cfg)
   reference = load_reference(run, devices)
   step_fn = loop.jit_train_step(run, tokenizer.unit_bytes(), reference)
   extra = (reference[1],) if reference else ()
