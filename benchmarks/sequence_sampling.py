@@ -25,10 +25,8 @@ Parts (each method sees the same held-out graphs, seeds and budget):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import lm  # noqa: E402
+import protocol  # noqa: E402  # benchmarks/protocol.py, beside this file
 from lm import api, families  # noqa: E402
 from lm.data import synthetic  # noqa: E402
 from lm.decoding import exact, methods, regex as regex_lib, smc, steps  # noqa: E402
@@ -112,7 +111,7 @@ def power_part(r: api.LM, n: int, alpha: float, particles: int, mh_steps: int, s
   for name in names:
     scores = probes.score_paths(arms[name], docs)
     rows.append(dict(method=name, pass_at_1=scores["accuracy"], valid_path_rate=scores["valid_path_rate"],
-                     unit_passes=cost[name]))
+                     unit_passes=cost[name], pass_at_1_rate=protocol.rate(round(scores["accuracy"] * n), n)))
   return dict(graphs=n, max_new=max_new, alpha=alpha, rows=rows, chance=1 / _degree(docs[0]),
               gold_p_mean=float(np.mean(gold_p)), gold_p_above_half=float(np.mean(np.asarray(gold_p) > 0.5)))
 
@@ -218,25 +217,24 @@ def main(argv=None) -> dict:
   if args.quick:
     args.star_variant, args.n, args.runs, args.regex_graphs, args.segments = "tiny", 4, 64, 1, 2
   t0 = time.time()
-  result = dict(parts={})
+  measured = {}
   with tempfile.TemporaryDirectory(prefix="lm-seq-") as root:
     star_overrides = ["train.steps=20"] if args.quick else []
     if "power" in parts or "regex" in parts:
       star = trained(f"probe_star:{args.star_variant}", args.star_workdir, star_overrides, root)
       if "power" in parts:
-        result["parts"]["power"] = power_part(star, args.n, args.alpha, args.particles, args.mh_steps, args.seed)
+        measured["power"] = power_part(star, args.n, args.alpha, args.particles, args.mh_steps, args.seed)
       if "regex" in parts:
-        result["parts"]["regex"] = regex_part(star, args.regex, args.regex_graphs, args.runs, args.particles, args.seed)
+        measured["regex"] = regex_part(star, args.regex, args.regex_graphs, args.runs, args.particles, args.seed)
     if "bytes" in parts:
       bpe_overrides = ["data.tokenizer=bpe", "data.vocab_size=512"] + (["train.steps=20"] if args.quick else [])
       bpe = trained("token_ntp:tiny", args.bpe_workdir, bpe_overrides, root)
-      result["parts"]["bytes"] = bpe.evaluate_byte_exact(segments=args.segments, beam=args.beam)
-  result.update(seconds=time.time() - t0, date=time.strftime("%Y-%m-%d"), quick=args.quick, args=vars(args),
-                backend=jax.default_backend(), machine=platform.machine(), jax=jax.__version__)
-  _print(result)
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+      measured["bytes"] = bpe.evaluate_byte_exact(segments=args.segments, beam=args.beam)
+  result = protocol.record(None if argv is None else ["benchmarks/sequence_sampling.py", *argv],
+                           {k: v for k, v in vars(args).items() if k != "out"},
+                           dict(parts=measured, seconds=time.time() - t0))
+  _print(result["results"])
+  out = protocol.write(args.out, result)
   print(f"\nwrote {out}")
   return result
 
@@ -246,9 +244,11 @@ def _print(result: dict) -> None:
   if "power" in parts:
     pw = parts["power"]
     print(f"\npower: {pw['graphs']} held-out star graphs, answers of <= {pw['max_new']} units, chance {pw['chance']:.2f}")
-    print(f"  {'method':44s} {'pass@1':>8s} {'valid path':>11s} {'unit passes':>12s}")
+    print(f"  {'method':44s} {'pass@1':>8s} {'95% interval':>15s} {'valid path':>11s} {'unit passes':>12s}")
     for row in pw["rows"]:
-      print(f"  {row['method']:44s} {row['pass_at_1']:8.3f} {row['valid_path_rate']:11.3f} {row['unit_passes']:12d}")
+      r = row["pass_at_1_rate"]
+      print(f"  {row['method']:44s} {row['pass_at_1']:8.3f}  [{r['lo']:.3f}, {r['hi']:.3f}] "
+            f"{row['valid_path_rate']:11.3f} {row['unit_passes']:12d}")
     if "gold_p_mean" in pw:
       print(f"  the model's p(right answer): mean {pw['gold_p_mean']:.3f}, above 1/2 on {pw['gold_p_above_half']:.3f} "
             "of the graphs")
