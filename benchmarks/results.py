@@ -61,8 +61,9 @@ def meta(d: dict) -> str:
   commit = "not recorded" if not d.get("commit") else f"`{d['commit'][:10]}`" + (" (dirty)" if d.get("dirty") else "")
   m = d.get("machine")
   if isinstance(m, dict):
-    machine = (f"{m.get('platform')}, {m.get('cpu_count')} CPUs, {m.get('backend')} "
-               f"{'/'.join(sorted(set(m.get('devices', []))))} x{len(m.get('devices', []))}, jax {m.get('jax')}")
+    devices = m.get("devices", [])
+    machine = (f"{m.get('platform')}, {m.get('cpu_count')} CPUs, {m.get('backend')} x{len(devices)} "
+               f"({'/'.join(sorted(set(devices)))}), jax {m.get('jax')}")
   else:  # older files: a string and a few loose keys
     parts = [m, d.get("backend"), d.get("cpu_count") and f"{d['cpu_count']} CPUs",
              d.get("devices") and f"{d['devices']} devices", d.get("jax") and f"jax {d['jax']}"]
@@ -236,17 +237,22 @@ def objectives(files: dict) -> list:
   return out
 
 
+def _held(r: dict) -> list[dict]:
+  """A run's held-out metrics before and after RL: its test split where recorded, else its eval curve's ends."""
+  return r["test"] if "test" in r else [r["curve"][0], r["curve"][-1]]
+
+
 RL_METRICS = (
-    ("exact start", lambda r: r["curve"][0]["answer_prob"]), ("exact end", lambda r: r["curve"][-1]["answer_prob"]),
-    ("pass@1 start", lambda r: r["curve"][0]["pass@1"]), ("pass@1 end", lambda r: r["curve"][-1]["pass@1"]),
-    ("wrong len start", lambda r: r["curve"][0]["eval_len_wrong"]),
-    ("wrong len end", lambda r: r["curve"][-1]["eval_len_wrong"]),
+    ("exact start", lambda r: _held(r)[0]["answer_prob"]), ("exact end", lambda r: _held(r)[1]["answer_prob"]),
+    ("pass@1 start", lambda r: _held(r)[0]["pass@1"]), ("pass@1 end", lambda r: _held(r)[1]["pass@1"]),
+    ("wrong len start", lambda r: _held(r)[0]["eval_len_wrong"]),
+    ("wrong len end", lambda r: _held(r)[1]["eval_len_wrong"]),
     ("train exact start", lambda r: r["train_prob"][0]), ("train exact end", lambda r: r["train_prob"][1]),
 )
 
 
 def rl(files: dict) -> list:
-  """rl.py: per arm over seeds, the held-out curve's first and last points and pass@k of the final policy."""
+  """rl.py: per arm over seeds, held-out metrics before and after RL and pass@k of the final policy."""
   out = []
   for name, data in files.items():
     body = flat(data)
@@ -254,7 +260,11 @@ def rl(files: dict) -> list:
     settings = dict(data.get("settings") or body.get("args") or {})
     lines = [f"- {meta(data)}", "- settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())
              + ("; lr 0.0 stood for the experiment's rl.lr, whose value was not recorded" if settings.get("lr") == 0
-                else ""), ""]
+                else "")]
+    lines.append("- start and end: " + ("the test split, before and after RL" if all("test" in r for r in runs)
+                                        else "the first and last points of the held-out eval curve"))
+    lines += [f"- {arm}: lr {c['chosen']} ({c['reason']})" for arm, c in body.get("selection", {}).items()]
+    lines.append("")
     arms = list(dict.fromkeys(r["arm"] for r in runs))
     metrics = []
     for label, get in RL_METRICS:

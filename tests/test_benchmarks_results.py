@@ -49,3 +49,16 @@ def test_record_shaped_files_read_like_older_ones(tmp_path):
   rows = lambda text: [line for line in results.sections(text)["objectives.json"].splitlines()  # noqa: E731
                         if line.startswith("| ")]
   assert rows(text) and rows(text) == rows(results.generate())
+
+
+def test_rl_reads_the_test_split_where_recorded(tmp_path):
+  """rl.py's newer runs keep the test split before and after RL beside the dev curve: the tables use it."""
+  old = json.loads((results.RESULTS / "rl_arith.json").read_text())
+  runs = {k: dict(r, test=[r["curve"][0], r["curve"][-1]], curve=[]) for k, r in old["runs"].items()}
+  (tmp_path / "rl_arith.json").write_text(json.dumps(dict(
+      settings=old["args"], results=dict(init_pass_k=old["init_pass_k"], runs=runs,
+                                         selection={"grpo": dict(chosen=3e-5, reason="the only lr")}))))
+  text = results.sections(results.generate(tmp_path))["rl_arith.json"]
+  assert "- start and end: the test split, before and after RL" in text and "- grpo: lr 3e-05 (the only lr)" in text
+  rows = lambda text: [line for line in text.splitlines() if line.startswith("| ")]  # noqa: E731
+  assert rows(text) == rows(results.sections(results.generate())["rl_arith.json"])
