@@ -12,7 +12,7 @@
             [--length-penalty P] [--alpha A] [--particles N] [--ess F] [--ramp R] [--blocks B] [--mh-steps M]
             [--regex PATTERN] [--samples N] [--utility exact|chrf]
   lm probe star|induction DIR [--n N] [--seed S]
-  lm compare DIR... [-o report.png] [--json FILE]
+  lm compare DIR... [-o report.png] [--json FILE] [--flops executed|data]
   lm rl EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...]
   lm import hf HF_DIR --workdir W [--config.a.b=VALUE ...]
   lm export hf W --out HF_DIR [--dtype float32|bfloat16|float16] [--max-shard-gb G]
@@ -199,7 +199,7 @@ def _eval_byte_exact(args) -> int:
 
 def _cmd_compare(args) -> int:
   from lm.eval import compare
-  rows = [compare.summarize_run(w) for w in args.workdirs]
+  rows = [compare.summarize_run(w, flops=args.flops) for w in args.workdirs]
   print(compare.table(rows))
   if args.output:
     compare.plot(rows, args.output)
@@ -344,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
                       epilog=config_lib.overrides_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
   co.add_argument("experiment", nargs="?", help="as for `lm train`; --config.a.b=VALUE overrides too")
   co.add_argument("--topology", required=True, help="TPU slice, GENERATION:SHAPE: v4:2x2x1, v5p:4x4x2, v5e:4x4, "
-                  "v6e:2x2, ...")
+                  "v6e:2x2, ...; or cpu: this machine's CPU devices (compiled against analytic FLOPs)")
   co.add_argument("--json", help="where to write the report (default runs/compile/NAME-TOPOLOGY.json)")
   co.add_argument("--no-flops", action="store_true", help="skip the second (unrolled) compile that counts FLOPs")
   e = sub.add_parser("eval", help="bits per byte of a trained run")
@@ -361,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
   cp.add_argument("workdirs", nargs="+")
   cp.add_argument("-o", "--output", help="write a plot of bits per byte against training FLOPs (PNG)")
   cp.add_argument("--json", help="also write the table as JSON")
+  cp.add_argument("--flops", choices=("executed", "data"), default="executed",
+                  help="FLOPs as the compiled steps execute them, padding included (default), or at the positions "
+                  "holding data (an ideal padding-free implementation)")
   s = sub.add_parser("sample", help="continue a prompt with a trained run")
   s.add_argument("workdir")
   s.add_argument("--prompt", default="")

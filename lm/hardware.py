@@ -125,7 +125,11 @@ def apply_tpu_flags(environ, generation: str | None) -> list[str]:
 
 def topology_devices(name: str) -> list:
   """The devices of a TPU slice (`v5p:4x4x2`, `v4:2x2x1`, `v5e:4x4`, `v6e:2x2`, ...) built by libtpu on this
-  machine, for ahead-of-time compiles; v4 and v5p as megacore (one device per chip)."""
+  machine, for ahead-of-time compiles; v4 and v5p as megacore (one device per chip). `cpu`: this machine's
+  own CPU devices (compiled and analytic FLOPs checked on any machine)."""
+  if name == "cpu":
+    import jax
+    return list(jax.devices("cpu"))
   try:
     import importlib
     importlib.import_module("libtpu")

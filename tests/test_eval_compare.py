@@ -12,7 +12,7 @@ from lm.train import checkpoint
 
 def test_rows_read_the_logged_flops_and_the_evaluations(old_run, tmp_path):
   w = old_run("concept_lcm")
-  with pytest.raises(LMError, match="no eval_val.json with FLOPs per byte; run `lm eval"):
+  with pytest.raises(LMError, match=r"no eval_val.json with FLOPs per byte \(flops_per_byte_train\); run `lm eval"):
     compare.summarize_run(w)
   result = lm.load(str(w)).evaluate()
   checkpoint.write_json(w / "eval_val.json", result)

@@ -137,12 +137,13 @@ def test_user_objective_with_a_head_from_its_own_module(tmp_path, monkeypatch):
   assert "mypkg.myloss/bpb" in record
   # The head's FLOPs come from its parameters (2 per weight) when its module gives no formula.
   plain = lm.build("token_ntp:tiny", **{o.split("=")[0]: json.loads(o.split("=")[1]) for o in FAST})
-  units = sum(float(b["loss_mask"].sum()) for b, _ in plain.data.eval_batches("val", 4, max_batches=1))
   n_bytes = sum(nb for _, nb in plain.data.eval_batches("val", 4, max_batches=1))
   rows = [b for b, _ in plain.data.eval_batches("val", 4, max_batches=1)]
-  extra = r.run.flops_per_byte(n_bytes, rows)["flops_per_byte_train"] - plain.run.flops_per_byte(
-      n_bytes, rows)["flops_per_byte_train"]
-  assert extra == pytest.approx(3 * 2 * 32 * 32 * units / n_bytes)
+  # executed: every position of the rows; data: the positions of a segment
+  for key, units in (("flops_per_byte_train", sum(float(b["segment_ids"].size) for b in rows)),
+                     ("flops_per_byte_data", sum(float((b["segment_ids"] > 0).sum()) for b in rows))):
+    extra = r.run.flops_per_byte(n_bytes, rows)[key] - plain.run.flops_per_byte(n_bytes, rows)[key]
+    assert extra == pytest.approx(3 * 2 * 32 * 32 * units / n_bytes), key
   # Evaluated and resumed like any other run.
   assert r.evaluate()["bpb"] > 0
   config = families.load_config("token_ntp:tiny", FAST + ["objectives.0.name=mypkg.myloss", "train.steps=8"])

@@ -191,7 +191,8 @@ class ChunkData(TokenData):
     return row_iterator(self.train_rows, batch_size, seed, process_index, process_count, self.source,
                         f"{self.num_chunks} chunks")
 
-  def sample_rows(self, batch_size: int) -> dict[str, np.ndarray]:  # pylint: disable=unused-argument
+  def sample_rows(self, batch_size: int, max_batches: int = 0) -> dict[str, np.ndarray]:  # pylint: disable=unused-argument
+    """Every packed training row (an epoch): bytes per row are then known exactly."""
     return self.train_rows
 
   @functools.cached_property

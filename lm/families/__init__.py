@@ -129,14 +129,19 @@ def chunked_split_fields(config) -> dict[str, int]:
 
 def chunked_flops(config, vocab_size: int, n_bytes: float, rows, needs: Requirements, concept_dim: int = 0,
                   with_encoder: bool = True) -> dict[str, float]:
-  """`Family.flops_per_byte` of a chunked family: units and chunks counted from the rows' masks."""
-  n_units = sum(float(r["unit_mask"].sum()) for r in rows)
-  n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
+  """`Family.flops_per_byte` of a chunked family: executed over every slot of the rows' `[C, L]` grids (the
+  compiled step computes padding too), data-position over the units and chunks their masks hold."""
   d = config.data
-  per_byte = flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units, n_chunks,
-                                    concept_dim=concept_dim, decoder_passes=1 + needs.decoder_passes,
-                                    with_encoder=with_encoder)
-  return flops.chunked_result(per_byte, n_bytes, n_chunks)
+
+  def count(n_units, n_chunks):
+    return flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units, n_chunks,
+                                  concept_dim=concept_dim, decoder_passes=1 + needs.decoder_passes,
+                                  with_encoder=with_encoder)
+
+  n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
+  executed = count(sum(float(r["unit_mask"].size) for r in rows), sum(float(r["chunk_mask"].size) for r in rows))
+  data = count(sum(float(r["unit_mask"].sum()) for r in rows), n_chunks)
+  return dict(flops.per_byte_entries(executed, data), bytes_per_chunk=n_bytes / max(n_chunks, 1))
 
 
 def get(name: str) -> Family:

@@ -154,10 +154,12 @@ class TokenFamily(Family):
 
   def flops_per_byte(self, config, vocab_size: int, n_bytes: float, rows, needs: Requirements) -> dict[str, float]:
     per_unit = flops_per_unit(config.model, vocab_size, config.data.seq_len, needs.heads)
-    # Every position of a segment is computed, scored or not (completion-only context included).
-    units_per_byte = sum(float((r["segment_ids"] > 0).sum()) for r in rows) / max(n_bytes, 1)
-    return dict(flops_per_byte_inference=per_unit["forward"] * units_per_byte,
-                flops_per_byte_train=per_unit["train"] * units_per_byte)
+    # Executed: every position of every row (padding too); data: every position of a segment, scored or not
+    # (completion-only context included).
+    executed = sum(float(r["segment_ids"].size) for r in rows) / max(n_bytes, 1)
+    data = sum(float((r["segment_ids"] > 0).sum()) for r in rows) / max(n_bytes, 1)
+    return flops.per_byte_entries({k: v * executed for k, v in per_unit.items()},
+                                  {k: v * data for k, v in per_unit.items()})
 
   def sample(self, run, params, prompt: str, *, max_new: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0) -> str:

@@ -1,7 +1,10 @@
 """FLOP formulas: matmul FLOPs (2 per multiply-add) of the parts in `lm/models`, per position.
 
-Causal attention is counted at its average key count (a query sees seq_len / 2 keys on average); training is
-3x forward (forward + two backward matmuls). Families add these up per byte of text (`Family.flops_per_byte`).
+Causal attention is counted at its average key count (a query sees seq_len / 2 keys on average; XLA's dense
+masked attention computes all of them, a few percent more at small widths); training is 3x forward (forward +
+two backward matmuls). Families add these up per byte of text (`Family.flops_per_byte`) twice: over every
+position the compiled step computes, padding included (*executed*, what budgets and `train_flops` use), and
+over the positions that hold data (`_data`: an ideal padding-free implementation's cost).
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ def unembed_per_position(cfg) -> float:
 def chunked_per_byte(model_cfg, vocab_size: int, chunk_len: int, num_chunks: int, n_bytes: float, n_units: float,
                      n_chunks: float, concept_dim: int = 0, decoder_passes: int = 1,
                      with_encoder: bool = True) -> dict[str, float]:
-  """FLOPs per byte of a chunked family by component, counting the positions that hold data: the encoder runs
-  once per unit plus one slot per chunk, the backbone once per chunk, the decoder once per unit plus one
-  context position per chunk (and unembeds each over `vocab_size + 1` ids: the end event), attention at its
-  average key count. `concept_dim` > 0: the projections go through a concept vector of that size (counted
-  with the backbone). `decoder_passes` counts training's extra decoder passes (concept reconstruction)."""
+  """FLOPs per byte of `n_bytes` of a chunked family by component, over `n_units` unit slots and `n_chunks`
+  chunks (the caller says which: every slot of the grid, or those holding data): the encoder runs once per
+  unit plus one slot per chunk, the backbone once per chunk, the decoder once per unit plus one context
+  position per chunk (and unembeds each over `vocab_size + 1` ids: the end event), attention at its average
+  key count. `concept_dim` > 0: the projections go through a concept vector of that size (counted with the
+  backbone). `decoder_passes` counts training's extra decoder passes (concept reconstruction)."""
   m, enc, dec = model_cfg, model_cfg.encoder, model_cfg.decoder
   L1 = chunk_len + 1
   positions = n_units + n_chunks
@@ -61,8 +65,10 @@ def chunked_per_byte(model_cfg, vocab_size: int, chunk_len: int, num_chunks: int
               **{f"{k}_forward": v for k, v in per_byte.items()})
 
 
-def chunked_result(flops: dict[str, float], n_bytes: float, n_chunks: float) -> dict[str, float]:
-  """`chunked_per_byte` as the entries evaluation and training logs carry."""
-  return dict(flops_per_byte_inference=flops["forward"], flops_per_byte_train=flops["train"],
-              bytes_per_chunk=n_bytes / max(n_chunks, 1),
-              **{f"flops_per_byte_{k}": v for k, v in flops.items() if k.endswith("_forward")})
+def per_byte_entries(executed: dict[str, float], data: dict[str, float]) -> dict[str, float]:
+  """The entries evaluation and training logs carry from two `{forward, train, ...}` per-byte counts: executed
+  ones as `flops_per_byte_train` / `_inference` (and per component), data-position ones as
+  `flops_per_byte_data` (training) / `flops_per_byte_inference_data`."""
+  return dict(flops_per_byte_inference=executed["forward"], flops_per_byte_train=executed["train"],
+              flops_per_byte_data=data["train"], flops_per_byte_inference_data=data["forward"],
+              **{f"flops_per_byte_{k}": v for k, v in executed.items() if k.endswith("_forward")})

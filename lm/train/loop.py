@@ -150,8 +150,10 @@ class LogWindow:
                tokens_per_sec=timed * self.units_per_step / elapsed,
                bytes_per_sec=timed * self.compute["bytes_per_step"] / elapsed,
                train_flops=step * self.compute["flops_per_step"],
+               train_flops_data=step * self.compute.get("flops_per_step_data", self.compute["flops_per_step"]),
                flops_per_byte_train=self.compute["flops_per_byte_train"])
-    if self.peak_flops:  # model FLOPs (the analytic count, no remat recompute) over the mesh's peak bf16 FLOP/s
+    if self.peak_flops:  # executed FLOPs (the analytic count over the padded step, no remat recompute) over the
+      # mesh's peak bf16 FLOP/s
       out["mfu"] = timed * self.compute["flops_per_step"] / elapsed / self.peak_flops
     if f"{self.main}/bpb" in out:
       out["bpb"] = out[f"{self.main}/bpb"]

@@ -232,14 +232,30 @@ def evaluate(run: Run, params, data, split: str = "val", docs: list[bytes] | Non
   return result
 
 
-def train_flops_per_step(run: Run, data) -> dict:
-  """FLOPs per byte of the training data and FLOPs per training step (global batch), from the packed rows:
-  bytes are what the scored targets stand for (`unit_bytes`), as in the training bits per byte."""
-  rows = data.sample_rows(run.config.data.batch_size)
-  n_bytes = float((data.unit_bytes()[rows["targets"]] * rows["loss_mask"]).sum())
+def train_flops_per_step(run: Run, data, tolerance: float = 0.005) -> dict:
+  """FLOPs per training step (global batch): executed (`flops_per_step`, every slot of the step's rows: exact,
+  it depends on shapes only) and at data positions (`flops_per_step_data`), with the bytes a step holds, from
+  the training stream's rows until their mean is known to `tolerance` (relative half-width of its 95%
+  interval) or an epoch is read. Bytes are what the scored targets stand for (`unit_bytes`), as in the
+  training bits per byte."""
+  batch, batches, seen = run.config.data.batch_size, 16, 0
+  while True:
+    rows = data.sample_rows(batch, max_batches=batches)
+    mask = rows["loss_mask"]
+    per_row = (data.unit_bytes()[rows["targets"]] * mask).reshape(len(mask), -1).sum(-1).astype(np.float64)
+    mean = max(float(per_row.mean()), 1e-9)
+    epoch = len(per_row) < batches * batch or len(per_row) == seen  # every row there is: the mean is exact
+    half_width = 0.0 if epoch or len(per_row) < 2 else \
+        1.96 * float(per_row.std(ddof=1)) / np.sqrt(len(per_row)) / mean
+    if half_width <= tolerance or batches >= 1024:
+      break
+    batches, seen = batches * 4, len(per_row)
+  n_bytes = float(per_row.sum())
   flops = run.flops_per_byte(n_bytes, [rows])
-  bytes_per_step = n_bytes / max(len(rows["loss_mask"]), 1) * run.config.data.batch_size
-  return dict(flops, bytes_per_step=bytes_per_step, flops_per_step=flops["flops_per_byte_train"] * bytes_per_step)
+  bytes_per_step = mean * batch
+  return dict(flops, bytes_per_step=bytes_per_step, bytes_per_step_rel_interval=half_width,
+              bytes_per_step_rows=len(per_row), flops_per_step=flops["flops_per_byte_train"] * n_bytes / len(per_row) * batch,
+              flops_per_step_data=flops["flops_per_byte_data"] * bytes_per_step)
 
 
 # Model fields that never change a parameter's shape, so never the reason a checkpoint does not fit.

@@ -111,9 +111,17 @@ def test_concept_run_trains_evaluates_samples_and_resumes(tmp_path):
   records = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
   logged = [r for r in records if "train_flops" in r]
   data = run_lib.load_data(c)
-  per_step = run_lib.train_flops_per_step(run_lib.build_run(c, data.tokenizer), data)["flops_per_step"]
+  run = run_lib.build_run(c, data.tokenizer)
+  compute = run_lib.train_flops_per_step(run, data)
+  per_step, per_step_data = compute["flops_per_step"], compute["flops_per_step_data"]
+  from lm import aot
+  # Logged FLOPs are what the step executes: the analytic count over every slot of the padded grid.
+  np.testing.assert_allclose(per_step, aot.analytic_flops_per_step(run), rtol=1e-9)
+  assert 0 < per_step_data < per_step  # the grid holds padding; the data-position count leaves it out
   assert [r["step"] for r in logged] == list(range(1, 7))
   np.testing.assert_allclose([r["train_flops"] for r in logged], [r["step"] * per_step for r in logged], rtol=1e-9)
+  np.testing.assert_allclose([r["train_flops_data"] for r in logged], [r["step"] * per_step_data for r in logged],
+                             rtol=1e-9)
   assert cli.main(["eval", str(tmp_path / "w")]) == 0
   result = json.loads((tmp_path / "w" / "eval_val.json").read_text())
   for key in ("oracle_bpb", "l2", "contrastive_accuracy", "flops_per_byte_encoder_forward",
