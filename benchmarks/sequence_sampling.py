@@ -12,7 +12,9 @@ Parts (each method sees the same held-out graphs, seeds and budget):
            temperature best-of-N by the model's log p, power MH and power SMC, with the cost as unit passes (rows
            x sequential model calls): power sampling's claim (Karan & Du 2025) is that where the first unit
            decides, p(x)^α puts more mass on right answers than per-unit temperature does. Also the model's
-           own probability of the right answer: p^α can only sharpen what p already prefers.
+           own probability of the right answer: p^α can only sharpen what p already prefers. On the next-token
+           star model (a coin flip at the first decision) this part is a sanity check of the samplers, not a
+           test of the paper; benchmarks/power_exact.py decides p^α against temperature exactly first.
   regex    a constraint on the answer (a path of digits) for a few graphs: KL and total variation of what
            SMC draws (one particle per run, chosen by weight) and of what masking alone draws, to the exact
            p(x | x matches) enumerated over every matching continuation; masking's own exact distribution (the

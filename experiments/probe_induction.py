@@ -17,9 +17,10 @@ Results (2-core CPU shared with another training run, 2026-11-25):
   small  (benchmarks/reproduce.py --parts induction --induction-variant small, 400 stories, 2026-12-06,
          seeds 0 / 1 / 2): ntp 0.933 / 0.932 / 0.932 on later mentions (first mentions 0.028, whole names
          0.923, 0.584 val bpb); mtp:n=2 0.933 / 0.929 / 0.932 (0.026, 0.920, 0.599 bpb). Induction forms
-         without MTP at this size: the names are the only unpredictable thing in the templates. The curve
-         (--curve 4, seed 2) shows the paper's effect as speed: later mentions at step 500 / 1000 / 1500 /
-         2000 are 0.027 / 0.123 / 0.923 / 0.932 for ntp and 0.027 / 0.465 / 0.924 / 0.932 for mtp:n=2.
+         without MTP at this size: the names are the only unpredictable thing in the templates. One curve
+         (--curve 4, seed 2 only): later mentions at step 500 / 1000 / 1500 / 2000 are 0.027 / 0.123 /
+         0.923 / 0.932 for ntp and 0.027 / 0.465 / 0.924 / 0.932 for mtp:n=2: mtp:n=2 was ahead at one
+         checkpoint of one seed; whether MTP brings the phase change forward needs curves over seeds.
          See BUILD_NOTES.md (issue 18).
 """
 

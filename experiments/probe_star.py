@@ -17,14 +17,17 @@ Results (2-core CPU, two runs at a time, one core each, 2026-12-03; BUILD_NOTES 
   small  ntp: Clever Hans, as the paper says: later steps 1.000 in every seed, first decision 0.540 / 0.472 /
          0.477 (seeds 0-2), greedy exact = first decision; val 0.127 bpb = 1 bit per path, the coin flip.
          About 7 minutes on 2 cores alone (14 min on one core).
-         mtp (4 heads): first decision 0.725 / 0.650 / 0.458, later steps 1.00: two seeds of three partly
-         break the shortcut (the paper's direction; its MTP-4 also stops short). About twice ntp's time.
-         top (ntp + TOP, window 16): 0.527 / 0.502 / 0.725: one seed of three partly breaks it.
-         Learning curves (--curve 5, seed 0 again, 2026-12-06): every arm has the lookups by step 500-1000
-         and its first decision stays at 0.45-0.56 to step 2500; this rerun of mtp seed 0 gave 0.557, not
-         0.725 (another thread layout, another trajectory), top 0.527 (as before), ntp 0.545 (0.540). The partial
-         fixes above are run-to-run noise around the coin flip: next-token's Clever Hans signature
-         reproduces; the papers' fix does not appear at this size (0.9-1.5M params, 2500 steps).
+         mtp (4 heads): first decision 0.725 / 0.650 / 0.458, later steps 1.00. About twice ntp's time.
+         top (ntp + TOP, window 16): 0.527 / 0.502 / 0.725.
+         Learning curves (--curve 5, seed 0 again, 2026-12-06): every arm has the lookups by step 500-1000;
+         this rerun of mtp seed 0 gave 0.557, not 0.725 (another thread layout, another trajectory), top
+         0.527, ntp 0.545.
+         Reading (issue 33): with 400 graphs a run's accuracy has SE 0.025, so 0.65-0.725 are real break-outs,
+         not probe noise; whether a run breaks out varies from run to run. Counted as runs whose exact-path
+         Wilson lower bound is above chance: ntp 0/3, mtp 2/3, top 1/3 (Fisher p 0.4 and 1 against ntp;
+         RESULTS.md). Three runs per arm cannot estimate a break-out rate: neither "MTP partly fixes it" nor
+         "noise around the coin flip" follows. Next-token's Clever Hans signature does reproduce. No positive
+         control (reversed path) has been run.
   Arms of 5 with two-digit labels (the old `small`, 4000 steps, whole-document loss) learned no lookup (all
   zeros); with one character per node (`letters=1`, degree 2, arms of 5, 50 labels) and path-only loss,
   1500 steps reach 1.16 bpb: lookups not yet learned, beyond the ~20 minute budget here.

@@ -16,8 +16,10 @@ Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
          on a 0.9M-parameter trunk hurt the next-token head, as Gloeckle et al. report for small models.
   small  2.360 val bpb, 800 steps, ~21 min (machine shared); --speculative greedy: 1.99 accepted units per
          forward pass on 20 val prompts, outputs identical to plain greedy (benchmarks/speculative.py).
-         At token_ntp:small's training FLOPs instead (441 steps; benchmarks/reproduce.py --parts bpb, 3
-         seeds, 2026-12-06): 2.958 ± 0.114 against next-token's 2.107 ± 0.029.
+         At token_ntp:small's training FLOPs instead (441 steps, 0.64 epochs against next-token's 1.16;
+         benchmarks/reproduce.py --parts bpb, 3 seeds, 2026-12-06): 2.958 ± 0.114 against 2.107 ± 0.029.
+         Most of that 0.85 gap is the 45% fewer steps: at equal steps (the papers' equal-tokens comparison,
+         one seed) the gap is 0.25 (2.360 above).
 """
 
 from lm import config as config_lib
