@@ -21,6 +21,7 @@ compare objectives at one model size.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import tempfile
@@ -54,6 +55,10 @@ def _config(experiment: str, seed: int, steps: int, objectives=None):
   return config
 
 
+def _plain(x):
+  return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
 def _train(config, root: str) -> dict:
   workdir = tempfile.mkdtemp(dir=root)
   return loop.train(config, workdir)
@@ -63,7 +68,9 @@ def run_one(name: str, variant: str, seed: int, steps: int, n_probe: int, root: 
   """The three runs of one objective and seed -> {metric: value}."""
   t = time.time()
   lm_config = _config(f"token_{name}:{variant}", seed, steps)
-  out = dict(bpb=_train(lm_config, root)["val_bpb"])
+  # The objectives as the runs resolve them (a schedule given at fractions of train.steps gets its boundaries).
+  resolved = config_lib.resolve_backend_defaults(lm_config, jax.default_backend()).objectives
+  out = dict(bpb=_train(lm_config, root)["val_bpb"], objectives=json.loads(json.dumps(resolved, default=_plain)))
   star = _train(_config(f"probe_star:{variant}", seed, steps, lm_config.objectives), root)
   result = probes.star_graph_accuracy(star["run"], star["state"].params, n=n_probe)
   out.update(star=result["accuracy"], star_tf=result["teacher_forced_accuracy"], star_chance=result["chance"])
@@ -109,7 +116,7 @@ def main(argv=None):
         runs.append(run_one(name, args.variant, seed, steps, n_probe, root))
       rows[name] = {k: protocol.summary([r[k] for r in runs]) for k, _ in METRICS}
       rows[name].update(star_chance=runs[0]["star_chance"], induction_chance=runs[0]["induction_chance"],
-                        seconds=sum(r["seconds"] for r in runs))
+                        seconds=sum(r["seconds"] for r in runs), objectives=runs[0]["objectives"])
 
   result = protocol.record(
       None if argv is None else ["benchmarks/objectives.py", *argv],
