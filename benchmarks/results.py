@@ -230,11 +230,34 @@ def objectives(files: dict) -> list:
     lines = [f"- {meta(data)}", f"- variant {body.get('variant')}, steps {body.get('steps')}, "
              f"{body.get('probe_n')} probe documents"
              + (f"; skipped (no experiment): {', '.join(body['skipped'])}" if body.get("skipped") else ""), ""]
+    weights = [f"{arm}: {_losses(row['objectives'])}" for arm, row in rows.items() if row.get("objectives")]
+    lines[-1:-1] = ["- losses as run: " + ("; ".join(weights) if weights else "not recorded")
+                    + (f" ({OBJECTIVE_NOTES[name]})" if name in OBJECTIVE_NOTES else "")]
     metrics = [(title, {arm: (seeds, row[key]["values"]) for arm, row in rows.items() if key in row})
                for key, title in OBJECTIVE_METRICS]
     lines += stats_table([m for m in metrics if m[1]], "ntp")
     out.append((name, lines + [""]))
   return out
+
+
+OBJECTIVE_NOTES = {  # what a file written before the objectives were recorded ran with, from the code at its commit
+    "objectives.json": "dsmtp's weight schedule had its 0.3 -> 0.1 switch at a fixed step 180, 90% of "
+                       "token_dsmtp:tiny's 200 steps, past these 150 steps: lambda stayed 0.3 throughout",
+}
+
+
+def _losses(objectives: list[dict]) -> str:
+  """`ntp 1 + dsmtp (depth 1) 0.3 -> 0.1 at step 135`: each objective, its options and its weight as run."""
+  parts = []
+  for o in objectives:
+    w = o.get("weight", 1.0)
+    if isinstance(w, dict) and w.get("kind") == "step" and "boundaries" in w:
+      weight = " -> ".join(num(v) for v in w["values"]) + " at step " + ", ".join(str(b) for b in w["boundaries"])
+    else:
+      weight = num(w) if isinstance(w, (int, float)) else json.dumps(w, sort_keys=True)
+    options = ", ".join(f"{k} {v}" for k, v in o.items() if k not in ("name", "weight"))
+    parts.append(f"{o['name']}{f' ({options})' if options else ''} {weight}")
+  return " + ".join(parts)
 
 
 def _held(r: dict) -> list[dict]:
@@ -330,12 +353,38 @@ def sequence_sampling(files: dict) -> list:
   return out
 
 
+def power_exact(files: dict) -> list:
+  out = []
+  for name, data in files.items():
+    body = flat(data)
+    rows, alphas = body["rows"], body.get("alphas", [2.0, 4.0])
+    ids = list(range(len(rows)))
+    col = lambda key: (ids, [r[key] for r in rows])  # noqa: E731  # prompts pair every method
+    lines = [f"- {meta(data)}",
+             f"- {body['prompts']} prompts of `{body['test_source']}`, rl_arith init of {body['init_steps']} steps; "
+             f"every completion of up to {body['max_new']} units enumerated (lm/decoding/exact.py); each value is a "
+             "prompt's exact probability of the right answer (greedy and argmax: 0 or 1), n counts prompts",
+             f"- p^α is the lower end of its interval (mass through non-digit bytes bounded); the widest interval "
+             f"over prompts is {num(body['power_bound_width'])}", ""]
+    methods = [("p (temperature 1)", "p"), *((f"temperature 1/{a:g}", f"temp{a:g}") for a in alphas),
+               *((f"p^{a:g}", f"power{a:g}") for a in alphas), ("greedy", "greedy"), ("argmax sequence", "argmax")]
+    lines += stats_table([("exact accuracy", {label: col(key) for label, key in methods})], "greedy")
+    lines.append("")
+    for a in alphas:
+      lines += [f"α = {a:g}: p^{a:g} against temperature 1/{a:g}, paired by prompt", "",
+                *stats_table([("exact accuracy", {f"temperature 1/{a:g}": col(f"temp{a:g}"),
+                                                  f"p^{a:g}": col(f"power{a:g}")})], f"temperature 1/{a:g}"), ""]
+    out.append((name, lines + [""]))
+  return out
+
+
 SECTIONS = [  # (file name patterns, section function), in the order RESULTS.md shows them
     (("reproduce*.json",), reproduce),
     (("families*.json", "concepts*.json"), families),
     (("objectives*.json",), objectives),
     (("rl_*.json",), rl),
     (("sequence_sampling*.json",), sequence_sampling),
+    (("power_exact*.json",), power_exact),
 ]
 
 
