@@ -6,6 +6,7 @@ Run:
   python benchmarks/families.py --seeds 0,1,2        # three seeds each
   python benchmarks/families.py --set concepts --variant tiny --seeds 0,1,2
   python benchmarks/families.py --quick              # smoke mode: tiny variants, a tiny budget, one seed
+  python benchmarks/families.py --variant tiny --seeds 0,1,2 --lrs 1.5e-3,3e-3,6e-3   # the protocol's tuning
 Writes JSON to --out (default benchmarks/results/SET.json, SET = families or concepts), a plot of bits per
 byte against training FLOPs beside it (`.png`, with matplotlib), and prints a table. Concept runs also report
 the oracle bits per byte (decoder given the true concept), the L2 distance of predicted to true concepts and
@@ -15,7 +16,11 @@ Every run gets the same training budget in FLOPs (`--budget`, default: what the 
 in its configured steps: byte_flat for families, token_bpe for concepts): steps = budget / (FLOPs per
 training step), with FLOPs per step as the training loop logs them (`run.train_flops_per_step`: FLOPs per
 byte x the training data's bytes per step). All runs are scored on the same held-out segments
-(`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds).
+(`data.eval_max_bytes`), on clean text and on noised text (`lm eval --noise` kinds). FLOPs are what the
+compiled step executes (padding included); the budget under data-position FLOPs is recorded beside it.
+
+Tuning (`--lrs`, benchmarks/protocol.py): every run gets the same learning-rate grid on the first seed, the
+one with the lowest val bpb is chosen, the other seeds run at it, and test bpb is what gets reported.
 """
 
 from __future__ import annotations
@@ -53,11 +58,14 @@ def main(argv=None) -> dict:
   p.add_argument("--budget", type=float, default=0.0, help="training FLOPs per run (0: byte_flat's own)")
   p.add_argument("--eval-max-bytes", type=int, default=120)
   p.add_argument("--curve-points", type=int, default=4, help="validation evals during each run (for the plot)")
+  p.add_argument("--lrs", default="", help="comma-separated learning rates: each run's rate is chosen on val "
+                 "from this grid with the first seed (default: each experiment's own optim.lr)")
   p.add_argument("--quick", action="store_true")
   p.add_argument("--out", help="JSON path (default benchmarks/results/SET.json)")
   args = p.parse_args(argv)
   runs, reference = SETS[args.set]
-  args.out = args.out or str(RESULTS / f"{args.set}.json")
+  args.out = args.out or str(RESULTS / f"{args.set}.json" if not args.quick else  # a smoke run never overwrites
+                             pathlib.Path(tempfile.gettempdir()) / f"{args.set}_quick.json")  # what is recorded
   variant = "tiny" if args.quick else args.variant
   seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
   root = pathlib.Path(tempfile.mkdtemp(prefix="families-"))
@@ -68,24 +76,43 @@ def main(argv=None) -> dict:
         *overrides, f"data.eval_max_bytes={args.eval_max_bytes}", "sample.max_new=0", "train.eval_every=0",
         "train.checkpoint_every=0", *(["eval.max_batches=2"] if args.quick else [])])
     configs[name] = c
-  per_step = {}
+  per_step, per_step_data = {}, {}
   for name, c in configs.items():
     data = run_lib.load_data(c)
-    per_step[name] = run_lib.train_flops_per_step(run_lib.build_run(c, data.tokenizer), data)["flops_per_step"]
+    compute = run_lib.train_flops_per_step(run_lib.build_run(c, data.tokenizer), data)
+    per_step[name], per_step_data[name] = compute["flops_per_step"], compute["flops_per_step_data"]
   budget = args.budget or per_step[reference] * configs[reference].train.steps
   if args.quick:
     budget = per_step[reference] * 10
 
-  rows = []
+  lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+  rows, selection = [], {}
   for name, c in configs.items():
     steps = max(int(budget // per_step[name]), 1)
-    for seed in seeds:
-      config_lib.apply_overrides(c, [f"train.steps={steps}", f"train.seed={seed}",
-                                     f"train.eval_every={max(steps // max(args.curve_points, 1), 1) if args.curve_points else 0}",
-                                     f"optim.warmup_steps={min(c.optim.warmup_steps, max(steps // 10, 1))}"])
-      print(f"== {name} seed {seed}: {steps} steps, {per_step[name]:.3g} FLOPs/step", flush=True)
-      rows.append(dict(run=name, name=name, seed=seed, steps=steps, train_flops=steps * per_step[name],
-                       **train_and_score(c, root / f"{name}-{seed}")))
+    config_lib.apply_overrides(c, [f"train.steps={steps}",
+                                   f"train.eval_every={max(steps // max(args.curve_points, 1), 1) if args.curve_points else 0}",
+                                   f"optim.warmup_steps={min(c.optim.warmup_steps, max(steps // 10, 1))}"])
+
+    def run(seed, lr, tag=""):
+      config_lib.apply_overrides(c, [f"train.seed={seed}", f"optim.lr={lr}"])
+      print(f"== {name} seed {seed}, lr {lr:g}: {steps} steps, {per_step[name]:.3g} FLOPs/step", flush=True)
+      return dict(run=name, name=name, seed=seed, lr=lr, steps=steps, train_flops=steps * per_step[name],
+                  train_flops_data=steps * per_step_data[name],
+                  **train_and_score(c, root / f"{name}-{seed}-{lr:g}{tag}"))
+
+    first = seeds[0]
+    if len(lrs) > 1:  # the same grid for every run, chosen on val with the first seed
+      grid = {lr: run(first, lr) for lr in lrs}
+      chosen = protocol.select({lr: dict(val=g["val_bpb"], test=g["test_bpb"]) for lr, g in grid.items()})
+      selection[name] = dict(lr=chosen["chosen"], reason=chosen["reason"],
+                             grid={f"{lr:g}": dict(val=g["val_bpb"], test=g["test_bpb"]) for lr, g in grid.items()})
+      rows.append(grid[chosen["chosen"]])
+      lr = chosen["chosen"]
+    else:
+      lr = lrs[0] if lrs else float(c.optim.lr)
+      rows.append(run(first, lr))
+    for seed in seeds[1:]:
+      rows.append(run(seed, lr))
 
   print(f"\n{'run':<11}{'params':>9}{'FLOP/B':>10}{'train FLOPs':>13}{'val bpb':>16}{'test bpb':>16}"
         + "".join(f"{k:>14}" for k in NOISE))
@@ -94,7 +121,8 @@ def main(argv=None) -> dict:
     mine = [r for r in rows if r["run"] == name]
     stat = protocol.summary  # sample std and 95% interval over seeds, as every benchmark reports
     entry = dict(run=name, params=mine[0]["params"], flops_per_byte_train=mine[0]["flops_per_byte_train"],
-                 train_flops=mine[0]["train_flops"], steps=mine[0]["steps"],
+                 train_flops=mine[0]["train_flops"], train_flops_data=mine[0]["train_flops_data"],
+                 steps=mine[0]["steps"], lr=mine[0]["lr"],
                  val_bpb=stat([r["val_bpb"] for r in mine]), test_bpb=stat([r["test_bpb"] for r in mine]),
                  noised={k: stat([r["noised"][k] for r in mine]) for k in NOISE}, seeds=len(mine),
                  **{f"val_{k}": stat([r[f"val_{k}"] for r in mine]) for k in CONCEPT_METRICS
@@ -111,9 +139,11 @@ def main(argv=None) -> dict:
             f"{_ms(e['val_contrastive_accuracy'], 12)}")
   result = protocol.record(
       None if argv is None else ["benchmarks/families.py", *argv],
-      dict(set=args.set, variant=variant, seeds=seeds, budget_flops=budget, eval_max_bytes=args.eval_max_bytes,
-           curve_points=args.curve_points, quick=args.quick),
-      dict(table=table, runs=[{k: v for k, v in r.items() if k not in ("curve", "name", "family")} for r in rows]))
+      dict(set=args.set, variant=variant, seeds=seeds, budget_flops=budget, flops="executed",
+           budget_flops_data={n: per_step_data[n] * max(int(budget // per_step[n]), 1) for n in configs},
+           lrs=lrs, eval_max_bytes=args.eval_max_bytes, curve_points=args.curve_points, quick=args.quick),
+      dict(table=table, selection=selection,
+           runs=[{k: v for k, v in r.items() if k not in ("curve", "name", "family")} for r in rows]))
   out = protocol.write(args.out, result)
   try:
     compare.plot([r for r in rows if r["seed"] == seeds[0]], str(out.with_suffix(".png")))

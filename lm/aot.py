@@ -125,7 +125,7 @@ def analytic_flops_per_step(run: Run) -> float | None:
 def cpu_flops(config: ml_collections.ConfigDict, optimized: bool = True) -> dict:
   """The family's analytic FLOPs per training step against XLA's count of the same step, unrolled, for this
   machine's CPUs (`lm compile --topology cpu` without the memory compiles). `optimized=False` counts the
-  program as lowered, before XLA's passes: within 0.3% of the compiled count for every tiny experiment
+  program as lowered, before XLA's passes: within 0.4% of the compiled count for every tiny experiment
   (BUILD_NOTES), in a tenth of the time."""
   devices = hardware.topology_devices("cpu")
   run = build_run(config, Tokenizer(_vocab_guess(config), 0, 1, 2), devices)
