@@ -253,7 +253,7 @@ def train_flops_per_step(run: Run, data, tolerance: float = 0.005) -> dict:
   n_bytes = float(per_row.sum())
   flops = run.flops_per_byte(n_bytes, [rows])
   bytes_per_step = mean * batch
-  return dict(flops, bytes_per_step=bytes_per_step, bytes_per_step_rel_interval=half_width,
+  return dict(flops, bytes_per_step=bytes_per_step, bytes_per_step_rel_interval=float(half_width),
               bytes_per_step_rows=len(per_row), flops_per_step=flops["flops_per_byte_train"] * n_bytes / len(per_row) * batch,
               flops_per_step_data=flops["flops_per_byte_data"] * bytes_per_step)
 
