@@ -125,6 +125,16 @@ def _git(*args: str) -> str | None:
     return None
 
 
+def _code() -> dict:
+  status = _git("status", "--porcelain", "--untracked-files=no")
+  return dict(commit=_git("rev-parse", "HEAD"), dirty=None if status is None else bool(status))
+
+
+# The commit when the benchmark started (this module is imported at its start): the code it runs, even when
+# the checkout moves on during a long run.
+_CODE = _code()
+
+
 def machine() -> dict:
   """Where a benchmark ran: platform, cores and the JAX backend and devices."""
   import jax  # pylint: disable=import-outside-toplevel  # only a benchmark that records needs it
@@ -133,13 +143,11 @@ def machine() -> dict:
 
 
 def meta(command: str | list[str] | None = None) -> dict:
-  """Commit (and whether tracked files differ from it), command, machine and UTC date of a run."""
+  """Commit at the start (and whether tracked files differed from it), command, machine and UTC date of a run."""
   if command is None or isinstance(command, list):
     argv = command if command is not None else sys.argv
     command = shlex.join(["python", *argv])
-  status = _git("status", "--porcelain", "--untracked-files=no")
-  return dict(commit=_git("rev-parse", "HEAD"), dirty=None if status is None else bool(status),
-              command=command, machine=machine(),
+  return dict(**_CODE, command=command, machine=machine(),
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
