@@ -11,8 +11,14 @@ Run:
   lm train token_dsmtp:tiny  --workdir runs/dsmtp_tiny
   lm train token_dsmtp:small --workdir runs/dsmtp_small
 
-Results (python-prose, bytes; 2-core CPU, 2026-11-25, see BUILD_NOTES.md):
-  tiny   3.741 val bpb in 35 s (200 steps).
+Results (python-prose, bytes; 2-core CPU, see BUILD_NOTES.md):
+  tiny   3.741 val bpb in 35 s (200 steps; one run, 2026-11-25).
+  tiny   against token_ntp:tiny, 150 steps each (lambda 0.3 -> 0.1 at step 135), 3 seeds, 2026-12-07, shared
+         machine (`python benchmarks/objectives.py --steps 150 --seeds 0,1,2 --objectives ntp,dsmtp --out
+         benchmarks/results/objectives_dsmtp.json`): val bpb 3.903 ± 0.124 vs 4.334 ± 0.291 (sample std), lower
+         in each of the 3 seeds, but the paired difference -0.43, 95% interval [-1.02, 0.16], p 0.09, includes
+         0. Equal steps, not equal FLOPs: a step costs 1.31x NTP's (analytic, `lm compile token_dsmtp:tiny
+         --topology cpu`). The star and induction probes learned nothing in 150 steps with either objective.
   small  not run yet.
 """
 
