@@ -31,6 +31,11 @@ they disagree). Every table: n seeds, mean, sample std (ddof 1) and the 95% Stud
 Δ is arm minus the named baseline, paired by seed where both have the same seeds (paired t-test), else
 Welch's t-test; a success/failure outcome is a rate with its Wilson 95% interval, compared by Fisher's exact
 test. Older files did not record their commit, command or machine: they say "not recorded".
+
+FLOPs: files written before 2026-12-07 (issue 33) set their equal-FLOPs budgets at the positions holding data;
+the chunked families' compiled steps execute 1.4-1.7x that (flops_check.json), so their HAT and concept arms
+ran more compute than the token arms they are compared with. Files that say "executed FLOPs" count every
+padded slot the step computes.
 """
 
 
@@ -178,10 +183,12 @@ def families(files: dict) -> list:
   groups: dict[tuple, dict] = {}
   for name, data in files.items():
     body = flat(data)
-    key = (body.get("set") or ("concepts" if name.startswith("concepts") else "families"), body.get("variant"))
+    # Budgets before issue 33 counted data positions only; files that say `flops` count what runs executed.
+    key = (body.get("set") or ("concepts" if name.startswith("concepts") else "families"), body.get("variant"),
+           body.get("flops", "data-position"))
     groups.setdefault(key, {})[name] = data
   out = []
-  for (set_name, variant), group in groups.items():
+  for (set_name, variant, flops), group in groups.items():
     runs: dict[tuple, dict] = {}
     lines = []
     for name, data in group.items():
@@ -191,9 +198,15 @@ def families(files: dict) -> list:
     body = flat(next(iter(group.values())))
     arms = list(dict.fromkeys(r for r, _ in runs))
     per_arm = {arm: [r for (a, _), r in sorted(runs.items(), key=lambda x: x[0][1]) if a == arm] for arm in arms}
-    lines.append(f"- budget {num(body.get('budget_flops'))} training FLOPs per run, segments of at most "
-                 f"{body.get('eval_max_bytes')} bytes; " + "; ".join(
+    lines.append(f"- budget {num(body.get('budget_flops'))} training FLOPs per run ({flops} FLOPs), segments of "
+                 f"at most {body.get('eval_max_bytes')} bytes; " + "; ".join(
                      f"{arm} {num(rs[0]['params'])} params, {rs[0]['steps']} steps" for arm, rs in per_arm.items()))
+    if body.get("budget_flops_data"):
+      lines.append("- the same budgets counted at data positions: " + "; ".join(
+          f"{arm} {num(v)}" for arm, v in body["budget_flops_data"].items()))
+    for arm, chosen in (body.get("selection") or {}).items():
+      lines.append(f"- {arm}: learning rate {chosen['lr']:g} chosen on val with seed {per_arm[arm][0]['seed']}: "
+                   f"{chosen['reason']}")
     lines.append("")
     metrics = [("val bpb", lambda r: r["val_bpb"]), ("test bpb", lambda r: r["test_bpb"])]
     kinds = list(next(iter(runs.values())).get("noised", {}))
@@ -206,7 +219,8 @@ def families(files: dict) -> list:
       if cells:
         table_metrics.append((label, cells))
     lines += stats_table(table_metrics, FAMILY_BASELINE.get(set_name))
-    out.append((f"families.py: {set_name}, {variant}", lines + [""]))
+    title = f"families.py: {set_name}, {variant}" + (f", {flops} FLOPs" if flops != "data-position" else "")
+    out.append((title, lines + [""]))
   return out
 
 
@@ -378,7 +392,25 @@ def power_exact(files: dict) -> list:
   return out
 
 
+def flops_check(files: dict) -> list:
+  """benchmarks/flops_check.py: analytic FLOPs per step against XLA's count, and executed against data."""
+  out = []
+  for name, data in files.items():
+    rows = flat(data)["results"] if "results" in flat(data) else {k: v for k, v in flat(data).items()
+                                                                  if isinstance(v, dict) and "analytic" in v}
+    lines = [f"- {meta(data)}", "- per training step; analytic = the family's count over the padded step (what "
+             "`train_flops` logs); data = at the positions holding data (`train_flops_data`)", ""]
+    lines += table(["experiment", "analytic", "XLA compiled", "compiled / analytic", "lowered / compiled",
+                    "data", "executed / data"],
+                   [[spec, num(r["analytic"]), num(r["compiled"]), f"{r['compiled_over_analytic']:.3f}",
+                     f"{r['lowered_over_compiled']:.4f}", num(r["data"]), f"{r['executed_over_data']:.3f}"]
+                    for spec, r in rows.items()])
+    out.append((name, lines + [""]))
+  return out
+
+
 SECTIONS = [  # (file name patterns, section function), in the order RESULTS.md shows them
+    (("flops_check*.json",), flops_check),
     (("reproduce*.json",), reproduce),
     (("families*.json", "concepts*.json"), families),
     (("objectives*.json",), objectives),
