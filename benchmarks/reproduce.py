@@ -55,6 +55,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import families as family_runs  # noqa: E402  # benchmarks/families.py: its scoring and noise kinds
+import lm.api as lm_api  # noqa: E402
 import protocol  # noqa: E402  # benchmarks/protocol.py: statistics and what a result records
 from lm import config as config_lib, families  # noqa: E402
 from lm.eval import probes  # noqa: E402
@@ -69,7 +70,7 @@ METRICS = {
     "star": (("exact", "exact path"), ("first", "TF first decision"), ("later", "TF later steps"),
              ("bpb", "val bpb")),
     "induction": (("later", "later mentions"), ("first", "first mentions"), ("bpb", "val bpb")),
-    "bpb": (("bpb", "val bpb"), ("steps", "steps"), ("flops", "train FLOPs")),
+    "bpb": (("bpb", "val bpb"), ("test", "test bpb"), ("steps", "steps"), ("flops", "train FLOPs")),
     "hat": (("bpb", "val bpb"), ("test", "test bpb"), ("delete", "+bpb delete 5%"), ("swap", "+bpb swap 5%"),
             ("upper", "+bpb upper 10%"), ("steps", "steps")),
 }
@@ -227,17 +228,26 @@ def induction(arm: str, seed: int, variant: str, steps: int, n: int, root: str, 
               **(dict(curve=points) if points else {}))
 
 
-def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str) -> dict:  # pylint: disable=unused-argument
-  """Val bpb of token_ARM:VARIANT trained on next-token's FLOPs budget at the variant's (or --steps) steps."""
-  base = make_config(f"token_ntp:{variant}", "ntp", seed, steps, own_objectives=True)
+def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str,  # pylint: disable=unused-argument
+        overrides: tuple[str, ...] = (), budget_kind: str = "flops") -> dict:
+  """Val and test bpb of token_ARM:VARIANT (with `overrides`) trained on next-token's budget at the variant's (or
+  --steps) steps: its executed FLOPs, or (`budget_kind="tokens"`) its steps, as the papers compare."""
+  def config_of(experiment, arm_, steps_, **kw):
+    c = make_config(experiment, arm_, seed, steps_, own_objectives=True, **kw)
+    config_lib.apply_overrides(c, list(overrides))
+    config_lib.validate(c)
+    return c
+
+  base = config_of(f"token_ntp:{variant}", "ntp", steps)
   budget = base.train.steps * flops_per_step(base)
-  config = make_config(f"token_{arm}:{variant}", arm, seed, steps, own_objectives=True)
+  config = config_of(f"token_{arm}:{variant}", arm, steps)
   per_step = flops_per_step(config)
-  arm_steps = max(1, round(budget / per_step))
-  config = make_config(f"token_{arm}:{variant}", arm, seed, arm_steps, own_objectives=True,
-                       short_warmup=bool(steps))  # the variant's warmup for every arm, whatever its step count
+  arm_steps = base.train.steps if budget_kind == "tokens" else max(1, round(budget / per_step))
+  config = config_of(f"token_{arm}:{variant}", arm, arm_steps,
+                     short_warmup=bool(steps))  # the variant's warmup for every arm, whatever its step count
   out = train(config, root)
-  return dict(bpb=out["val_bpb"], steps=arm_steps, flops=arm_steps * per_step, budget=budget,
+  test = lm_api.LM(out["run"], out["state"].params).evaluate(split="test")["bpb"]
+  return dict(bpb=out["val_bpb"], test=test, steps=arm_steps, flops=arm_steps * per_step, budget=budget,
               seconds=out["seconds"])
 
 
@@ -301,6 +311,10 @@ def main(argv=None):
                  help="star, induction: also probe K evenly spaced checkpoints (a learning curve per seed)")
   p.add_argument("--add-seeds", action="store_true",
                  help="add this run's seeds to the arms recorded in --out instead of replacing them")
+  p.add_argument("--bpb-config", default="", help="bpb: comma-separated config overrides for every arm, e.g. "
+                 "data.tokenizer=bpe,data.vocab_size=2048")
+  p.add_argument("--bpb-budget", default="flops", choices=("flops", "tokens"),
+                 help="bpb: every arm at next-token's executed FLOPs (default) or at its steps (equal tokens)")
   for part in PARTS:
     p.add_argument(f"--{part}-arms", default=DEFAULT_ARMS[part], help=f"{part}: objectives of experiments/token_ARM.py")
     p.add_argument(f"--{part}-variant", default="",
@@ -319,6 +333,7 @@ def main(argv=None):
   steps = args.steps or (5 if args.quick else 0)
   n = args.n or (16 if args.quick else 400)
   arms = {part: _arms(getattr(args, f"{part}_arms"), part) for part in parts}
+  bpb_overrides = [o.strip() for o in args.bpb_config.split(",") if o.strip()]
   for part in parts:  # every arm's config loads and validates before the first run, not hours into the benchmark
     for arm in arms[part]:
       variant = getattr(args, f"{part}_variant")
@@ -326,7 +341,10 @@ def main(argv=None):
         config_lib.validate(hat_config(arm, variant, 0, steps))
         continue
       experiment = {"star": "probe_star", "induction": "probe_induction"}.get(part, f"token_{arm}")
-      make_config(f"{experiment}:{variant}", arm, 0, steps, own_objectives=part == "bpb")
+      c = make_config(f"{experiment}:{variant}", arm, 0, steps, own_objectives=part == "bpb")
+      if part == "bpb":
+        config_lib.apply_overrides(c, bpb_overrides)
+        config_lib.validate(c)
 
   if args.quick and args.out == str(DEFAULT_OUT):  # a smoke run never overwrites the recorded results
     args.out = str(pathlib.Path(tempfile.gettempdir()) / "reproduce_quick.json")
@@ -345,14 +363,18 @@ def main(argv=None):
         runs, started = [], time.time()
         for seed in seeds:
           print(f"== {part}: {arm}, seed {seed}", flush=True)
-          curve = dict(curve=max(args.curve, 0)) if part in CURVE_METRIC else {}
-          runs.append(RUNNERS[part](arm, seed, variant, steps, n, root, **curve))
+          extra = dict(curve=max(args.curve, 0)) if part in CURVE_METRIC else {}
+          if part == "bpb":
+            extra = dict(overrides=tuple(bpb_overrides), budget_kind=args.bpb_budget)
+          runs.append(RUNNERS[part](arm, seed, variant, steps, n, root, **extra))
           print(f"== {part}: {arm}, seed {seed}: " + ", ".join(  # each seed's figures as soon as it has them
               f"{k} {v:.4g}" for k, v in runs[-1].items() if isinstance(v, (int, float))), flush=True)
         row = {k: protocol.summary([r[k] for r in runs]) for k in runs[0]
                if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None}
         if any("curve" in r for r in runs):
           row["curves"] = [r.get("curve", []) for r in runs]  # one list of {step, metrics} per seed
+        if part == "bpb":
+          row.update(config=bpb_overrides, budget_kind=args.bpb_budget)
         row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds, **settings,
                    seconds=time.time() - started,
                    **protocol.meta(None if argv is None else ["benchmarks/reproduce.py", *argv]))
