@@ -102,3 +102,34 @@ def test_lm_compile_for_this_machines_cpu_reports_compiled_against_analytic(tmp_
   assert 0.95 <= r["compiled_flops_per_step"] / r["analytic_flops_per_step"] <= 1.10
   assert r["compiled_over_analytic"] == r["compiled_flops_per_step"] / r["analytic_flops_per_step"]
   assert "x analytic" in capsys.readouterr().out
+
+
+def test_bytes_per_step_are_read_until_known_to_half_a_percent():
+  """Rows are drawn in growing numbers of batches until the 95% interval of bytes per row is within 0.5%;
+  executed FLOPs per step stay exact (shapes only) whatever the sample, data-position ones follow the bytes."""
+  import types
+  from lm.train import run as run_lib
+
+  class Data:
+    def __init__(self):
+      self.asked = []
+
+    def unit_bytes(self):
+      return np.array([0, 1, 2, 3])
+
+    def sample_rows(self, batch, max_batches):
+      self.asked.append(max_batches)
+      targets = np.random.default_rng(0).integers(1, 4, size=(batch * max_batches, 8))
+      return dict(targets=targets, loss_mask=np.ones_like(targets))
+
+  def flops_per_byte(n_bytes, rows):  # 100 executed and 50 data-position FLOPs per row
+    return dict(flops_per_byte_train=100.0 * len(rows[0]["targets"]) / n_bytes,
+                flops_per_byte_data=50.0 * len(rows[0]["targets"]) / n_bytes)
+
+  data = Data()
+  run = types.SimpleNamespace(config=types.SimpleNamespace(data=types.SimpleNamespace(batch_size=4)),
+                              flops_per_byte=flops_per_byte)
+  r = run_lib.train_flops_per_step(run, data)
+  assert data.asked == [16, 64, 256, 1024] and r["bytes_per_step_rows"] == 4096
+  assert r["bytes_per_step_rel_interval"] <= 0.005 and r["bytes_per_step"] == pytest.approx(4 * 16, rel=0.01)
+  assert r["flops_per_step"] == pytest.approx(400.0) and r["flops_per_step_data"] == pytest.approx(200.0)
