@@ -15,8 +15,10 @@ Run:
   lm sample runs/lcm_tiny --prompt "The " --max-new 200
 
 Results (python-prose, 2-core CPU, 2026-11-25, `benchmarks/families.py --set concepts`):
-  tiny   2.636 +- 0.023 val bpb at 473 steps (matched to token_ntp:tiny BPE's 2.11e12 training FLOPs, 3 seeds,
-         eval_max_bytes=120); BPE tokens 2.515; L2 to the true concept 5.2 (norm 8). See BUILD_NOTES.md (issue 7).
+  tiny   2.636 ± 0.028 val bpb, test 2.804 ± 0.025 (sample std) at 473 steps (matched to token_ntp:tiny BPE's
+         2.11e12 training FLOPs counted at data positions: the padded concept step executes 1.40x that, so the
+         concept arms ran more compute than BPE; 3 seeds, eval_max_bytes=120); BPE tokens 2.515, test 2.451;
+         L2 to the true concept 5.2 (norm 8). Indicative only. RESULTS.md, BUILD_NOTES.md (issue 7).
 """
 
 from experiments import concept_sllm

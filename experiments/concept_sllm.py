@@ -13,8 +13,10 @@ Run:
   lm sample runs/sllm_tiny --prompt "The " --max-new 200    # sentence by sentence
 
 Results (python-prose, 2-core CPU, 2026-11-25, `benchmarks/families.py --set concepts`):
-  tiny   2.609 +- 0.007 val bpb at 473 steps (matched to token_ntp:tiny BPE's 2.11e12 training FLOPs, 3 seeds,
-         eval_max_bytes=120); BPE tokens 2.515. Contrastive accuracy at chance: see BUILD_NOTES.md (issue 7).
+  tiny   2.609 ± 0.009 val bpb, test 2.771 ± 0.013 (sample std) at 473 steps (matched to token_ntp:tiny BPE's
+         2.11e12 training FLOPs counted at data positions: the padded concept step executes 1.40x that; 3 seeds,
+         eval_max_bytes=120); BPE tokens 2.515, test 2.451. Contrastive accuracy at chance: RESULTS.md,
+         BUILD_NOTES.md (issue 7).
 """
 
 from lm import config as config_lib
