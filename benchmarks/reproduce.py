@@ -150,7 +150,7 @@ def _literal(value: str):
 
 
 def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_objectives: bool = False,
-                short_warmup: bool = True):
+                short_warmup: bool = True, overrides: tuple[str, ...] = ()):
   """`experiment` with arm's objectives (or its own), train.seed and, given, train.steps (the warmup capped at
   a tenth of them when `short_warmup`: for --steps smoke runs, not for equal-FLOPs step counts)."""
   config = config_lib.load_experiment(experiment)
@@ -163,6 +163,7 @@ def make_config(experiment: str, arm: str, seed: int, steps: int = 0, own_object
     if short_warmup:
       config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 10, 1))
   config.sample.max_new = 0
+  config_lib.apply_overrides(config, list(overrides))  # the part's --PART-config, every arm alike
   config_lib.validate(config)
   return config
 
@@ -206,24 +207,28 @@ def flops_per_step(config) -> float:
   return _FLOPS[key]
 
 
-def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str, curve: int = 0) -> dict:
+def star(arm: str, seed: int, variant: str, steps: int, n: int, root: str, curve: int = 0,
+         overrides: tuple[str, ...] = ()) -> dict:
   def probe(run, params):
     r = probes.star_graph_accuracy(run, params, n=n)
     return dict(exact=r["accuracy"], first=r["teacher_forced_first_decision"],
                 later=r["teacher_forced_later_steps"], valid=r["valid_path_rate"], chance=r["chance"])
 
-  out, points = probe_curve(make_config(f"probe_star:{variant}", arm, seed, steps), root, probe, curve)
+  out, points = probe_curve(make_config(f"probe_star:{variant}", arm, seed, steps, overrides=overrides), root,
+                            probe, curve)
   return dict(probe(out["run"], out["state"].params), bpb=out["val_bpb"], seconds=out["seconds"],
               **(dict(curve=points) if points else {}))
 
 
-def induction(arm: str, seed: int, variant: str, steps: int, n: int, root: str, curve: int = 0) -> dict:
+def induction(arm: str, seed: int, variant: str, steps: int, n: int, root: str, curve: int = 0,
+              overrides: tuple[str, ...] = ()) -> dict:
   def probe(run, params):
     r = probes.induction_accuracy(run, params, n=n)
     return dict(later=r["accuracy"], first=r["first_occurrence_accuracy"], names=r["name_accuracy"],
                 chance=r["chance"])
 
-  out, points = probe_curve(make_config(f"probe_induction:{variant}", arm, seed, steps), root, probe, curve)
+  out, points = probe_curve(make_config(f"probe_induction:{variant}", arm, seed, steps, overrides=overrides),
+                            root, probe, curve)
   return dict(probe(out["run"], out["state"].params), bpb=out["val_bpb"], seconds=out["seconds"],
               **(dict(curve=points) if points else {}))
 
@@ -233,10 +238,7 @@ def bpb(arm: str, seed: int, variant: str, steps: int, n: int, root: str,  # pyl
   """Val and test bpb of token_ARM:VARIANT (with `overrides`) trained on next-token's budget at the variant's (or
   --steps) steps: its executed FLOPs, or (`budget_kind="tokens"`) its steps, as the papers compare."""
   def config_of(experiment, arm_, steps_, **kw):
-    c = make_config(experiment, arm_, seed, steps_, own_objectives=True, **kw)
-    config_lib.apply_overrides(c, list(overrides))
-    config_lib.validate(c)
-    return c
+    return make_config(experiment, arm_, seed, steps_, own_objectives=True, overrides=overrides, **kw)
 
   base = config_of(f"token_ntp:{variant}", "ntp", steps)
   budget = base.train.steps * flops_per_step(base)
@@ -311,12 +313,13 @@ def main(argv=None):
                  help="star, induction: also probe K evenly spaced checkpoints (a learning curve per seed)")
   p.add_argument("--add-seeds", action="store_true",
                  help="add this run's seeds to the arms recorded in --out instead of replacing them")
-  p.add_argument("--bpb-config", default="", help="bpb: comma-separated config overrides for every arm, e.g. "
-                 "data.tokenizer=bpe,data.vocab_size=2048")
   p.add_argument("--bpb-budget", default="flops", choices=("flops", "tokens"),
                  help="bpb: every arm at next-token's executed FLOPs (default) or at its steps (equal tokens)")
   for part in PARTS:
     p.add_argument(f"--{part}-arms", default=DEFAULT_ARMS[part], help=f"{part}: objectives of experiments/token_ARM.py")
+    if part != "hat":  # the HAT part's arms carry their own overrides (ARM:KEY=VALUE)
+      p.add_argument(f"--{part}-config", default="", help=f"{part}: comma-separated config overrides for every "
+                     "arm, e.g. (bpb) data.tokenizer=bpe,data.vocab_size=2048 or (star) a data.source with reverse=1")
     p.add_argument(f"--{part}-variant", default="",
                    help=f"{part}: experiment variant (default {DEFAULT_VARIANT[part]}; --quick: {QUICK_VARIANT[part]})")
   args = p.parse_args(argv)
@@ -333,7 +336,8 @@ def main(argv=None):
   steps = args.steps or (5 if args.quick else 0)
   n = args.n or (16 if args.quick else 400)
   arms = {part: _arms(getattr(args, f"{part}_arms"), part) for part in parts}
-  bpb_overrides = [o.strip() for o in args.bpb_config.split(",") if o.strip()]
+  part_overrides = {part: tuple(o.strip() for o in getattr(args, f"{part}_config", "").split(",") if o.strip())
+                    for part in parts}
   for part in parts:  # every arm's config loads and validates before the first run, not hours into the benchmark
     for arm in arms[part]:
       variant = getattr(args, f"{part}_variant")
@@ -341,10 +345,8 @@ def main(argv=None):
         config_lib.validate(hat_config(arm, variant, 0, steps))
         continue
       experiment = {"star": "probe_star", "induction": "probe_induction"}.get(part, f"token_{arm}")
-      c = make_config(f"{experiment}:{variant}", arm, 0, steps, own_objectives=part == "bpb")
-      if part == "bpb":
-        config_lib.apply_overrides(c, bpb_overrides)
-        config_lib.validate(c)
+      make_config(f"{experiment}:{variant}", arm, 0, steps, own_objectives=part == "bpb",
+                  overrides=part_overrides[part])
 
   if args.quick and args.out == str(DEFAULT_OUT):  # a smoke run never overwrites the recorded results
     args.out = str(pathlib.Path(tempfile.gettempdir()) / "reproduce_quick.json")
@@ -352,7 +354,8 @@ def main(argv=None):
   if args.add_seeds:  # checked before the first run, not after hours of training
     for part in parts:
       for arm in arms[part]:
-        _check_addable(args.out, part, arm, dict(settings, variant=getattr(args, f"{part}_variant")), seeds)
+        _check_addable(args.out, part, arm, dict(settings, variant=getattr(args, f"{part}_variant"),
+                                                 config=list(part_overrides[part])), seeds)
   t0 = time.time()
   results: dict[str, dict] = {}
   with tempfile.TemporaryDirectory(prefix="lm-reproduce-") as root:
@@ -364,8 +367,10 @@ def main(argv=None):
         for seed in seeds:
           print(f"== {part}: {arm}, seed {seed}", flush=True)
           extra = dict(curve=max(args.curve, 0)) if part in CURVE_METRIC else {}
+          if part != "hat":
+            extra["overrides"] = part_overrides[part]
           if part == "bpb":
-            extra = dict(overrides=tuple(bpb_overrides), budget_kind=args.bpb_budget)
+            extra["budget_kind"] = args.bpb_budget
           runs.append(RUNNERS[part](arm, seed, variant, steps, n, root, **extra))
           print(f"== {part}: {arm}, seed {seed}: " + ", ".join(  # each seed's figures as soon as it has them
               f"{k} {v:.4g}" for k, v in runs[-1].items() if isinstance(v, (int, float))), flush=True)
@@ -373,8 +378,10 @@ def main(argv=None):
                if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None}
         if any("curve" in r for r in runs):
           row["curves"] = [r.get("curve", []) for r in runs]  # one list of {step, metrics} per seed
+        if part != "hat":
+          row["config"] = list(part_overrides[part])
         if part == "bpb":
-          row.update(config=bpb_overrides, budget_kind=args.bpb_budget)
+          row["budget_kind"] = args.bpb_budget
         row.update(paper=PAPER.get((part, arm.split(":")[0]), ""), variant=variant, seeds=seeds, **settings,
                    seconds=time.time() - started,
                    **protocol.meta(None if argv is None else ["benchmarks/reproduce.py", *argv]))
@@ -416,7 +423,8 @@ def _check_addable(out: str, part: str, arm: str, settings: dict, seeds: list[in
   old = _load(out).get(part, {}).get("arms", {}).get(arm)
   if old is None:
     return
-  differs = [f"{k} {old.get(k)!r} != {v!r}" for k, v in settings.items() if old.get(k) != v]
+  recorded = {k: old.get(k, [] if k == "config" else None) for k in settings}  # rows before --PART-config had none
+  differs = [f"{k} {recorded[k]!r} != {v!r}" for k, v in settings.items() if recorded[k] != v]
   if differs:
     raise SystemExit(f"error: --add-seeds: {part} arm {arm!r} in {out} was measured with {'; '.join(differs)}; "
                      "run with its settings or drop --add-seeds to replace it")

@@ -46,6 +46,17 @@ def test_star_graphs_are_stars_with_the_right_answer(degree, path_len, num_nodes
   assert len(set(arms)) > 1 and len(set(goals)) > 1
 
 
+def test_reversed_star_paths_are_the_same_graphs_goal_first():
+  forward = synthetic.star_graph_documents(50, 2, 3, 10, seed=4)
+  backward = synthetic.documents("synthetic:star:degree=2:path_len=3:num_nodes=10:seed=4:n=50:reverse=1")
+  for f, b in zip(forward, backward, strict=True):
+    (fp, fa), (bp, ba) = synthetic.split_star(f), synthetic.split_star(b)
+    assert fp == bp and ba.split(b",") == fa.split(b",")[::-1]
+    assert synthetic.problem_key(fp.decode()) == synthetic.problem_key(bp.decode())
+  with pytest.raises(DataError, match="reverse=2: 0 .* or 1"):
+    synthetic.documents("synthetic:star:reverse=2")
+
+
 @pytest.mark.parametrize("degree,path_len,num_nodes", [(2, 5, 50), (3, 4, 62)])
 def test_star_graphs_with_one_letter_per_node(degree, path_len, num_nodes):
   docs = synthetic.star_graph_documents(100, degree, path_len, num_nodes, seed=3, letters=1)

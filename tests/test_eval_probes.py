@@ -22,6 +22,10 @@ def test_score_paths_by_hand():
   assert probes.score_paths(outs, docs) == dict(accuracy=0.4, valid_path_rate=0.6)
   assert synthetic.is_path_to_leaf([0, 1, 2], *synthetic.parse_star(DOC)[:2], 3)
   assert not synthetic.is_path_to_leaf([0, 1], *synthetic.parse_star(DOC)[:2], 2)  # 1 is not a leaf
+  # The reversed-path control writes the answer goal first: the other arm's leaf back to 0 is valid, not exact.
+  reverse = b"1>2,0>1,0>3,3>4|0>4=4,3,0"
+  outs = [b"4,3,0", b"2,1,0", b"0,3,4"]
+  assert probes.score_paths(outs, [reverse] * 3, reverse=True) == dict(accuracy=1 / 3, valid_path_rate=2 / 3)
 
 
 class _PieceTokenizer(Tokenizer):

@@ -82,21 +82,26 @@ def star_graph(rng: random.Random, degree: int, path_len: int, num_nodes: int) -
   return edges, center, arm[-1], [center] + arm
 
 
-def format_star(edges, start: int, goal: int, path, num_nodes: int, letters: int = 0) -> bytes:
+def format_star(edges, start: int, goal: int, path, num_nodes: int, letters: int = 0, reverse: int = 0) -> bytes:
+  """`EDGES|START>GOAL=PATH`; `reverse`: the path written from the goal back to the start, each node the parent
+  of the one before (one edge lookup a step, which next-token training learns: Bachmann & Nagarajan's control)."""
   def label(v):
     return _label(v, num_nodes, letters)
   text = ",".join(f"{label(u)}>{label(v)}" for u, v in edges)
-  text += f"|{label(start)}>{label(goal)}=" + ",".join(label(v) for v in path)
+  text += f"|{label(start)}>{label(goal)}=" + ",".join(label(v) for v in (path[::-1] if reverse else path))
   return text.encode("ascii")
 
 
 def star_graph_documents(n: int, degree: int = 2, path_len: int = 5, num_nodes: int = 50,
-                         seed: int = 0, letters: int = 0, split: str = "all") -> list[bytes]:
-  """`n` star-graph documents of `split`; the first k are the same for any n >= k."""
+                         seed: int = 0, letters: int = 0, split: str = "all", reverse: int = 0) -> list[bytes]:
+  """`n` star-graph documents of `split`; the first k are the same for any n >= k (and the same graphs with
+  `reverse`, their paths written goal first)."""
   _check_star(degree, path_len, num_nodes, letters)
+  if reverse not in (0, 1):
+    raise DataError(f"synthetic:star: reverse={reverse}: 0 (start to goal) or 1 (goal back to start)")
   rng = random.Random(f"star-{seed}")
-  return _draw(lambda: format_star(*star_graph(rng, degree, path_len, num_nodes), num_nodes, letters), n, split,
-               "synthetic:star")
+  return _draw(lambda: format_star(*star_graph(rng, degree, path_len, num_nodes), num_nodes, letters, reverse), n,
+               split, "synthetic:star")
 
 
 def split_star(doc: bytes) -> tuple[bytes, bytes]:
@@ -339,7 +344,7 @@ class Generator:
 
 GENERATORS = {
     "star": Generator(star_graph_documents, dict(degree=2, path_len=5, num_nodes=50, n=20000, seed=0, letters=0,
-                                                 split="all")),
+                                                 split="all", reverse=0)),
     "induction": Generator(induction_documents, dict(n=5000, seed=0, characters=2, min_len=4, max_len=7)),
     "arith": Generator(arith_documents, dict(n=20000, seed=0, digits=2, ops=2, split="all")),
 }

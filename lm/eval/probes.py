@@ -84,9 +84,10 @@ def star_steps(ids, predictions, starts, ends, doc: bytes, prompt_len: int) -> t
   return nodes[0], len(nodes) > 1 and nodes[1], sum(nodes[2:]), len(nodes[2:])
 
 
-def score_paths(continuations: list[bytes], docs: list[bytes]) -> dict[str, float]:
+def score_paths(continuations: list[bytes], docs: list[bytes], reverse: bool = False) -> dict[str, float]:
   """Exact-path accuracy of generated answers (the continuation must start with the answer path) and the
-  rate of answers that are some valid start-to-leaf path (a wrong arm followed correctly counts there)."""
+  rate of answers that are some valid start-to-leaf path (a wrong arm followed correctly counts there; with
+  `reverse`, paths are written leaf first)."""
   exact = valid = 0
   for out, doc in zip(continuations, docs, strict=True):
     _, answer = synthetic.split_star(doc)
@@ -96,7 +97,7 @@ def score_paths(continuations: list[bytes], docs: list[bytes]) -> dict[str, floa
       guess = [synthetic.star_node(x) for x in out[: len(answer)].decode("ascii").split(",")]
     except (UnicodeDecodeError, ValueError):
       continue
-    valid += synthetic.is_path_to_leaf(guess, edges, start, len(path))
+    valid += synthetic.is_path_to_leaf(guess[::-1] if reverse else guess, edges, start, len(path))
   n = max(len(docs), 1)
   return dict(accuracy=exact / n, valid_path_rate=valid / n)
 
@@ -188,7 +189,7 @@ def star_graph_accuracy(run, params, n: int = 200, seed: int | None = None, degr
                         path_len: int | None = None, num_nodes: int | None = None, batch_size: int = 64,
                         teacher_forced_too: bool = True) -> dict:
   """Exact-path accuracy of greedy generation on `n` held-out star graphs (and teacher forced, for contrast)."""
-  options, default_seed, origin = _options(run, "star", ("degree", "path_len", "num_nodes", "letters"),
+  options, default_seed, origin = _options(run, "star", ("degree", "path_len", "num_nodes", "letters", "reverse"),
                                            dict(degree=degree, path_len=path_len, num_nodes=num_nodes))
   seed = default_seed if seed is None else int(seed)
   # A run trained on one split (rl_star: split=pretrain) is probed on graphs of the test split, none of which
@@ -205,7 +206,7 @@ def star_graph_accuracy(run, params, n: int = 200, seed: int | None = None, degr
   max_new = max((len(a) for a in answers), default=0) + 1  # a unit is at least one byte; + eos
   continuations = greedy_continuations(run, params, list(prompts), max_new, batch_size)
   result = dict(probe="star", n=len(docs), seed=seed, chance=1.0 / options["degree"], options_from=origin,
-                **options, **score_paths(continuations, docs))
+                **options, **score_paths(continuations, docs, reverse=bool(options["reverse"])))
   if teacher_forced_too:
     exact = first = later = later_total = 0
     for doc, prompt, (ids, preds) in zip(docs, prompts, teacher_forced(run, params, docs, batch_size)):
