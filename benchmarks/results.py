@@ -118,7 +118,7 @@ REPRODUCE_METRICS = {
     "star": [("exact", "exact path"), ("first", "TF first decision"), ("later", "TF later steps"),
              ("bpb", "val bpb")],
     "induction": [("later", "later mentions"), ("first", "first mentions"), ("bpb", "val bpb")],
-    "bpb": [("bpb", "val bpb")],
+    "bpb": [("bpb", "val bpb"), ("test", "test bpb")],  # rows before issue 33 have no test
     "hat": [("bpb", "val bpb"), ("test", "test bpb"), ("delete", "+bpb delete 5%"), ("swap", "+bpb swap 5%"),
             ("upper", "+bpb upper 10%")],
 }
@@ -146,6 +146,11 @@ def reproduce(files: dict) -> list:
                 for arm, row in arms.items() if isinstance(row.get("steps"), dict) and "flops" in row]
       if budget:
         lines.append("- training: " + "; ".join(budget))
+      configs = {tuple(row["config"]) for row in arms.values() if row.get("config")}
+      lines += [f"- every arm with {', '.join(c)}" for c in sorted(configs)]
+      kinds = {row["budget_kind"] for row in arms.values() if row.get("budget_kind")}
+      lines += [f"- budget: next-token's {'executed FLOPs' if k == 'flops' else 'steps (equal tokens)'}"
+                for k in sorted(kinds)]
       lines.append("")
       metrics = [(title, {arm: (_seeds(row, p, key), row[key]["values"]) for arm, row in arms.items() if key in row})
                  for key, title in known]
