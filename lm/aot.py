@@ -133,12 +133,14 @@ def cpu_flops(config: ml_collections.ConfigDict, optimized: bool = True) -> dict
   if optimized:
     out.update(_compiled_flops(run, "cpu", devices, None))
   else:
-    rows = config.data.batch_size
-    small = build_run(_flops_config(config, rows), run.tokenizer, devices)
+    rows = config.data.batch_size  # on one device: the lowered program is the whole step's, whatever the mesh
+    c = _flops_config(config, rows)
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    small = build_run(c, run.tokenizer, devices[:1])
     with parallel.activation_context(small.mesh):
       cost = _train_fn(small).lower(small.abstract_state, _abstract_batch(small, rows)).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    out["lowered_flops_per_step"] = float(cost["flops"]) * len(devices)  # per device: rows split over devices
+    out["lowered_flops_per_step"] = float(cost["flops"])
   counted = out.get("compiled_flops_per_step") or out.get("lowered_flops_per_step")
   if out["analytic_flops_per_step"] and counted:
     out["compiled_over_analytic"] = counted / out["analytic_flops_per_step"]
