@@ -26,8 +26,10 @@ Results (2-core CPU, two runs at a time, one core each, 2026-12-03; BUILD_NOTES 
          not probe noise; whether a run breaks out varies from run to run. Counted as runs whose exact-path
          Wilson lower bound is above chance: ntp 0/3, mtp 2/3, top 1/3 (Fisher p 0.4 and 1 against ntp;
          RESULTS.md). Three runs per arm cannot estimate a break-out rate: neither "MTP partly fixes it" nor
-         "noise around the coin flip" follows. Next-token's Clever Hans signature does reproduce. No positive
-         control (reversed path) has been run.
+         "noise around the coin flip" follows. Next-token's Clever Hans signature does reproduce.
+         Reversed-path control (`:reverse=1` on the source, answer goal first; seed 0, 2026-12-07): not
+         learned at this size (exact 0.085, lookups 0.68 teacher forced): a parent lookup is harder here than
+         a child lookup, so this model is too small to test the papers' fix. RESULTS.md.
   Arms of 5 with two-digit labels (the old `small`, 4000 steps, whole-document loss) learned no lookup (all
   zeros); with one character per node (`letters=1`, degree 2, arms of 5, 50 labels) and path-only loss,
   1500 steps reach 1.16 bpb: lookups not yet learned, beyond the ~20 minute budget here.
