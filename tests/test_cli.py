@@ -202,6 +202,12 @@ def test_compare_prints_a_table_and_draws_bpb_against_flops(trained, tmp_path):
   evaluated = json.loads((workdir / "eval_val.json").read_text())
   assert rows[0]["val_bpb"] == evaluated["bpb"] and rows[0]["family"] == "token" and rows[0]["train_flops"] > 0
   assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+  from lm.eval import compare  # --flops data: the data-position count the loop logged beside the executed one
+  data = compare.summarize_run(workdir, flops="data")
+  logged = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "train_flops_data" in l]
+  assert data["flops"] == "data" and data["flops_per_byte_train"] == evaluated["flops_per_byte_data"]
+  assert data["train_flops"] == pytest.approx(data["step"] * logged[-1]["train_flops_data"] / logged[-1]["step"])
+  assert data["train_flops"] <= rows[0]["train_flops"]
   missing = run_lm("compare", str(tmp_path / "nothing"), check=False)
   assert missing.returncode == 2 and "holds no checkpoint" in missing.stderr
 

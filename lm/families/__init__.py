@@ -65,7 +65,9 @@ class Family:
   def flops_per_byte(self, config: ml_collections.ConfigDict, vocab_size: int, n_bytes: float,
                      rows: list[dict[str, np.ndarray]], needs: Requirements) -> dict[str, float]:
     """`flops_per_byte_train`, `flops_per_byte_inference` (and per component) of text holding `n_bytes` bytes
-    packed into `rows` (host batches); training counts the objectives' heads and extra passes."""
+    packed into `rows` (host batches), counted over every slot the compiled step computes (padding included),
+    with `flops_per_byte_data` / `flops_per_byte_inference_data` over the positions holding data
+    (`flops.per_byte_entries`); training counts the objectives' heads and extra passes."""
     raise NotImplementedError
 
   def eval_step(self, model: nn.Module):
