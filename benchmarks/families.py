@@ -60,10 +60,15 @@ def main(argv=None) -> dict:
   p.add_argument("--curve-points", type=int, default=4, help="validation evals during each run (for the plot)")
   p.add_argument("--lrs", default="", help="comma-separated learning rates: each run's rate is chosen on val "
                  "from this grid with the first seed (default: each experiment's own optim.lr)")
+  p.add_argument("--runs", default="", help="comma-separated subset of the set's runs (default: all); the "
+                 "budget is still the reference run's, so arms split over processes stay comparable")
   p.add_argument("--quick", action="store_true")
   p.add_argument("--out", help="JSON path (default benchmarks/results/SET.json)")
   args = p.parse_args(argv)
   runs, reference = SETS[args.set]
+  wanted = [r for r in args.runs.split(",") if r.strip()]
+  if unknown := [r for r in wanted if r not in runs]:
+    raise SystemExit(f"error: --runs {','.join(unknown)} not in set {args.set!r} (runs: {', '.join(runs)})")
   args.out = args.out or str(RESULTS / f"{args.set}.json" if not args.quick else  # a smoke run never overwrites
                              pathlib.Path(tempfile.gettempdir()) / f"{args.set}_quick.json")  # what is recorded
   variant = "tiny" if args.quick else args.variant
@@ -78,6 +83,8 @@ def main(argv=None) -> dict:
     configs[name] = c
   per_step, per_step_data = {}, {}
   for name, c in configs.items():
+    if name not in (*wanted, reference) and wanted:
+      continue
     data = run_lib.load_data(c)
     compute = run_lib.train_flops_per_step(run_lib.build_run(c, data.tokenizer), data)
     per_step[name], per_step_data[name] = compute["flops_per_step"], compute["flops_per_step_data"]
@@ -87,6 +94,7 @@ def main(argv=None) -> dict:
 
   lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
   rows, selection = [], {}
+  configs = {n: c for n, c in configs.items() if not wanted or n in wanted}
   for name, c in configs.items():
     steps = max(int(budget // per_step[name]), 1)
     config_lib.apply_overrides(c, [f"train.steps={steps}",
@@ -141,7 +149,7 @@ def main(argv=None) -> dict:
       None if argv is None else ["benchmarks/families.py", *argv],
       dict(set=args.set, variant=variant, seeds=seeds, budget_flops=budget, flops="executed",
            budget_flops_data={n: per_step_data[n] * max(int(budget // per_step[n]), 1) for n in configs},
-           lrs=lrs, eval_max_bytes=args.eval_max_bytes, curve_points=args.curve_points, quick=args.quick),
+           runs=list(configs), lrs=lrs, eval_max_bytes=args.eval_max_bytes, curve_points=args.curve_points, quick=args.quick),
       dict(table=table, selection=selection,
            runs=[{k: v for k, v in r.items() if k not in ("curve", "name", "family")} for r in rows]))
   out = protocol.write(args.out, result)

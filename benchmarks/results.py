@@ -200,7 +200,10 @@ def families(files: dict) -> list:
       lines.append(f"- {name}: {meta(data)}")
       for r in flat(data).get("runs", []):
         runs[(r["run"], r["seed"])] = r  # a later file's run of the same seed replaces an earlier one
-    body = flat(next(iter(group.values())))
+    body = dict(flat(next(iter(group.values()))))
+    for data in group.values():  # arms split over processes (families.py --runs): one selection, one budget
+      for key in ("selection", "budget_flops_data"):
+        body[key] = {**(body.get(key) or {}), **(flat(data).get(key) or {})}
     arms = list(dict.fromkeys(r for r, _ in runs))
     per_arm = {arm: [r for (a, _), r in sorted(runs.items(), key=lambda x: x[0][1]) if a == arm] for arm in arms}
     lines.append(f"- budget {num(body.get('budget_flops'))} training FLOPs per run ({flops} FLOPs), segments of "
