@@ -322,9 +322,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "model.num_kv_heads": m.num_kv_heads, "model.d_ff": m.d_ff, "data.seq_len": d.seq_len,
               "data.batch_size": d.batch_size, "train.steps": t.steps, "train.log_every": t.log_every,
               "train.grad_accum": t.grad_accum}
+  e, s, r = config.eval, config.sample, config.rl
+  positive.update({"train.keep_checkpoints": t.keep_checkpoints, "train.eval_batches": t.eval_batches,
+                   "optim.lr": o.lr, "data.vocab_size": d.vocab_size, "rl.steps": r.steps, "rl.lr": r.lr,
+                   "rl.log_every": r.log_every, "rl.eval_every": r.eval_every, "rl.checkpoint_every": r.checkpoint_every,
+                   "rl.group": r.group, "rl.prompts_per_step": r.prompts_per_step, "rl.max_new": r.max_new,
+                   "rl.pass_k": r.pass_k, "rl.updates_per_batch": r.updates_per_batch, "rl.beta": r.beta})
+  why = {"train.keep_checkpoints": " (0 would delete every checkpoint, the final one too)"}
   for key, value in positive.items():
     if value <= 0:
-      raise ConfigError(f"config.{key}={value} must be positive")
+      raise ConfigError(f"config.{key}={value} must be positive{why.get(key, '')}")
+  # 0 means off, none or the default for these; below 0 means nothing.
+  non_negative = {"train.checkpoint_every": t.checkpoint_every, "train.eval_every": t.eval_every,
+                  "train.max_nonfinite_steps": t.max_nonfinite_steps, "optim.warmup_steps": o.warmup_steps,
+                  "optim.weight_decay": o.weight_decay, "optim.clip_norm": o.clip_norm, "optim.eps": o.eps,
+                  "optim.min_lr_ratio": o.min_lr_ratio, "data.eval_max_bytes": d.eval_max_bytes,
+                  "data.workers": d.workers, "data.prefetch": d.prefetch, "eval.batch_size": e.batch_size,
+                  "eval.max_batches": e.max_batches, "sample.max_new": s.max_new, "sample.temperature": s.temperature,
+                  "sample.top_k": s.top_k, "rl.eval_prompts": r.eval_prompts, "rl.pack": r.pack,
+                  "rl.temperature": r.temperature, "rl.top_k": r.top_k, "rl.kl_coef": r.kl_coef}
+  for key, value in non_negative.items():
+    if value < 0:
+      raise ConfigError(f"config.{key}={value} must be >= 0")
+  for key, value in (("optim.b1", o.b1), ("optim.b2", o.b2)):
+    if not 0 <= value < 1:
+      raise ConfigError(f"config.{key}={value} must be in [0, 1) (Adam's decay rates, e.g. 0.9 and 0.95)")
+  for key, value in (("sample.top_p", s.top_p), ("rl.top_p", r.top_p)):
+    if not 0 < value <= 1:
+      raise ConfigError(f"config.{key}={value} must be in (0, 1] (1 keeps every token)")
+  if not (0 <= d.val_fraction and 0 <= d.test_fraction and d.val_fraction + d.test_fraction < 1):
+    raise ConfigError(f"config.data.val_fraction={d.val_fraction} and test_fraction={d.test_fraction} must be >= 0 "
+                      "and sum to < 1; lower them")
   if m.num_heads % m.num_kv_heads:
     raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
                       f"{m.num_kv_heads}; pick num_kv_heads dividing num_heads")

@@ -103,8 +103,10 @@ def test_chrf_bounds_and_order():
 def test_mbr_takes_a_utility_by_module_path_or_function():
   samples = ["abc", "abd", "xyz"]
   assert search.mbr(["b", "a", "a"], utility="operator:eq")[0] == 1  # a function a module names
-  with pytest.raises(Exception, match="must return a number"):
-    search.utility_fn("difflib:SequenceMatcher")
+  with pytest.raises(Exception, match="must return a number"):  # checked as it is used, never probed
+    search.mbr(["a", "b"], utility="difflib:SequenceMatcher")
+  with pytest.raises(Exception, match=r"function of \(hypothesis, reference\)"):  # by signature
+    search.utility_fn("os:getcwd")
   by_length = lambda h, r: -abs(len(h) - len(r)) - (h == "xyz")  # noqa: E731
   assert search.mbr(samples, utility=by_length)[0] == 0
   with pytest.raises(Exception, match="pkg.module:function"):

@@ -2,8 +2,9 @@
 
 A prepared directory holds
   manifest.json                 format version, source and its fingerprint, settings, and per split the
-                                documents, tokens and bytes, and the shard files (written last: a directory
-                                with a manifest is complete)
+                                documents, tokens and bytes, and the shard files with their records and sizes
+                                (written last: a directory with a manifest is complete; every file it names
+                                must be inside the directory)
   tokenizer/                    the tokenizer's files (`Tokenizer.save`)
   train-NNNNN.arrayrecord       one record per train document: its token ids, little-endian uint16 (vocab
                                 <= 65536) or uint32
@@ -32,7 +33,8 @@ import numpy as np
 
 from lm.data import corpus, sources
 from lm.data import tokenizers as tokenizers_lib
-from lm.errors import DataError, plural
+from lm.errors import DataError, plural, type_name
+from lm.paths import inside
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -284,7 +286,9 @@ def prepare(source: str, out: str, tokenizer: str = "bpe", vocab_size: int = 409
       format_version=FORMAT_VERSION, source=source, fingerprint=digest, settings=settings,
       tokenizer=dict(dir="tokenizer", kind=tok.kind, vocab_size=tok.vocab_size), dtype=dtype,
       splits={s: dict(documents=counts[s]["documents"], tokens=counts[s]["tokens"], bytes=counts[s]["bytes"],
-                      shards=writers[s].files, records=writers[s].counts) for s in SPLITS},
+                      shards=writers[s].files, records=writers[s].counts,
+                      shard_sizes=[os.path.getsize(os.path.join(partial, f)) for f in writers[s].files])
+              for s in SPLITS},
       train_lengths="train.lengths", seconds=round(time.time() - t0, 1),
   )
   for name in os.listdir(partial):
@@ -302,20 +306,42 @@ class _Records:
   """Random access to one split's records (grain's ArrayRecordDataSource), opened on first use and reopened in
   each process it is pickled into; `opened` counts the records read, for tests of per-process reading."""
 
-  def __init__(self, directory: str, shards: list[str]):
-    self.paths = [str(epath.Path(directory) / s) for s in shards]
+  def __init__(self, directory: str, split: dict, name: str):
+    self.paths = [_inside(directory, s) for s in split["shards"]]
+    self.name, self.n, self.records = name, int(split["documents"]), split.get("records")
     self._source = None
     self.opened = 0
 
   def __getstate__(self):
     return dict(self.__dict__, _source=None)
 
+  def _damaged(self, path: str, e: Exception):
+    why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return DataError(f"prepared data: {path} ({self.name} split) is damaged or truncated ({why}); "
+                     "run lm prepare again")
+
   @property
   def source(self):
     if self._source is None:
       import grain  # pylint: disable=import-outside-toplevel
-      self._source = grain.sources.ArrayRecordDataSource(self.paths)
+      try:
+        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+      except Exception as e:  # pylint: disable=broad-except  # array_record raises bare RuntimeErrors
+        raise self._damaged(self._failing(e), e) from None
+      if len(self._source) < self.n:
+        raise DataError(f"prepared data: the {self.name} split's shards hold {len(self._source)} records, "
+                        f"{MANIFEST} counts {self.n} documents; run lm prepare again")
     return self._source
+
+  def _failing(self, e: Exception) -> str:
+    """The shard that cannot be opened (array_record's message names none)."""
+    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+    for path in self.paths:
+      try:
+        array_record_module.ArrayRecordReader(path).close()
+      except Exception:  # pylint: disable=broad-except
+        return path
+    return f"one of {self.paths[0]}..."
 
   def __len__(self) -> int:
     return len(self.source)
@@ -323,7 +349,15 @@ class _Records:
   def get(self, indices) -> list[bytes]:
     indices = [int(i) for i in indices]
     self.opened += len(indices)
-    return self.source._getitems(indices) if hasattr(self.source, "_getitems") else [self.source[i] for i in indices]
+    source = self.source
+    try:
+      return source._getitems(indices) if hasattr(source, "_getitems") else [source[i] for i in indices]
+    except Exception as e:  # pylint: disable=broad-except  # Riegeli's "Corrupted ... file" RuntimeError
+      path = f"one of {self.paths[0]}..."
+      if self.records and indices:
+        path = self.paths[min(int(np.searchsorted(np.cumsum(self.records), indices[0], side="right")),
+                              len(self.paths) - 1)]
+      raise self._damaged(path, e) from None
 
 
 class RecordStore:
@@ -332,7 +366,7 @@ class RecordStore:
   def __init__(self, directory: str, manifest: dict):
     self.directory, self.dtype = directory, manifest["dtype"]
     split = manifest["splits"]["train"]
-    self.records = _Records(directory, split["shards"])
+    self.records = _Records(directory, split, "train")
     self.n = int(split["documents"])
     self._lengths = None
 
@@ -344,7 +378,10 @@ class RecordStore:
     if self._lengths is None:
       path = epath.Path(self.directory) / "train.lengths"
       if sources.is_remote(self.directory):
-        self._lengths = np.frombuffer(path.read_bytes(), dtype="<i8")
+        raw = path.read_bytes()
+        if len(raw) != 8 * self.n:
+          raise DataError(_lengths_mismatch(self.directory, len(raw), self.n))
+        self._lengths = np.frombuffer(raw, dtype="<i8")
       else:
         self._lengths = np.memmap(str(path), dtype="<i8", mode="r", shape=(self.n,))
     return self._lengths
@@ -357,7 +394,7 @@ class HeldOutTexts(collections.abc.Sequence):
   """A held-out split's documents (bytes), read from their records on demand."""
 
   def __init__(self, directory: str, manifest: dict, split: str):
-    self.records = _Records(directory, manifest["splits"][split]["shards"])
+    self.records = _Records(directory, manifest["splits"][split], split)
     self.n = int(manifest["splits"][split]["documents"])
 
   def __len__(self) -> int:
@@ -375,9 +412,64 @@ class HeldOutTexts(collections.abc.Sequence):
       yield from self.records.get(range(start, min(start + 1024, self.n)))
 
 
+def _inside(directory: str, name) -> str:
+  return inside(directory, name, f"prepared data {directory!r}: {MANIFEST}", "run lm prepare again")
+
+
+def _lengths_mismatch(directory: str, size: int, documents: int) -> str:
+  return (f"prepared data {directory!r}: train.lengths is {size} bytes, {MANIFEST} counts {documents} train documents "
+          f"({8 * documents} bytes); the file is truncated or from another prepare: run lm prepare again")
+
+
+def check_manifest(path: str, manifest: dict) -> None:
+  """One line for a manifest that lacks a key, names a file outside `path`, or disagrees with the sizes of the
+  files it names (local directories: sizes are read, nothing is opened)."""
+  where = f"prepared data {path!r}: {MANIFEST}"
+
+  def need(*keys, kind=None):
+    value = manifest
+    for i, k in enumerate(keys):
+      if not isinstance(value, dict) or k not in value:
+        raise DataError(f"{where} has no {'.'.join(keys[:i + 1])}; run lm prepare again")
+      value = value[k]
+    if kind is not None and not (isinstance(value, kind) and not isinstance(value, bool)):
+      raise DataError(f"{where}: {'.'.join(keys)}={value!r} is not {type_name(kind)}; run lm prepare again")
+    return value
+
+  if need("dtype") not in ("<u2", "<u4"):
+    raise DataError(f"{where}: dtype {manifest['dtype']!r} is not <u2 or <u4; run lm prepare again")
+  _inside(path, need("tokenizer", "dir", kind=str))
+  remote = sources.is_remote(path)
+  for split in SPLITS:
+    documents = need("splits", split, "documents", kind=int)
+    shards, records = need("splits", split, "shards", kind=list), manifest["splits"][split].get("records")
+    sizes = manifest["splits"][split].get("shard_sizes")
+    if documents < 0 or (records is not None and (len(records) != len(shards) or sum(records) != documents)):
+      raise DataError(f"{where}: the {split} split counts {documents} documents, its {len(shards)} shards "
+                      f"{sum(records or [])} records; run lm prepare again")
+    for i, name in enumerate(shards):
+      file = _inside(path, name)
+      if remote:
+        continue
+      if not os.path.isfile(file):
+        raise DataError(f"{where} names {name}, which is missing; copy the whole directory or run lm prepare again")
+      if sizes is not None and i < len(sizes) and os.path.getsize(file) != sizes[i]:
+        raise DataError(f"prepared data {path!r}: {name} is {os.path.getsize(file)} bytes, {MANIFEST} recorded "
+                        f"{sizes[i]} (truncated or changed); run lm prepare again")
+  if not remote:
+    lengths = os.path.join(path, "train.lengths")
+    size = os.path.getsize(lengths) if os.path.isfile(lengths) else 0
+    if size != 8 * manifest["splits"]["train"]["documents"]:
+      raise DataError(_lengths_mismatch(path, size, manifest["splits"]["train"]["documents"]))
+
+
 def open_prepared(path: str):
   """(manifest, tokenizer, train store, {val, test: held-out texts}) of a prepared directory."""
   manifest = read_manifest(path)
-  tok = tokenizers_lib.load_tokenizer(str(epath.Path(path) / manifest["tokenizer"]["dir"]))
+  check_manifest(path, manifest)
+  try:
+    tok = tokenizers_lib.load_tokenizer(_inside(path, manifest["tokenizer"]["dir"]))
+  except DataError as e:
+    raise DataError(f"prepared data {path!r}: {str(e).rpartition('; ')[0] or e}; run lm prepare again") from None
   held_out = {s: HeldOutTexts(path, manifest, s) for s in ("val", "test")}
   return manifest, tok, RecordStore(path, manifest), held_out

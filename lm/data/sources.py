@@ -17,30 +17,57 @@ import io
 import json
 import os
 import re
+import zlib
 
 from etils import epath
 
 from lm.errors import DataError, type_name
+from lm.paths import inside
 
 SOURCE_HELP = ("pass a file, directory, glob, 'jsonl:PATH:FIELD', 'parquet:PATH:COLUMN', 'python-prose' or "
                "'python-code'")
 PIECE_BYTES = 64 * 1024
 _READ = 1 << 20
-# Leading bytes of formats that are not text: (magic, what it is, what to do).
+# Leading bytes of formats that are not text: (offset, magic, what it is, what to do).
+_REMOVE = "remove it from the source"
 _MAGIC = (
-    (b"\x89PNG", "a PNG image", "remove it from the source"),
-    (b"\xff\xd8\xff", "a JPEG image", "remove it from the source"),
-    (b"GIF8", "a GIF image", "remove it from the source"),
-    (b"PK\x03\x04", "a zip archive", "unpack it"),
-    (b"\x1f\x8b\x08", "gzip-compressed", "name it *.gz so it is decompressed"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "name it *.zst so it is decompressed"),
-    (b"BZh", "bzip2-compressed", "decompress it"),
-    (b"\xfd7zXZ", "xz-compressed", "decompress it"),
-    (b"PAR1", "a Parquet file", "read it as 'parquet:PATH:COLUMN'"),
-    (b"ARROW1", "an Arrow file", "point the source at the datasets directory that holds it"),
-    (b"\x7fELF", "an executable", "remove it from the source"),
-    (b"%PDF", "a PDF", "extract its text first"),
+    (0, b"\x89PNG", "a PNG image", _REMOVE),
+    (0, b"\xff\xd8\xff", "a JPEG image", _REMOVE),
+    (0, b"GIF8", "a GIF image", _REMOVE),
+    (0, b"II*\x00", "a TIFF image", _REMOVE),
+    (0, b"MM\x00*", "a TIFF image", _REMOVE),
+    (0, b"\x93NUMPY", "a NumPy array (.npy)", _REMOVE),
+    (0, b"\x89HDF\r\n\x1a\n", "an HDF5 file", _REMOVE),
+    (0, b"SQLite format 3\x00", "an SQLite database", _REMOVE),
+    (0, b"\x80\x02", "a Python pickle", _REMOVE),
+    (0, b"\x80\x03", "a Python pickle", _REMOVE),
+    (0, b"\x80\x04\x95", "a Python pickle", _REMOVE),
+    (0, b"\x80\x05\x95", "a Python pickle", _REMOVE),
+    (0, b"PK\x03\x04", "a zip archive", "unpack it"),  # also .npz, .docx, .jar, PyTorch's .pt
+    (257, b"ustar", "a tar archive", "unpack it"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", "unpack it"),
+    (0, b"Rar!\x1a\x07", "a RAR archive", "unpack it"),
+    (0, b"\x1f\x8b\x08", "gzip-compressed", "name it *.gz so it is decompressed"),
+    (0, b"\x28\xb5\x2f\xfd", "zstd-compressed", "name it *.zst so it is decompressed"),
+    (0, b"BZh", "bzip2-compressed", "decompress it"),
+    (0, b"\xfd7zXZ", "xz-compressed", "decompress it"),
+    (0, b"\x04\x22\x4d\x18", "lz4-compressed", "decompress it"),
+    (0, b"PAR1", "a Parquet file", "read it as 'parquet:PATH:COLUMN'"),
+    (0, b"ARROW1", "an Arrow file", "point the source at the datasets directory that holds it"),
+    (0, b"\x7fELF", "an executable", _REMOVE),
+    (0, b"\xcf\xfa\xed\xfe", "an executable", _REMOVE),
+    (0, b"\xca\xfe\xba\xbe", "a compiled Java class or executable", _REMOVE),
+    (0, b"\x00asm", "a WebAssembly module", _REMOVE),
+    (0, b"%PDF", "a PDF", "extract its text first"),
+    (0, b"OggS", "an Ogg audio or video file", _REMOVE),
+    (0, b"fLaC", "a FLAC audio file", _REMOVE),
+    (4, b"ftyp", "an MP4 or QuickTime video", _REMOVE),
 )
+# The content check on a file's first bytes (at least _SNIFF_MIN of them): binary when over 5% are NUL or other
+# control characters (not tab, newline, CR, FF, VT, backspace or escape). Text in any ASCII-compatible encoding
+# (UTF-8, Latin-1, cp1251, Shift-JIS, ...) has almost none; random bytes have 11%, UTF-16 and numbers far more.
+_SNIFF_MIN = 512
+_CONTROL = bytes(c for c in range(32) if c not in b"\t\n\r\f\v\b\x1b") + b"\x7f"  # NUL included
 
 
 def is_remote(path: str) -> bool:
@@ -108,6 +135,7 @@ def resolve_paths(pattern: str, source: str) -> list[str]:
     elif _call_store(p.is_file, m):
       files.append(m)
   if not files:
+    _check_not_half_prepared(pattern, source)
     raise DataError(f"data.source {source!r}: {pattern!r} holds no regular files; point it at text files")
   return files
 
@@ -119,23 +147,82 @@ def _open(file: str):
   if name.endswith(".gz"):
     return gzip.GzipFile(fileobj=raw)
   if name.endswith(".zst"):
-    import zstandard  # pylint: disable=import-outside-toplevel
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return io.BufferedReader(_Zstd(raw))
   return raw
 
 
+class _Zstd(io.RawIOBase):
+  """Decompressed bytes of a .zst stream of one or more frames; EOFError where the stream ends inside a frame
+  (zstandard's stream_reader ends quietly on a truncated file)."""
+
+  def __init__(self, raw):
+    import zstandard  # pylint: disable=import-outside-toplevel
+    self._raw, self._dctx, self._held = raw, zstandard.ZstdDecompressor(), b""
+    self._obj, self._fed = self._dctx.decompressobj(), False
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, b) -> int:
+    while not self._held:
+      chunk = self._raw.read(_READ)
+      if not chunk:
+        if self._fed and not self._obj.eof:
+          raise EOFError("Compressed file ended before the end of a zstd frame")
+        return 0
+      while chunk:
+        self._held += self._obj.decompress(chunk)
+        self._fed, chunk = True, b""
+        if self._obj.eof:  # a frame ended: what follows it starts the next one
+          chunk, self._obj, self._fed = self._obj.unused_data, self._dctx.decompressobj(), False
+    n = min(len(b), len(self._held))
+    b[:n], self._held = self._held[:n], self._held[n:]
+    return n
+
+  def close(self) -> None:
+    self._raw.close()
+    super().close()
+
+
+def _read_failed(e: Exception, file: str, source: str) -> DataError:
+  """A compressed file that ends early or does not decompress: one line naming it."""
+  why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  return DataError(f"data.source {source!r}: {file} is truncated or not validly compressed ({why}); re-download "
+                   "or re-compress it, or remove it from the source")
+
+
+_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _zstd_error() -> tuple:
+  try:
+    import zstandard  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return ()
+  return (zstandard.ZstdError,)
+
+
 def binary_format(head: bytes) -> tuple[str, str] | None:
-  """(what it is, what to do) when `head` starts like a known non-text format, else None."""
-  for magic, what, fix in _MAGIC:
-    if head.startswith(magic):
+  """(what it is, what to do) when `head`, a file's first bytes, is a known non-text format by its magic number
+  or, for at least _SNIFF_MIN bytes, by its content (NUL and control bytes), else None."""
+  for offset, magic, what, fix in _MAGIC:
+    if head[offset:offset + len(magic)] == magic:
+      if magic == b"PK\x03\x04" and head[30:30 + int.from_bytes(head[26:28], "little")].endswith(b".npy"):
+        return "a NumPy archive (.npz)", _REMOVE
       return what, fix
+  if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100 << 20:
+    return "a safetensors file", _REMOVE
+  if len(head) >= _SNIFF_MIN:
+    control = len(head) - len(head.translate(None, _CONTROL))
+    if control > 0.05 * len(head):
+      return (f"binary data ({control / len(head):.0%} of its first {len(head)} bytes are NUL or control bytes)",
+              "remove it from the source or convert it to text")
   return None
 
 
 def check_text(head: bytes, file: str, source: str) -> None:
-  """Refuses a file whose first bytes say it is not text (an image, an archive, compressed data, ...).
-
-  Other bytes are text to us, valid UTF-8 or not: bits per byte scores the bytes a user gave."""
+  """Refuses a file whose first bytes say it is not text (an image, an archive, compressed data, NumPy arrays,
+  binary data by content). Other bytes, valid UTF-8 or not, are text: bits per byte scores the bytes given."""
   found = binary_format(head)
   if found:
     raise DataError(f"data.source {source!r}: {file} is {found[0]}, not text; {found[1]}")
@@ -165,8 +252,11 @@ def _text_documents(files: list[str], source: str, split_single: bool):
     if _call_store(_epath(file).is_dir, file):  # resolve_paths keeps only datasets directories whole
       yield from _datasets_documents(file, "text", source)
       continue
-    with _open(file) as f:
-      data = f.read()
+    try:
+      with _open(file) as f:
+        data = f.read()
+    except _READ_ERRORS + _zstd_error() as e:
+      raise _read_failed(e, file, source) from None
     check_text(data[:8192], file, source)
     if split_single:
       yield from split_text(data)
@@ -186,29 +276,40 @@ def _jsonl_documents(spec: str):
   if not sep or not path or not field:
     raise DataError(f"data.source {spec!r}: expected 'jsonl:PATH:FIELD', e.g. 'jsonl:data/*.jsonl:text'")
   for file in resolve_paths(path, spec):
-    with _open(file) as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except ValueError as e:
-          raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file} is not valid JSON ({e}); fix or remove that line"
-          ) from None
-        if not isinstance(record, dict) or field not in record:
-          keys = ", ".join(map(str, record)) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-          raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file} has no field {field!r} (keys: {keys}); "
-              "use jsonl:PATH:KEY with one of them"
-          )
-        value = record[field]
-        if not isinstance(value, str):
-          raise DataError(
-              f"data.source {spec!r}: line {lineno} of {file}: field {field!r} is {type_name(value)}, "
-              "not a string; pick a text field"
-          )
-        yield value.encode("utf-8", errors="surrogatepass")
+    yield from _jsonl_file(file, field, spec)
+
+
+def _lines(f, file: str, spec: str):
+  try:
+    yield from enumerate(f, 1)
+  except _READ_ERRORS + _zstd_error() as e:
+    raise _read_failed(e, file, spec) from None
+
+
+def _jsonl_file(file: str, field: str, spec: str):
+  with _open(file) as f:
+    for lineno, line in _lines(f, file, spec):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError as e:
+        raise DataError(
+            f"data.source {spec!r}: line {lineno} of {file} is not valid JSON ({e}); fix or remove that line"
+        ) from None
+      if not isinstance(record, dict) or field not in record:
+        keys = ", ".join(map(str, record)) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+        raise DataError(
+            f"data.source {spec!r}: line {lineno} of {file} has no field {field!r} (keys: {keys}); "
+            "use jsonl:PATH:KEY with one of them"
+        )
+      value = record[field]
+      if not isinstance(value, str):
+        raise DataError(
+            f"data.source {spec!r}: line {lineno} of {file}: field {field!r} is {type_name(value)}, "
+            "not a string; pick a text field"
+        )
+      yield value.encode("utf-8", errors="surrogatepass")
 
 
 def _column_values(table_batch, column: str, where: str, spec: str):
@@ -245,6 +346,9 @@ def _parquet_documents(spec: str):
         yield from _column_values(pf.read_row_group(g, columns=None), column, file, spec)
 
 
+_DATASETS_FIX = "a datasets directory may only name its own files; save it again with save_to_disk"
+
+
 def _datasets_documents(directory: str, column: str, spec: str):
   """Rows of a directory written by `datasets.Dataset.save_to_disk` (Arrow stream files listed in state.json)
   or `DatasetDict.save_to_disk` (one such directory per split, all splits read in the dict's order)."""
@@ -252,11 +356,12 @@ def _datasets_documents(directory: str, column: str, spec: str):
   root = _epath(directory)
   if (root / "dataset_dict.json").exists():
     for split in json.loads((root / "dataset_dict.json").read_text())["splits"]:
-      yield from _datasets_documents(str(root / split), column, spec)
+      yield from _datasets_documents(inside(directory, split, f"{directory}/dataset_dict.json", _DATASETS_FIX),
+                                     column, spec)
     return
   state = json.loads((root / "state.json").read_text())
   for entry in state.get("_data_files", []):
-    file = root / entry["filename"]
+    file = _epath(inside(directory, entry["filename"], f"{directory}/state.json", _DATASETS_FIX))
     with file.open("rb") as f:
       reader = pa.ipc.open_stream(f)
       for batch in reader:
@@ -268,6 +373,9 @@ def _check_not_half_prepared(pattern: str, source: str) -> None:
   if is_remote(pattern) or not os.path.isdir(pattern):
     return
   names = os.listdir(pattern)
+  if names == [".partial"]:
+    raise DataError(f"data.source {source!r}: lm prepare into {pattern} was interrupted (it holds only .partial/); "
+                    "rerun lm prepare")
   if ".partial" in names or "train.lengths" in names or any(n.endswith(".arrayrecord") for n in names):
     raise DataError(f"data.source {source!r}: {pattern} holds lm prepare output but no manifest.json (an interrupted "
                     "or older prepare); run lm prepare again into it")

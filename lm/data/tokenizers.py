@@ -17,7 +17,7 @@ import tokenizers as hf
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lm.data.corpus import atomic_write, cache_dir
-from lm.errors import DataError
+from lm.errors import DataError, type_name
 
 META_FILE = "tokenizer_meta.json"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
@@ -318,7 +318,12 @@ def tokenizer_from_files(files: dict[str, bytes], where: str = "tokenizer") -> T
   """The inverse of `Tokenizer.files()`; `where` names the origin in errors (a directory, a checkpoint)."""
   if META_FILE not in files:
     raise DataError(f"{where}: no {META_FILE}; save the tokenizer with Tokenizer.save")
-  meta = json.loads(files[META_FILE])
+  try:
+    meta = json.loads(files[META_FILE])
+  except ValueError as e:
+    raise DataError(f"{where}: {META_FILE} is not JSON ({e}); re-save the tokenizer") from None
+  if not isinstance(meta, dict):
+    raise DataError(f"{where}: {META_FILE} holds {type_name(meta)}, not a JSON object; re-save the tokenizer")
   kind = meta.get("kind")
   try:
     if kind == "bytes":

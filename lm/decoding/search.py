@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import functools
 import importlib
+import inspect
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.decoding import steps
-from lm.errors import LMError
+from lm.errors import LMError, type_name
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beams", "max_new", "eos_id", "groups", "diversity",
@@ -149,12 +150,36 @@ def utility_fn(spec) -> Callable[[str, str], float]:
       fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
       raise LMError(f"--utility {spec!r}: cannot import {name} from {module} ({e})") from None
-    try:
-      float(fn("a", "a"))
-    except Exception as e:  # pylint: disable=broad-except
-      raise LMError(f"--utility {spec!r}: {module}.{name}(hypothesis, reference) must return a number ({e})") from None
-    return fn
+    if not callable(fn) or not accepts(fn, "a", "a"):
+      raise LMError(f"--utility {spec!r}: {module}.{name} must be a function of (hypothesis, reference) returning a "
+                    "number")
+    return _numeric(fn, spec)
   raise LMError(f"--utility {spec!r}: use {', '.join(UTILITIES)} or pkg.module:function(hypothesis, reference)")
+
+
+def accepts(fn, *args, **kwargs) -> bool:
+  """Whether `fn(*args, **kwargs)` binds to `fn`'s signature (checked without calling it); True when Python cannot
+  tell (some builtins have no signature)."""
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return True
+  try:
+    signature.bind(*args, **kwargs)
+  except TypeError:
+    return False
+  return True
+
+
+def _numeric(fn, spec) -> Callable[[str, str], float]:
+  """`fn` whose result is checked as it is used: a value that is not a number is one line naming the utility."""
+  def utility(hypothesis, reference):
+    value = fn(hypothesis, reference)
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise LMError(f"--utility {spec!r}: returned {type_name(value)}; the utility must return a number") from None
+  return utility
 
 
 def mbr(hypotheses: Sequence, references: Sequence | None = None, weights: Sequence[float] | None = None,

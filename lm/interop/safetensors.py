@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from lm.errors import CheckpointError
+from lm.paths import inside
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -46,7 +47,13 @@ class Reader:
     directory = pathlib.Path(directory)
     index = directory / INDEX
     if index.exists():
-      files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+      try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+        if not all(isinstance(f, str) for f in files):
+          raise TypeError
+      except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{index}: not an index with a weight_map of tensor -> file; re-download it") from None
     else:  # model*.safetensors where there are such (Mistral's repos also carry consolidated.safetensors)
       files = sorted(p.name for p in directory.glob("model*.safetensors")) or sorted(
           p.name for p in directory.glob("*.safetensors"))
@@ -55,7 +62,8 @@ class Reader:
                             "transformers' save_pretrained(safe_serialization=True))")
     self.entries: dict[str, tuple[pathlib.Path, str, tuple, int, int]] = {}
     for name in files:
-      path = directory / name
+      path = pathlib.Path(inside(directory, name, str(index), "an index may only name files in its own directory; "
+                                 "re-download the model", CheckpointError))
       if not path.exists():
         raise CheckpointError(f"{directory}: {INDEX} names {name}, which is missing; download every shard")
       header, start = _header(path)

@@ -15,6 +15,7 @@ hit the length limit before a stop unit), `lengths` (completion units) and `max_
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from typing import Callable, Sequence
 
@@ -70,6 +71,20 @@ def overlong_reward(cache: int) -> Reward:
 
 
 BUILTIN = {"exact_answer": exact_answer, "numeric_answer": numeric_answer, "format": format_reward}
+COLUMNS = ("answer", "truncated", "lengths", "max_new")  # what the sampler passes (lm/rl/rollouts.py)
+
+
+def _accepts(fn) -> bool:
+  """Whether `fn` binds a reward call's arguments (by its signature; it is not called)."""
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return True  # no signature to read (some builtins)
+  try:
+    signature.bind([], [], **{c: [] for c in COLUMNS})
+  except TypeError:
+    return False
+  return True
 
 
 def get(spec: str) -> Reward:
@@ -88,8 +103,9 @@ def get(spec: str) -> Reward:
       fn = getattr(importlib.import_module(kind), arg)
     except (ImportError, AttributeError) as e:
       raise ConfigError(f"reward {spec!r}: cannot import {arg} from {kind} ({e})") from None
-    if not callable(fn):
-      raise ConfigError(f"reward {spec!r}: {kind}.{arg} is not a function")
+    if not callable(fn) or not _accepts(fn):
+      raise ConfigError(f"reward {spec!r}: {kind}.{arg} must be a function of (prompts, completions, **columns) "
+                        f"returning a list of floats; columns given: {', '.join(COLUMNS)}")
     return fn
   raise ConfigError(f"unknown reward {spec!r}; use {', '.join(BUILTIN)}, regex:PATTERN, overlong:CACHE or "
                     "pkg.module:function")

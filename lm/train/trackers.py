@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import secrets
@@ -239,6 +240,13 @@ def get(name: str) -> type[Tracker]:
   if not (isinstance(cls, type) and issubclass(cls, Tracker)):
     raise ConfigError(f"train.trackers: unknown tracker {name!r}; {did_you_mean(name, BUILTIN)}choose from "
                       f"{', '.join(BUILTIN)} or give module.Class of a lm.train.trackers.Tracker subclass")
+  try:  # its signature, read without making one: Trackers makes it with these arguments
+    inspect.signature(cls).bind(epath.Path("."), {}, 0)
+  except TypeError:
+    raise ConfigError(f"train.trackers: {name} must be made as {attr}(workdir, config, start_step), as "
+                      "lm.train.trackers.Tracker is") from None
+  except ValueError:
+    pass  # no signature to read
   return cls
 
 
