@@ -267,6 +267,10 @@ def prepare(source: str, out: str, tokenizer: str = "bpe", vocab_size: int = 409
             consume(pending.popleft().get())
         while pending:
           consume(pending.popleft().get())
+  except BaseException:
+    if bar is not None:
+      bar.leave = False  # the bar is wiped, so the error is the one line left on the terminal
+    raise
   finally:
     for w in writers.values():
       w.close()
