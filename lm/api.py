@@ -124,9 +124,11 @@ class LM:
     return self.run.speculative(self.params, prompt, max_new)
 
 
-def load(workdir: str) -> LM:
-  """The newest good checkpoint of a trained run (its own config and tokenizer), on the local devices."""
-  restored = run_lib.restore_saved(workdir)
+def load(workdir: str, trust_code: bool = False) -> LM:
+  """The newest good checkpoint of a trained run (its own config and tokenizer), on the local devices. A run
+  whose config names a family or objective outside lm is refused unless `trust_code=True`: loading it would
+  import, and so run, that module."""
+  restored = run_lib.restore_saved(workdir, trust_code=bool(trust_code))
   if restored is None:
     raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
                           f"`lm train EXPERIMENT --workdir {workdir}`")

@@ -214,6 +214,12 @@ def _cmd_sample(args) -> int:
   import lm
   if args.speculative and (args.top_k or args.top_p < 1.0 or args.temperature):
     raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
+  if args.max_new < 1:
+    raise LMError(f"--max-new {args.max_new}: sample at least 1 unit")
+  try:
+    args.prompt.encode("utf-8")
+  except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+    raise LMError("--prompt is not valid UTF-8; pass the prompt as UTF-8 text") from None
   if args.method:
     return _sample_method(args)
   r = lm.load(args.workdir)
@@ -406,6 +412,10 @@ def parser() -> argparse.ArgumentParser:
   interop_cli.add_parsers(sub)
   import launch
   launch.add_parser(sub)
+  for name in ("train", "rl", "eval", "sample", "probe", "export"):  # the commands that read a saved config
+    sub.choices[name].add_argument(
+        "--trust-code", action="store_true", help="let a workdir's saved config import the family or objective "
+        "modules it names from outside lm (their code runs): only for runs whose makers you trust")
   return p
 
 
@@ -420,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `lm`: what there is to do
       p.print_help()
       return 0
+    if getattr(args, "trust_code", False):
+      from lm import families
+      families.trust_code()
     if args.command not in ("train", "compile", "launch", "sentences", "config", "import", "export", "rl") and (
         overrides or spec):
       raise LMError(f"--config options only apply to `lm train`, `lm compile`, `lm config`, `lm launch`, "

@@ -207,7 +207,9 @@ def test_a_failed_restore_that_is_not_damage_moves_nothing_and_exits_non_zero(co
   assert cli.main(["train", "token_ntp:tiny", *argv]) == 2
   err = capsys.readouterr().err
   assert "error: reading checkpoint step 30 in" in err and "every step was left in place" in err
-  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # nothing moved or written
+  log = workdir / "lm-errors.log"  # the details go to a log beside the run, not the terminal
+  assert f"(details: {log})" in err and type(error).__name__ in log.read_text()
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if p != log) == before  # nothing else moved or written
   assert not (workdir / "corrupt-checkpoints").exists()
 
 

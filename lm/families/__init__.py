@@ -10,6 +10,7 @@ package asks which family a run is. To fork a family, copy its file: the copy's 
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any
 
 import flax.linen as nn
@@ -243,8 +244,53 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
   return config
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-  """A saved run config on top of the base config and its family's section (later-added fields default)."""
+# Whether every module a saved config names may be imported (`--trust-code`, set once per process by the CLI).
+_TRUST_ALL = False
+
+
+def trust_code(on: bool = True) -> None:
+  """Let every saved config this process loads import the modules it names (`lm ... --trust-code`)."""
+  global _TRUST_ALL
+  _TRUST_ALL = bool(on)
+
+
+def own_code(config) -> set[str]:
+  """The modules a config the user wrote (an experiment, command-line overrides) names: trusted as theirs."""
+  return {config.model.family, *(o["name"] for o in config.objectives)}
+
+
+def foreign_code(saved: dict) -> list[str]:
+  """What loading a saved config would import beyond lm itself: `model.family` unless built in, objective
+  names unless registered (nothing is imported to find out)."""
+  from lm.objectives import base as objectives_base
+  family = str(saved.get("model", {}).get("family", "token"))
+  names = [] if family in BUILTIN else [f"model.family={family!r}"]
+  known = set(objectives_base.registered())
+  for i, o in enumerate(saved.get("objectives") or []):
+    name = str(o.get("name", "")) if isinstance(o, dict) else str(o)
+    if name not in known:
+      names.append(f"objectives.{i}.name={name!r}")
+  return names
+
+
+def check_saved_code(saved: dict, where: str, trusted=()) -> None:
+  """Refuse, in one line, a saved config (a workdir someone else may have made) that names a module outside
+  lm, before anything is imported: loading it would run that module's code. `trusted`: True for everything
+  (`trust_code=True`), or the names the user gave themselves (their own experiment's family and objectives)."""
+  if trusted is True or _TRUST_ALL:
+    return
+  allowed = set(trusted or ())
+  foreign = [n for n in foreign_code(saved) if n.split("=", 1)[1].strip("'") not in allowed]
+  if foreign:
+    raise ConfigError(f"{where} names code outside lm ({', '.join(foreign)}): loading it would import and run "
+                      "that module; if you trust whoever made it, pass --trust-code (lm.load(DIR, "
+                      "trust_code=True))")
+
+
+def from_json(text: str, where: str = "a saved config", trusted=()) -> ml_collections.ConfigDict:
+  """A saved run config on top of the base config and its family's section (later-added fields default). It
+  may name only built-in families and registered objectives unless `trusted` (`check_saved_code`)."""
+  check_saved_code(json.loads(text), where, trusted)
   return config_lib.from_json(text, extend=extend_config)
 
 

@@ -347,7 +347,8 @@ def init_params(run, fresh: dict) -> tuple[dict, list[str]]:
   if is_hf_dir(src):
     return hf_params(run, src, fresh)
   from lm.train.run import restore_saved
-  restored = restore_saved(src, mesh=run.config.mesh.to_dict(), tokenizer=run.tokenizer, role="init_from run")
+  restored = restore_saved(src, mesh=run.config.mesh.to_dict(), tokenizer=run.tokenizer, role="init_from run",
+                           trust_code=families.own_code(run.config))
   source = flatten(restored.params)
   targets, fresh_flat = flatten(run.abstract_state.params), flatten(fresh)
   out, kept = {}, []

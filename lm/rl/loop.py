@@ -138,15 +138,19 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   ckpts = checkpoint.Checkpoints(workdir / "rl", keep=cfg.train.keep_checkpoints, read_only=False, quarantine=True)
   tokenizer = convert.init_tokenizer(init)
   run = build_run(cfg, tokenizer, devices)
-  start = ckpts.latest_step()
-  if start is not None:
-    saved = ckpts.read_meta(start)["config"]
-    refused = [history.describe(k, *v) for k, v in history.changes(saved, cfg.to_dict()).items()
+
+  def attempt(step):  # the newest step that reads and matches its checksums; damaged ones are moved aside
+    meta = ckpts.read_meta(step)
+    refused = [history.describe(k, *v) for k, v in history.changes(meta["config"], cfg.to_dict()).items()
                if not (k in RL_SAFE or history.is_safe(k) and not k.startswith("rl."))]
     if refused:
       raise ConfigError(f"cannot resume the rl run in {workdir} with {'; '.join(refused)}: only its length, logging, "
                         "evaluation and checkpointing may change; set these back or use a new --workdir")
-    state = restore_step(ckpts, start, run, saved)
+    return meta["integrity"], restore_step(ckpts, step, run, meta["config"])
+
+  found = checkpoint.restore_newest(ckpts, attempt, lambda step, r: ckpts.verify(step, r[0], r[1]))
+  if found is not None:
+    start, (_, state) = found
   else:
     state = run.init(cfg.train.seed)
     state = state.replace(params=convert.init_params(run, state.params)[0])

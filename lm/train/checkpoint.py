@@ -1,7 +1,8 @@
 """Orbax checkpoints: one step directory holds everything needed to continue a run.
 
 Items: `state` (params, optimizer state, step, PRNG key), `data` (the grain iterator state), `config` (the
-run's config) and `tokenizer` (its files, text or base64) - the last three as JSON; no pickle anywhere.
+run's config), `tokenizer` (its files, text or base64) and `integrity` (a checksum of every array and of each
+JSON item, taken at save and checked at every restore) - the last four as JSON; no pickle anywhere.
 Saves are asynchronous: orbax writes `<step>.orbax-checkpoint-tmp` and renames it when complete, so a crash
 mid-save leaves the previous step as it was, and a half-written step is never listed.
 """
@@ -9,14 +10,20 @@ mid-save leaves the previous step as it was, and a half-written step is never li
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import json
 import os
+import pathlib
 import sys
+import tempfile
 import time
+import traceback
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -49,7 +56,7 @@ def workdir_path(workdir) -> epath.Path:
 def _handlers(save_concurrent_gb: int = 96) -> dict:
   return dict(state=ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb),
               data=ocp.JsonCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
-              tokenizer=ocp.JsonCheckpointHandler())
+              tokenizer=ocp.JsonCheckpointHandler(), integrity=ocp.JsonCheckpointHandler())
 
 
 def manager(workdir, keep: int = 3, read_only: bool = False, save_concurrent_gb: int = 96) -> ocp.CheckpointManager:
@@ -77,13 +84,74 @@ def tokenizer_from_json(obj: dict, where: str) -> tokenizers_lib.Tokenizer:
   return tokenizers_lib.tokenizer_from_files(files, where)
 
 
+# Integrity. Each array's checksum is two 32-bit sums of its bits weighted by odd functions of the element's
+# index (the index from iotas, so a sharded array is summed where it lies, and the value does not depend on the
+# mesh that saved or restores it): any change to one element changes the first sum, and two changes cancel in
+# both with probability ~2^-64. JSON items get a SHA-256 of their canonical text. A mismatch at restore is
+# damage, like a truncated file: the step is set aside and the previous one used.
+
+class Damaged(Exception):
+  """A step's bytes differ from what was saved (a checksum mismatch, a missing item): damage, never trained on."""
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The bits of `x` as uint32 words (64-bit values as two words on a trailing axis)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  width = x.dtype.itemsize
+  if width == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if width == 8:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
+  return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[width]).astype(jnp.uint32)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+  bits = _as_uint32(x)
+  index = jnp.zeros(bits.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(bits.ndim)):  # the row-major element index, modulo 2^32
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride % (1 << 32))
+    stride *= bits.shape[axis]
+  first = jnp.sum(bits * (index * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32)
+  mixed = bits ^ (bits >> jnp.uint32(15))
+  second = jnp.sum(mixed * ((index * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)) | jnp.uint32(1)),
+                   dtype=jnp.uint32)
+  return jnp.stack([first, second])
+
+
+_checksums_jit = jax.jit(lambda tree: jax.tree.map(_checksum, tree))
+
+
+def array_checksums(tree) -> dict[str, str]:
+  """`{path: 'xxxxxxxx-xxxxxxxx'}` for every array of `tree` (paths as `leaf_shapes` names them). Every process
+  calls it together (it is one jitted program over the global arrays)."""
+  sums = jax.device_get(_checksums_jit(tree))
+  paths = leaf_shapes(tree)
+  return {path: "%08x-%08x" % tuple(int(v) for v in np.asarray(s).reshape(2))
+          for path, s in zip(paths, jax.tree_util.tree_leaves(sums))}
+
+
+def json_checksum(obj) -> str:
+  """SHA-256 of a JSON item's canonical text (as it reads back: keys sorted, tuples as lists)."""
+  text = json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: Any, config_dict: dict,
          tokenizer: tokenizers_lib.Tokenizer) -> None:
+  tokenizer_json = tokenizer_to_json(tokenizer)
+  integrity = dict(version=1, arrays=array_checksums(state),
+                   items=dict(config=json_checksum(config_dict), data=json_checksum(data_state),
+                              tokenizer=json_checksum(tokenizer_json)))
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(data_state),
       config=ocp.args.JsonSave(config_dict),
-      tokenizer=ocp.args.JsonSave(tokenizer_to_json(tokenizer))), force=True)
+      tokenizer=ocp.args.JsonSave(tokenizer_json),
+      integrity=ocp.args.JsonSave(integrity)), force=True)
 
 
 # Reads go through the item handlers, not `CheckpointManager.restore`: the manager ends every restore with a
@@ -94,12 +162,46 @@ def _step_dir(mngr: ocp.CheckpointManager, step: int) -> epath.Path:
   return epath.Path(mngr.directory) / str(step)
 
 
+def restore_integrity(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+  """A step's `integrity` item; None for a step saved before checksums were recorded."""
+  path = _step_dir(mngr, step) / "integrity"
+  if not path.exists():
+    return None
+  return ocp.JsonCheckpointHandler().restore(path)
+
+
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-  """The JSON items of a step: {'config': dict, 'data': iterator state, 'tokenizer': Tokenizer}."""
+  """The JSON items of a step: {'config': dict, 'data': iterator state, 'tokenizer': Tokenizer, 'integrity':
+  its checksums or None}, each JSON item checked against its checksum (`Damaged` if it differs)."""
   handler = ocp.JsonCheckpointHandler()
-  out = {name: handler.restore(_step_dir(mngr, step) / name) for name in ("config", "data", "tokenizer")}
+  step_dir = _step_dir(mngr, step)
+  for name in ("config", "data", "tokenizer"):
+    if not (step_dir / name).exists():  # a missing item is damage; orbax would say only "Unknown key"
+      raise Damaged(f"its {name} item is missing")
+  out = {name: handler.restore(step_dir / name) for name in ("config", "data", "tokenizer")}
+  integrity = restore_integrity(mngr, step)
+  for name, want in ((integrity or {}).get("items") or {}).items():
+    if name in out and json_checksum(out[name]) != want:
+      raise Damaged(f"its {name} item does not match the checksum recorded when it was saved")
   where = f"checkpoint step {step} in {mngr.directory}"
-  return dict(config=out["config"], data=out["data"], tokenizer=tokenizer_from_json(out["tokenizer"], where))
+  return dict(config=out["config"], data=out["data"], tokenizer=tokenizer_from_json(out["tokenizer"], where),
+              integrity=integrity)
+
+
+def verify_arrays(integrity: dict | None, tree, prefix: str = "") -> None:
+  """`Damaged` naming the arrays of `tree` (restored from a step, `prefix` its place in the saved state) whose
+  checksums differ from those recorded at save; nothing to check for a step saved without them."""
+  recorded = (integrity or {}).get("arrays")
+  if not recorded:
+    return
+  got = array_checksums(tree)
+  bad = [p for p, v in got.items() if recorded.get(prefix + p, v) != v]
+  missing = [p for p in got if prefix + p not in recorded]
+  if bad:
+    raise Damaged(f"{len(bad)} array(s) differ from the checksums recorded when it was saved "
+                  f"({', '.join(prefix + p for p in bad[:3])}{' ...' if len(bad) > 3 else ''})")
+  if len(missing) == len(got) and got:
+    raise Damaged("its checksums name none of the arrays restored")
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state):
@@ -136,6 +238,10 @@ def leaf_shapes(tree) -> dict[str, tuple]:
 
 def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
   """`leaf_shapes` of a step's train state, from its metadata (no array is read)."""
+  state_dir = _step_dir(mngr, step) / "state"
+  for path in (state_dir, state_dir / "_METADATA"):  # absent: damage, not a change of the model's shape
+    if not path.exists():
+      raise Damaged(f"{path.relative_to(_step_dir(mngr, step))} is missing")
   saved_tree = mngr.item_metadata(step)["state"]
   return leaf_shapes(getattr(saved_tree, "tree", saved_tree))
 
@@ -205,6 +311,18 @@ def _disk_full(e: BaseException) -> bool:
                                    "os_error_code='27'"))
 
 
+def _damage_line(e: BaseException) -> str:
+  """The most telling line of a damage error: our own `Damaged` text, else the innermost cause's first line
+  (tensorstore's code and file, not orbax's wrapper with its repr of a TensorStore spec)."""
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  own = [x for x in chain if isinstance(x, Damaged)]
+  return str(own[0]) if own else first_line(chain[-1])
+
+
 class Unreadable(Exception):
   """A step's own files are missing, truncated or garbled: the one failure that moves a step aside."""
 
@@ -218,17 +336,65 @@ _DAMAGE_CODES = ("NOT_FOUND:", "OUT_OF_RANGE:", "DATA_LOSS:")
 
 
 def is_damage(e: BaseException, step_dir: str) -> bool:
-  """Whether `e`, raised reading a step, says the step's own files are bad (absent, truncated, not JSON), as
-  opposed to anything that may pass or that a rerun must see: a storage or network error, a permission, an
-  out-of-memory, a format version this orbax does not read. Only damage is moved aside. A step directory that
-  is missing as a whole is not damage: process 0 listed it, so this host sees a stale view (NFS, a remount)."""
-  if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):  # the step's JSON items are the only JSON read
+  """Whether `e`, raised reading a step, says the step's own files are bad (absent, truncated, not JSON, not
+  what was saved), as opposed to anything that may pass or that a rerun must see: a storage or network error,
+  a permission, an out-of-memory, a format version this orbax does not read. Only damage is moved aside. A step
+  directory that is missing as a whole is not damage: process 0 listed it, so this host sees a stale view (NFS,
+  a remount). Wrapped errors count by their causes (orbax wraps tensorstore's)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if _is_damage_one(e, step_dir):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _is_damage_one(e: BaseException, step_dir: str) -> bool:
+  if isinstance(e, (Damaged, json.JSONDecodeError, UnicodeDecodeError)):  # the JSON items are the only JSON read
     return True
   inside = step_dir.rstrip("/") + "/"  # a file within the step, not the step itself
   text = str(e)
   if isinstance(e, FileNotFoundError):
     return inside in text or str(getattr(e, "filename", "") or "").startswith(inside)
-  return isinstance(e, ValueError) and text.startswith(_DAMAGE_CODES) and inside in text
+  # tensorstore's own errors name the step's file (orbax wraps them: the caller follows the cause); a chunk
+  # whose compressed bytes were changed fails to decompress ("FAILED_PRECONDITION: ... Data corruption").
+  if text.startswith(_DAMAGE_CODES) and inside in text:
+    return True
+  return text.startswith("FAILED_PRECONDITION:") and "corrupt" in text.lower() and inside in text
+
+
+def log_path(workdir, writer: bool = True) -> pathlib.Path:
+  """Where details that would clutter the terminal go: WORKDIR/lm-errors.log for the run that writes a local
+  workdir, else (a reader, an object store) a file in the temporary directory."""
+  text = str(workdir)
+  if writer and "://" not in text and os.path.isdir(text) and os.access(text, os.W_OK):
+    return pathlib.Path(text) / "lm-errors.log"
+  return pathlib.Path(tempfile.gettempdir()) / f"lm-errors-{os.getpid()}.log"
+
+
+def log_details(workdir, what: str, e: BaseException | None = None, writer: bool = True) -> pathlib.Path:
+  """Append `what` (and `e`'s traceback) to `log_path(workdir)`; route the unraisable exceptions a failed
+  read leaves behind (tensorstore's abandoned coroutines, dozens of lines each) to the same file."""
+  path = log_path(workdir, writer)
+  try:
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n")
+      if e is not None:
+        f.write("".join(traceback.format_exception(e)))
+  except OSError:
+    pass
+  if sys.unraisablehook is sys.__unraisablehook__:
+    def to_log(unraisable):
+      try:
+        with open(path, "a", encoding="utf-8") as f:
+          f.write(f"--- unraisable in {unraisable.object!r}\n")
+          f.write("".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                                     unraisable.exc_traceback)))
+      except OSError:
+        pass
+    sys.unraisablehook = to_log
+  return path
 
 
 class Checkpoints:
@@ -283,12 +449,13 @@ class Checkpoints:
     try:
       return fn(self.mngr, step, *args)
     except Exception as e:  # pylint: disable=broad-except  # sorted into damage and everything else
+      log = log_details(self.workdir, f"reading checkpoint step {step} in {self.workdir}", e, not self.read_only)
       if is_damage(e, str(self.workdir / CHECKPOINT_DIR / str(step))):
-        raise Unreadable(step, e) from e
+        raise Unreadable(step, _damage_line(e)) from e
       raise CheckpointError(
           f"reading checkpoint step {step} in {self.workdir} failed ({first_line(e)}); that is not damage to "
           "the step's files (a storage or network error, permissions, memory, a format this version does not "
-          "read), so every step was left in place: fix the cause and rerun") from e
+          f"read), so every step was left in place: fix the cause and rerun (details: {log})") from e
 
   def read_meta(self, step: int) -> dict:
     """{'config', 'data', 'tokenizer'} of a step; `Unreadable` if its files are damaged."""
@@ -301,6 +468,11 @@ class Checkpoints:
   def read_params(self, step: int, abstract_params):
     """Only the step's params (no optimizer state is read), on the shardings `abstract_params` carries."""
     return self._read(step, restore_params, abstract_params)
+
+  def verify(self, step: int, integrity: dict | None, tree, prefix: str = "") -> None:
+    """`Unreadable` if the arrays of `tree` (a restored state, or `prefix`='params/' for params alone) differ
+    from the checksums `integrity` (the step's, from `read_meta`) recorded at save."""
+    self._read(step, lambda mngr, step: verify_arrays(integrity, tree, prefix))
 
   def read_shapes(self, step: int) -> dict[str, tuple]:
     """`leaf_shapes` of the step's saved state from its metadata (no array read)."""
@@ -334,6 +506,16 @@ class Checkpoints:
         "command to resume")
 
 
+def _try(step: int, fn: Callable[[int], Any]) -> tuple[int, Any, BaseException | None]:
+  """(outcome, fn(step), error): outcome 0 read, 1 damaged (`Unreadable`), 2 any other failure."""
+  try:
+    return 0, fn(step), None
+  except Unreadable as e:
+    return 1, None, e
+  except Exception as e:  # pylint: disable=broad-except  # shared by the caller, then raised on every process
+    return 2, None, e
+
+
 def _agree_steps(steps: list[int]) -> list[int]:
   """Process 0's list of steps, on every process (object stores list eventually; hosts must not differ)."""
   if jax.process_count() == 1:
@@ -354,23 +536,22 @@ def _outcomes(mine: int) -> list[int]:
   return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(mine))).reshape(-1)]
 
 
-def restore_newest(ckpts: Checkpoints, attempt: Callable[[int], Any]) -> tuple[int, Any] | None:
+def restore_newest(ckpts: Checkpoints, attempt: Callable[[int], Any],
+                   verify: Callable[[int, Any], None] | None = None) -> tuple[int, Any] | None:
   """(step, attempt(step)) for the newest step whose files read, every process agreeing: process 0's list of
-  steps is tried in order and a step counts only if it read on every process. A damaged step is set aside
-  (moved by process 0 when `ckpts` may); any other failure on any process stops every process with every step
-  in place. None only when the workdir has no step at all: a workdir whose steps are all damaged, or were
-  moved aside by an earlier run, is an error (never a silent start from step 0)."""
+  steps is tried in order and a step counts only if it read on every process, and then passed `verify(step,
+  result)` (its checksums: a program over the global arrays, so it runs only once every process holds them). A
+  damaged step is set aside (moved by process 0 when `ckpts` may); any other failure on any process stops every
+  process with every step in place. None only when the workdir has no step at all: a workdir whose steps are
+  all damaged, or were moved aside by an earlier run, is an error (never a silent start from step 0)."""
   steps = _agree_steps(ckpts.steps())
   damaged = []
   for step in steps:
-    outcome, result, error = 0, None, None
-    try:
-      result = attempt(step)
-    except Unreadable as e:
-      outcome, error = 1, e
-    except Exception as e:  # pylint: disable=broad-except  # shared below, then raised on every process
-      outcome, error = 2, e
+    outcome, result, error = _try(step, attempt)
     everyone = _outcomes(outcome)
+    if max(everyone) == 0 and verify is not None:
+      outcome, _, error = _try(step, lambda s: verify(s, result))
+      everyone = _outcomes(outcome)
     if any(v not in (0, 1, 2) for v in everyone):
       raise CheckpointError(f"processes disagree on restoring checkpoint step {step} in {ckpts.workdir} (outcomes "
                             f"{everyone}); every step was left in place")

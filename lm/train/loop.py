@@ -28,9 +28,10 @@ from lm.train.run import (Restored, Run, backend_of, build_run, check, eval_batc
 from lm.train.state import param_count
 from lm.train.step import make_train_step
 
-def _saved_config(meta: dict) -> dict:
-  """A checkpoint's config on top of this version's defaults (fields added since then compare equal)."""
-  return families.from_json(json.dumps(meta["config"])).to_dict()
+def _saved_config(meta: dict, where: str, config) -> dict:
+  """A checkpoint's config on top of this version's defaults (fields added since then compare equal); it may
+  name modules outside lm only where this run's own config names them too."""
+  return families.from_json(json.dumps(meta["config"]), where, families.own_code(config)).to_dict()
 
 
 def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restored, object, dict] | None:
@@ -45,7 +46,8 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
     if convert.is_import(meta):
       raise ConfigError(f"{ckpts.workdir} holds an imported model (weights only, no optimizer state); train from it "
                         f"in a new workdir: lm train EXPERIMENT --config.init_from={ckpts.workdir} --workdir NEW")
-    changed = history.changes(_saved_config(meta), config.to_dict())
+    changed = history.changes(_saved_config(meta, f"checkpoint step {step} in {ckpts.workdir}", config),
+                              config.to_dict())
     refused = [history.describe(k, *v) for k, v in changed.items() if not history.is_safe(k)]
     if refused:
       raise CheckpointError(
@@ -53,17 +55,16 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
           "may change only its length, logging, evaluation, checkpointing, mesh, remat, compute dtype and "
           "microbatching; set these back or pass --restart to start over (old checkpoints are kept)")
     run = build_run(config, meta["tokenizer"], devices)
-    # Read before saying the run is finished: a finished step whose state is damaged is not a finished run.
-    state = restore_step(ckpts, step, run, meta["config"])
-    if step >= config.train.steps:
-      raise RunFinished(f"run finished at step {step} in {ckpts.workdir} (train.steps={config.train.steps}); "
-                        "raise --config.train.steps or use --restart (`lm eval` scores it)")
-    return meta, run, state, changed
+    return meta, run, restore_step(ckpts, step, run, meta["config"]), changed
 
-  found = checkpoint.restore_newest(ckpts, attempt)
+  found = checkpoint.restore_newest(ckpts, attempt, lambda step, r: ckpts.verify(step, r[0]["integrity"], r[2]))
   if found is None:
     return None
   step, (meta, run, state, changed) = found
+  # Said only once the step read and matched its checksums: a damaged finished step is not a finished run.
+  if step >= config.train.steps:
+    raise RunFinished(f"run finished at step {step} in {ckpts.workdir} (train.steps={config.train.steps}); "
+                      "raise --config.train.steps or use --restart (`lm eval` scores it)")
   return Restored(step, state, meta["data"], run), run.family.load_data(config, meta["tokenizer"]), changed
 
 

@@ -326,11 +326,12 @@ def _inference_mesh(saved_mesh: dict, devices) -> dict:
 
 
 def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: int | None = None,
-                  tokenizer: Tokenizer | None = None, role: str = "run") -> Restored | None:
+                  tokenizer: Tokenizer | None = None, role: str = "run", trust_code=()) -> Restored | None:
   """The params of the newest step of `workdir` that restores (never its optimizer state), as its own saved
   config describes the model, sharded on `devices` over `mesh` (default: the mesh it trained with, where it
   fits); None when the workdir has no checkpoint. With `tokenizer`, a checkpoint trained with another one is an
-  error before any array is read."""
+  error before any array is read. The saved config may name only lm's own families and objectives unless
+  `trust_code` is True or names them (`families.check_saved_code`): loading a workdir runs no code of its own."""
   ckpts = checkpoint.Checkpoints(workdir)
 
   def attempt(step):
@@ -339,21 +340,25 @@ def restore_saved(workdir, devices=None, mesh: dict | None = None, batch_size: i
       raise CheckpointError(
           f"{role} {str(workdir)!r} has a tokenizer of {meta['tokenizer'].vocab_size} ids, this run's has "
           f"{tokenizer.vocab_size} (or a different vocabulary); train the {role} with this data.tokenizer")
-    config = families.from_json(json.dumps(meta["config"]))
+    config = families.from_json(json.dumps(meta["config"]), f"{role} {str(workdir)!r} (checkpoint step {step})",
+                                trust_code)
     config.mesh = ml_collections.ConfigDict(mesh or _inference_mesh(config.mesh.to_dict(), devices))
     if batch_size is not None:
       config.data.batch_size = batch_size
     run = build_run(config, meta["tokenizer"], devices)
     check_compatible(ckpts, step, ckpts.read_shapes(step), run, meta["config"], params_only=True)
+    integrity[step] = meta["integrity"]
     return Restored(step, None, meta["data"], run, params=ckpts.read_params(step, run.abstract_state.params))
 
-  found = checkpoint.restore_newest(ckpts, attempt)
+  integrity = {}
+  found = checkpoint.restore_newest(
+      ckpts, attempt, lambda step, r: ckpts.verify(step, integrity[step], r.params, "params/"))
   return None if found is None else found[1]
 
 
-def restore_for_inference(workdir) -> tuple[Run, Any]:
+def restore_for_inference(workdir, trust_code=()) -> tuple[Run, Any]:
   """The newest good checkpoint's run (its config and tokenizer) and params, on the current devices."""
-  restored = restore_saved(workdir)
+  restored = restore_saved(workdir, trust_code=trust_code)
   if restored is None:
     raise CheckpointError(f"workdir {str(workdir)!r} holds no checkpoint that restores; train first with "
                           f"`lm train EXPERIMENT --workdir {workdir}`")
@@ -384,7 +389,7 @@ def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
     return convert.reference_run(workdir, devices, run.config.mesh.to_dict(), run.config.data.batch_size,
                                  run.tokenizer)
   restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size,
-                           tokenizer=run.tokenizer, role="reference run")
+                           tokenizer=run.tokenizer, role="reference run", trust_code=families.own_code(run.config))
   if restored is None:
     raise CheckpointError(f"reference workdir {workdir!r} holds no checkpoint; train the reference first")
   return restored.run, restored.params
