@@ -123,15 +123,16 @@ def _cmd_train(args, overrides: list[str], spec: str | None) -> int:
     print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
           f"{jax.default_backend()} devices, {jax.device_count()} in all", flush=True)
 
-  from lm.train import loop  # heavy imports only once the command line is known to be good
-  if args.restart:
-    from lm.train import run as run_lib
-    run_lib.check(config)  # a bad config must not cost the old run its place: check before moving it aside
-    loop.move_aside(workdir)
-    if multi:  # nobody may look for a checkpoint to resume from until process 0 has moved them
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("lm-train-restart")
-  summary = loop.train(config, workdir)
+  from lm.train import checkpoint, lease, loop  # heavy imports only once the command line is known to be good
+  with lease.hold(checkpoint.workdir_path(workdir), "lm train"):  # --restart moves files: only as the one writer
+    if args.restart:
+      from lm.train import run as run_lib
+      run_lib.check(config)  # a bad config must not cost the old run its place: check before moving it aside
+      loop.move_aside(workdir)
+      if multi:  # nobody may look for a checkpoint to resume from until process 0 has moved them
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("lm-train-restart")
+    summary = loop.train(config, workdir)
   if summary["preempted"]:  # saved; the same command resumes
     return 0
   primary = jax.process_index() == 0
@@ -171,10 +172,11 @@ def _cmd_eval(args) -> int:
     noise.parse(args.noise)  # a bad spec fails before anything loads
   if args.byte_exact:
     return _eval_byte_exact(args)
-  result = lm.load(args.workdir).evaluate(split=args.split, data=args.data, noise=args.noise)
+  r = lm.load(args.workdir)
+  result = dict(r.evaluate(split=args.split, data=args.data, noise=args.noise), step=r.step)
   name = f"eval_{args.split}{'_data' if args.data else ''}{'_noise-' + args.noise.replace(':', '-') if args.noise else ''}.json"
-  checkpoint.write_json(epath.Path(args.workdir) / name, result)
-  print(f"bpb: {result['bpb']:.4f}")
+  checkpoint.write_json(epath.Path(args.workdir) / name, result)  # atomic: a concurrent reader sees one whole file
+  print(f"bpb: {result['bpb']:.4f}  (checkpoint step {r.step})")
   print(json.dumps({k: result[k] for k in ("bpb", "n_bytes", "nll_sum")}))
   return 0
 
@@ -188,7 +190,8 @@ def _eval_byte_exact(args) -> int:
     raise LMError("--byte-exact scores the run's own held-out segments; drop --data and --noise")
   if args.segments < 1 or args.beam < 0:
     raise LMError("--segments must be at least 1 and --beam at least 0 (0: every tokenization)")
-  result = lm.load(args.workdir).evaluate_byte_exact(split=args.split, segments=args.segments, beam=args.beam)
+  r = lm.load(args.workdir)
+  result = dict(r.evaluate_byte_exact(split=args.split, segments=args.segments, beam=args.beam), step=r.step)
   checkpoint.write_json(epath.Path(args.workdir) / f"eval_{args.split}_byte_exact.json", result)
   print(f"bpb: {result['byte_exact_bpb']:.4f} byte-exact, {result['canonical_bpb']:.4f} canonical "
         f"(gap {result['gap_bpb']:.4f} bpb, {result['gap_percent']:.2f}%) over {result['segments']} segments, "

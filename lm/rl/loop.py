@@ -28,7 +28,7 @@ from lm.interop import convert
 from lm.objectives import sequence
 from lm.rl import rewards as rewards_lib
 from lm.rl.rollouts import Rollouts
-from lm.train import checkpoint, history, loop, trackers
+from lm.train import checkpoint, history, lease, loop, trackers
 from lm.train.run import build_run, check, load_reference, restore_step
 from lm.train.state import param_count
 
@@ -132,6 +132,12 @@ def train(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   eval_pairs, train_pairs = split_prompts(r, pairs)
   objectives.build(rl_config(config, "").objectives)  # the objective's options, before any training
   workdir = checkpoint.workdir_path(workdir)
+  with lease.hold(workdir / "rl", "lm rl"):  # one writer: a second `lm rl` on this workdir is refused
+    return _train(config, workdir, devices, dpo, triples, eval_pairs, train_pairs)
+
+
+def _train(config, workdir, devices, dpo: bool, triples: list, eval_pairs: list, train_pairs: list) -> dict:
+  r = config.rl
   primary = jax.process_index() == 0
   init = _init_run(config, workdir, devices)
   cfg = check(rl_config(config, init), devices)

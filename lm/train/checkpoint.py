@@ -296,7 +296,7 @@ def write_text(path, text: str) -> None:
   if "://" in str(path):
     path.write_text(text)
     return
-  tmp = path.parent / (path.name + ".tmp")
+  tmp = path.parent / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"  # two writers never share one
   tmp.write_text(text)
   tmp.replace(path)
 

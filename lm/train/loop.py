@@ -21,7 +21,7 @@ from lm import families, hardware, objectives, parallel
 from lm.data import tokenizers
 from lm.errors import CheckpointError, ConfigError, RunFinished
 from lm.interop import convert
-from lm.train import checkpoint, history, metrics as metrics_lib, trackers
+from lm.train import checkpoint, history, lease, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
 from lm.train.run import (Restored, Run, backend_of, build_run, check, eval_batch_size, evaluate_parts,
                           load_reference, make_evaluator, restore_step, train_flops_per_step)
@@ -279,14 +279,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   """Train `config` in `workdir` (resuming from its newest good checkpoint) on `devices` (default: all).
 
   Every config error is raised before data is read, anything compiles or the workdir is written; a resume
-  prints the fields it changes, refuses changes it may not make and a run that is already finished.
+  prints the fields it changes, refuses changes it may not make and a run that is already finished. The run
+  holds the workdir's lease (`lease.hold`) from before its first read of a checkpoint to its end: a second
+  writer is refused in one line naming this one.
   """
   workdir = checkpoint.workdir_path(workdir)
-  primary = jax.process_index() == 0
   t0 = time.time()
   config = check(config, devices)
-  if primary:
+  if jax.process_index() == 0:
     _check_writable(workdir)
+  with lease.hold(workdir, "lm train"):
+    return _train(config, workdir, devices, t0)
+
+
+def _train(config: ml_collections.ConfigDict, workdir, devices, t0: float) -> dict:
+  primary = jax.process_index() == 0
   use_compilation_cache(config.train.compilation_cache, backend_of(devices))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints, read_only=False, quarantine=True)
   found = resume(ckpts, config, devices)
@@ -418,7 +425,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   summary = dict(step=config.train.steps, val_bpb=val["bpb"], val_n_bytes=val["n_bytes"],
                  seconds=time.time() - t0, preempted=False)
   if primary:
-    checkpoint.write_json(workdir / "eval_val.json", val)
+    checkpoint.write_json(workdir / "eval_val.json", dict(val, step=config.train.steps))
   return dict(summary, state=state, run=run)
 
 
