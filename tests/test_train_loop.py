@@ -105,7 +105,7 @@ def test_no_step_reads_the_device_between_log_steps(tmp_path, monkeypatch):
                                       "train.checkpoint_every=0", "train.profile_steps=30:32"])
   loop.train(config, str(tmp_path / "w"))
   assert len(reads) == 8  # 4 log steps + 4 streak checks, of 40 steps
-  assert len(gets) == len(reads) + 1  # and the final evaluation's one read
+  assert len(gets) == len(reads) + 2  # and the final save's checksums and the final evaluation: one read each
   traces = list((tmp_path / "w" / "profile").rglob("*.xplane.pb"))
   assert traces, "train.profile_steps wrote no trace"
 

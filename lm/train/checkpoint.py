@@ -500,10 +500,17 @@ class Checkpoints:
 
   def _save_failed(self, e: BaseException) -> CheckpointError:
     why = "the disk is full" if _disk_full(e) else first_line(e)
+    log = log_details(self.workdir, f"saving checkpoint step {self.requested} in {self.workdir}", e,
+                      writer=not _disk_full(e))  # a full disk takes no log: it goes to the temporary directory
+    try:
+      last = latest_step(self.workdir)
+    except Exception:  # pylint: disable=broad-except  # the listing itself may fail on a broken store
+      last = None
+    good = (f"the last good checkpoint (step {last}) is intact" if last is not None else
+            "there is no checkpoint yet")
     return CheckpointError(
-        f"saving checkpoint step {self.requested} in {self.workdir} failed ({why}); the last good checkpoint "
-        f"(step {latest_step(self.workdir)}) is intact: free space or fix the directory, then rerun the same "
-        "command to resume")
+        f"saving checkpoint step {self.requested} in {self.workdir} failed ({why}); {good}: free space or fix "
+        f"the directory, then rerun the same command{' to resume' if last is not None else ''} (details: {log})")
 
 
 def _try(step: int, fn: Callable[[int], Any]) -> tuple[int, Any, BaseException | None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import socket
 import sys
 import threading
@@ -98,6 +99,20 @@ def _refuse(workdir, lease: dict) -> CheckpointError:
       f"once, from any host {STALE_SECONDS:.0f} s after its last renewal; or delete {_path(workdir)})")
 
 
+def check_writable(workdir) -> None:
+  """The workdir can be created or written, checked without creating it. Remote paths (gs://) are left to
+  the first write."""
+  if _remote(workdir):
+    return
+  path = pathlib.Path(str(workdir))
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+    why = "is not a directory" if not path.is_dir() else "is not writable"
+    raise CheckpointError(f"workdir {str(workdir)!r} cannot be created: {str(path)!r} {why}; pass --workdir to a "
+                          "writable directory")
+
+
 class Lease:
   """The lease of one workdir, held by this process (`acquire`, `renew`, `release`)."""
 
@@ -115,6 +130,7 @@ class Lease:
                            started=self.started, renewed=time.time()), indent=1)
 
   def acquire(self) -> None:
+    check_writable(self.workdir)
     workdir = epath.Path(self.workdir)
     if not workdir.exists():
       workdir.mkdir(parents=True, exist_ok=True)

@@ -206,20 +206,6 @@ def train_step(run: Run, data, devices=None):
   return jit_train_step(run, data.unit_bytes(), reference), ((reference[1],) if reference else ())
 
 
-def _check_writable(workdir) -> None:
-  """The workdir can be created or written, checked without creating it (nothing is written before the run
-  has loaded its data and built its model). Remote paths (gs://) are left to the first write."""
-  if "://" in str(workdir):
-    return
-  path = pathlib.Path(str(workdir))
-  while not path.exists() and path != path.parent:
-    path = path.parent
-  if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-    why = "is not a directory" if not path.is_dir() else "is not writable"
-    raise CheckpointError(f"workdir {str(workdir)!r} cannot be created: {str(path)!r} {why}; pass --workdir to a "
-                          "writable directory")
-
-
 class Profile:
   """`train.profile_steps="START:STOP"`: a jax profiler trace of steps START+1..STOP, in WORKDIR/profile."""
 
@@ -287,7 +273,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
   t0 = time.time()
   config = check(config, devices)
   if jax.process_index() == 0:
-    _check_writable(workdir)
+    lease.check_writable(workdir)
   with lease.hold(workdir, "lm train"):
     return _train(config, workdir, devices, t0)
 
@@ -354,9 +340,14 @@ def _train(config: ml_collections.ConfigDict, workdir, devices, t0: float) -> di
     # Only now, with data, reference, evaluator and step all built, does the workdir get written: the
     # human-readable copies (the checkpoint holds its own), the record of what trains from here, metrics.
     if primary:
-      workdir.mkdir(parents=True, exist_ok=True)
-      data.tokenizer.save(str(workdir / "tokenizer"))
-      history.record(workdir, config.to_dict(), start, changed)
+      try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        data.tokenizer.save(str(workdir / "tokenizer"))
+        history.record(workdir, config.to_dict(), start, changed)
+      except OSError as e:  # the run's first write: a full disk or a read-only directory is one line
+        why = "the disk is full" if e.errno == 28 else checkpoint.first_line(e)
+        raise CheckpointError(f"writing to workdir {str(workdir)!r} failed ({why}); free space or pass --workdir to "
+                              "a writable directory, then rerun") from None
     writer = trackers.Trackers(config.train.trackers, workdir, config.to_dict(), start, enabled=primary)
     window = LogWindow(config, run, train_flops_per_step(run, data), writer,
                        metrics_lib.Progress(config.train.steps, enabled=primary))
