@@ -152,6 +152,14 @@ class Proc:
     return None
 
 
+def _relative(path) -> str:
+  """`path` relative to the checkout where it lies inside it: no machine's paths in a recorded JSON."""
+  try:
+    return str(pathlib.Path(path).resolve().relative_to(protocol.ROOT))
+  except ValueError:
+    return str(path)
+
+
 def run(cmd, timeout: float, cwd=None) -> dict:
   p = Proc(cmd, cwd)
   rc = p.wait(timeout)
@@ -643,7 +651,7 @@ def errors_campaign(args, tmp: pathlib.Path) -> dict:
       check = case["check"](r) if "check" in case else None
     counts = terminal(r["lines"])
     ok = one_error_line(r["rc"], r["lines"]) and (check is None or check[0]) and not case.get("setup_error")
-    row = dict(case=case["name"], command=show(case["cmd"]), cwd=str(case.get("cwd") or protocol.ROOT),
+    row = dict(case=case["name"], command=show(case["cmd"]), cwd=str(case.get("cwd") or "."),  # "." = the checkout
                rc=r["rc"], timed_out=r["timed_out"], seconds=r["seconds"], **counts, passed=ok,
                check=check[1] if check else None, setup_error=case.get("setup_error"))
     rows.append(row)
@@ -689,7 +697,8 @@ def main(argv=None):
   finally:
     if args.tmp is None:
       shutil.rmtree(tmp, ignore_errors=True)
-  settings = dict(vars(args), experiment=EXPERIMENT, kill_modes=KILL_MODES, noise_filters=NOISE,
+  settings = dict(vars(args), out=_relative(args.out), experiment=EXPERIMENT, kill_modes=KILL_MODES,
+                  noise_filters=NOISE,
                   flip_overrides=FLIP_OVERRIDES, flip_steps=FLIP_STEPS, seconds=round(time.monotonic() - start, 1))
   protocol.write(args.out, protocol.record(sys.argv, settings, results))
   print(f"wrote {args.out} ({settings['seconds']} s)")

@@ -417,6 +417,31 @@ def flops_check(files: dict) -> list:
   return out
 
 
+def faults(files: dict) -> list:
+  """faults.py: the kill campaign (bit-equal?), flipped bytes (caught / harmless / missed, with the missed
+  rate's interval) and the error-line census (cases with exactly one `error:` line)."""
+  out = []
+  for name, data in files.items():
+    r, lines = flat(data), [f"- {meta(data)}", ""]
+    if "kill" in r:
+      k = r["kill"]
+      lines.append(f"- kill: {k['kills']} SIGKILLs ({k['in_flight']} during an asynchronous save), "
+                   f"{k['resumed_newest']} resumed from the newest finished step; final params bit-equal to an "
+                   f"uninterrupted run: {k['bit_equal']} (max |diff| {num(k['max_abs_diff'])})")
+    if "flip" in r:
+      f, m = r["flip"], r["flip"]["missed_rate"]
+      lines.append(f"- flip: {len(f['trials'])} trials: caught {f['caught']}, harmless {f['harmless']}, missed "
+                   f"{f['missed']} (missed rate {m['rate']:.2f}, 95% interval [{m['lo']:.2f}, {m['hi']:.2f}])")
+    if "errors" in r:
+      e = r["errors"]
+      lines += [f"- errors: {e['passed']} of {len(e['rows'])} bad inputs print exactly one `error:` line", ""]
+      lines += table(["case", "exit", "error lines", "other lines", "one line"],
+                     [[row["case"], str(row["rc"]), str(row["error_lines"]), str(row["other_lines"]),
+                       "yes" if row["passed"] else "no"] for row in e["rows"]])
+    out.append((name, lines + [""]))
+  return out
+
+
 SECTIONS = [  # (file name patterns, section function), in the order RESULTS.md shows them
     (("flops_check*.json",), flops_check),
     (("reproduce*.json",), reproduce),
@@ -425,6 +450,7 @@ SECTIONS = [  # (file name patterns, section function), in the order RESULTS.md 
     (("rl_*.json",), rl),
     (("sequence_sampling*.json",), sequence_sampling),
     (("power_exact*.json",), power_exact),
+    (("faults*.json",), faults),
 ]
 
 

@@ -131,7 +131,9 @@ def test_user_objective_with_a_head_from_its_own_module(tmp_path, monkeypatch):
   out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "bpb:" in out.stdout and "sample:" in out.stdout
-  r = lm.load(str(w))
+  with pytest.raises(ConfigError, match=r"objectives.0.name='mypkg.myloss'"):
+    lm.load(str(w))  # a workdir naming a module outside lm imports it only when asked to
+  r = lm.load(str(w), trust_code=True)
   assert "scaled_head" in r.params and r.params["scaled_head"]["proj"]["kernel"].shape == (32, 32)
   record = _metrics(w)[0]
   assert "mypkg.myloss/bpb" in record

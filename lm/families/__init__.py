@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -261,14 +262,15 @@ def own_code(config) -> set[str]:
 
 def foreign_code(saved: dict) -> list[str]:
   """What loading a saved config would import beyond lm itself: `model.family` unless built in, objective
-  names unless registered (nothing is imported to find out)."""
+  names unless registered, either unless this process has imported its module already (then loading runs no
+  new code). Nothing is imported to find out."""
   from lm.objectives import base as objectives_base
   family = str(saved.get("model", {}).get("family", "token"))
-  names = [] if family in BUILTIN else [f"model.family={family!r}"]
+  names = [] if family in BUILTIN or family in sys.modules else [f"model.family={family!r}"]
   known = set(objectives_base.registered())
   for i, o in enumerate(saved.get("objectives") or []):
     name = str(o.get("name", "")) if isinstance(o, dict) else str(o)
-    if name not in known:
+    if name not in known and name.rpartition(".")[0] not in sys.modules:
       names.append(f"objectives.{i}.name={name!r}")
   return names
 
