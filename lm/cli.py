@@ -422,7 +422,32 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _library_logs_to_file() -> str:
+  """Send what libraries log (orbax's errors from its save threads with their tracebacks: 330 lines on a full
+  disk) to a file, so the terminal shows lm's own lines; the file is created only if something is logged."""
+  import logging
+  import tempfile
+  path = os.path.join(tempfile.gettempdir(), f"lm-{os.getpid()}.log")
+  root = logging.getLogger()
+  for handler in list(root.handlers):  # absl's handler writes to stderr
+    root.removeHandler(handler)
+  to_file = logging.FileHandler(path, delay=True)
+  to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  root.addHandler(to_file)
+
+  def unraisable(u):  # tensorstore's callbacks into a closed event loop, orbax's abandoned coroutines
+    try:
+      with open(path, "a", encoding="utf-8") as f:
+        f.write(f"unraisable exception in {u.object!r}\n" + "".join(traceback.format_exception(
+            u.exc_type, u.exc_value, u.exc_traceback)))
+    except OSError:
+      pass
+  sys.unraisablehook = unraisable
+  return path
+
+
 def main(argv: list[str] | None = None) -> int:
+  log = _library_logs_to_file() if argv is None else None  # the command line itself, not a test's call
   argv = sys.argv[1:] if argv is None else argv
   from absl import logging as absl_logging  # orbax logs every read-only option it adjusts as a warning
   absl_logging.set_verbosity(absl_logging.ERROR)
@@ -468,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_sentences(args, overrides, spec)
     return _cmd_sample(args)
   except LMError as e:
-    print(f"error: {e}", file=sys.stderr)
+    logged = log and os.path.exists(log) and os.path.getsize(log) and "(details: " not in str(e)
+    print(f"error: {e}" + (f" (library messages: {log})" if logged else ""), file=sys.stderr)
     _exit_now_if_distributed(2)
     return 2
   except BaseException:

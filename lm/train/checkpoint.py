@@ -370,7 +370,7 @@ def log_path(workdir, writer: bool = True) -> pathlib.Path:
   text = str(workdir)
   if writer and "://" not in text and os.path.isdir(text) and os.access(text, os.W_OK):
     return pathlib.Path(text) / "lm-errors.log"
-  return pathlib.Path(tempfile.gettempdir()) / f"lm-errors-{os.getpid()}.log"
+  return pathlib.Path(tempfile.gettempdir()) / f"lm-{os.getpid()}.log"  # where the CLI sends library logs
 
 
 def log_details(workdir, what: str, e: BaseException | None = None, writer: bool = True) -> pathlib.Path:
