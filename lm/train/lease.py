@@ -228,8 +228,9 @@ def hold(workdir, command: str):
   if lease is not None:
     try:
       lease.acquire()
-    except CheckpointError as e:
-      error = e
+    except Exception as e:  # pylint: disable=broad-except  # shared below: no process may wait for process 0
+      error = e if isinstance(e, CheckpointError) else CheckpointError(
+          f"taking the lease of workdir {key!r} failed ({type(e).__name__}: {e}); check the directory and rerun")
   if not _agree(error is None):
     raise error or CheckpointError(f"workdir {key!r} is being written by another run (process 0 could not take "
                                    "its lease; its log names the holder)")
