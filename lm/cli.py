@@ -426,23 +426,16 @@ def _library_logs_to_file() -> str:
   """Send what libraries log (orbax's errors from its save threads with their tracebacks: 330 lines on a full
   disk) to a file, so the terminal shows lm's own lines; the file is created only if something is logged."""
   import logging
-  import tempfile
-  path = os.path.join(tempfile.gettempdir(), f"lm-{os.getpid()}.log")
+
+  from lm.errors import process_log, unraisable_to
+  path = process_log()
   root = logging.getLogger()
   for handler in list(root.handlers):  # absl's handler writes to stderr
     root.removeHandler(handler)
   to_file = logging.FileHandler(path, delay=True)
   to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   root.addHandler(to_file)
-
-  def unraisable(u):  # tensorstore's callbacks into a closed event loop, orbax's abandoned coroutines
-    try:
-      with open(path, "a", encoding="utf-8") as f:
-        f.write(f"unraisable exception in {u.object!r}\n" + "".join(traceback.format_exception(
-            u.exc_type, u.exc_value, u.exc_traceback)))
-    except OSError:
-      pass
-  sys.unraisablehook = unraisable
+  unraisable_to(path)
   return path
 
 

@@ -1,6 +1,10 @@
 """User-facing errors: one line naming the problem and the fix, raised before any compile."""
 
 import difflib
+import os
+import sys
+import tempfile
+import traceback
 
 
 class LMError(Exception):
@@ -43,3 +47,21 @@ def did_you_mean(name: str, choices, prefix: str = "", cutoff: float = 0.6) -> s
   """`did you mean 'X'? ` when one of `choices` is close to `name` (difflib's default cutoff), else ``."""
   near = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
   return f"did you mean {prefix}{near[0]}? " if near and prefix else f"did you mean {near[0]!r}? " if near else ""
+
+
+def process_log() -> str:
+  """This process's log of details kept off the terminal (library logs, tracebacks): TMP/lm-PID.log."""
+  return os.path.join(tempfile.gettempdir(), f"lm-{os.getpid()}.log")
+
+
+def unraisable_to(path) -> None:
+  """Append unraisable exceptions (tensorstore's callbacks into a closed event loop, orbax's abandoned
+  coroutines: dozens of lines each on the terminal) to the file `path` instead."""
+  def to_file(u):
+    try:
+      with open(path, "a", encoding="utf-8") as f:
+        f.write(f"--- unraisable exception in {u.object!r}\n" + "".join(traceback.format_exception(
+            u.exc_type, u.exc_value, u.exc_traceback)))
+    except OSError:
+      pass
+  sys.unraisablehook = to_file

@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from etils import epath
 
 from lm import config as config_lib
 from lm.data import tokenizers as tokenizers_lib
-from lm.errors import CheckpointError
+from lm.errors import CheckpointError, process_log, unraisable_to
 
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt-checkpoints"
@@ -101,10 +100,8 @@ def _as_uint32(x: jax.Array) -> jax.Array:
   if x.dtype == jnp.bool_:
     return x.astype(jnp.uint32)
   width = x.dtype.itemsize
-  if width == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  if width == 8:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
+  if width in (4, 8):
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 64-bit values as [..., 2]
   return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[width]).astype(jnp.uint32)
 
 
@@ -370,7 +367,7 @@ def log_path(workdir, writer: bool = True) -> pathlib.Path:
   text = str(workdir)
   if writer and "://" not in text and os.path.isdir(text) and os.access(text, os.W_OK):
     return pathlib.Path(text) / "lm-errors.log"
-  return pathlib.Path(tempfile.gettempdir()) / f"lm-{os.getpid()}.log"  # where the CLI sends library logs
+  return pathlib.Path(process_log())  # where the command line sends library logs
 
 
 def log_details(workdir, what: str, e: BaseException | None = None, writer: bool = True) -> pathlib.Path:
@@ -384,16 +381,8 @@ def log_details(workdir, what: str, e: BaseException | None = None, writer: bool
         f.write("".join(traceback.format_exception(e)))
   except OSError:
     pass
-  if sys.unraisablehook is sys.__unraisablehook__:
-    def to_log(unraisable):
-      try:
-        with open(path, "a", encoding="utf-8") as f:
-          f.write(f"--- unraisable in {unraisable.object!r}\n")
-          f.write("".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
-                                                     unraisable.exc_traceback)))
-      except OSError:
-        pass
-    sys.unraisablehook = to_log
+  if sys.unraisablehook is sys.__unraisablehook__:  # the command line routes them already
+    unraisable_to(path)
   return path
 
 
