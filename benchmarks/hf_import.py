@@ -5,11 +5,11 @@
 A random Llama-shaped model (GQA 4:1, SwiGLU, untied head; ~245M params at the defaults) is built with
 transformers and saved in bfloat16, sharded in 200 MB files with an index, beside a small BPE tokenizer. Each
 step runs in its own process, which reports its own peak RSS (VmHWM):
-  import   `convert.import_hf` onto float32 params: seconds, peak RSS above a baseline process (jax and lm
+  import   `workdirs.import_hf` onto float32 params: seconds, peak RSS above a baseline process (jax and lm
            imported) against the params' float32 bytes (one copy of the model is 1.0; the bar is under 2)
   parity   logits of 2 x 64 random tokens, ours (float32 params from the bfloat16 file) vs transformers (the
            same file loaded in float32): max abs difference
-  export   `convert.export_hf` in float32, 1 GB shards: seconds, peak RSS
+  export   `workdirs.export_hf` in float32, 1 GB shards: seconds, peak RSS
 Needs `pip install -e '.[hf]'`. Prints a table and writes JSON (default benchmarks/results/hf_import.json).
 """
 
@@ -53,8 +53,8 @@ def peak_mb():
 IMPORT = PEAK + """
 import sys, time, json
 t = time.time()
-from lm.interop import convert
-s = convert.import_hf(sys.argv[1], sys.argv[2])
+from lm.interop import workdirs
+s = workdirs.import_hf(sys.argv[1], sys.argv[2])
 print(json.dumps(dict(seconds=time.time() - t, peak_mb=peak_mb(), params=s["params"])))
 """
 
@@ -73,7 +73,7 @@ print(json.dumps(dict(max_abs=float(np.abs(ours[..., :ref.shape[-1]] - ref).max(
 
 BASELINE = PEAK + """
 import json, jax, jax.numpy as jnp
-from lm.interop import convert
+from lm.interop import workdirs
 from lm.train import run
 jnp.zeros(1).block_until_ready()
 print(json.dumps(dict(peak_mb=peak_mb())))
@@ -82,8 +82,8 @@ print(json.dumps(dict(peak_mb=peak_mb())))
 EXPORT = PEAK + """
 import sys, time, json
 t = time.time()
-from lm.interop import convert
-s = convert.export_hf(sys.argv[2], sys.argv[3], max_shard_bytes=1 << 30)
+from lm.interop import workdirs
+s = workdirs.export_hf(sys.argv[2], sys.argv[3], max_shard_bytes=1 << 30)
 print(json.dumps(dict(seconds=time.time() - t, peak_mb=peak_mb(), files=len(s["files"]))))
 """
 

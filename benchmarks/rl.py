@@ -49,10 +49,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import protocol  # noqa: E402  # benchmarks/protocol.py, beside this file
 from lm import config as config_lib  # noqa: E402
 from lm.errors import RunFinished  # noqa: E402
-from lm.interop import convert  # noqa: E402
 from lm.rl import loop as rl_loop  # noqa: E402
 from lm.rl.rollouts import Rollouts  # noqa: E402
 from lm.train import loop  # noqa: E402
+from lm.train import run as run_lib  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TASKS = {"arith": ("rl_arith", 800), "star": ("rl_star", 3000)}
@@ -172,7 +172,7 @@ def main() -> None:
     config = _config(args, seed, arm, lr)
     config.rl.init_from = init
     result = rl_loop.train(config, workdir)
-    start = convert.init_params(result["run"], result["state"].params)[0]
+    start = run_lib.init_params(result["run"], result["state"].params)[0]
     if seed not in base:  # the init on test, with the same samples' seeds as this seed's final policies
       base[seed] = dict(test=_test(result, start, seed), pass_k=_pass_curve(result, start, args, seed))
     out = dict(arm=arm, seed=seed, lr=lr, curve=_curve(workdir), test=[base[seed]["test"],

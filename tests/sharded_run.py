@@ -13,6 +13,8 @@ import numpy as np
 from lm import config as config_lib
 from lm.train import loop
 
+import test_train_rng  # noqa: F401  (registers test_random_drop, an objective that draws from LossContext.rng)
+
 # Pure data parallelism (8, 1, 1) is left out for time: (2, 2, 2) splits the batch too, and
 # tests/test_launch.py trains data-parallel across two processes.
 MESHES = [(1, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
@@ -75,6 +77,18 @@ def main(steps: int):
       workdir = tempfile.mkdtemp()
       loop.train(config, workdir, devices=jax.devices()[:int(np.prod(shape))])
       out[name + "_" + "x".join(map(str, shape))] = dict(losses=losses(workdir))
+
+  # An objective drawing from the step's key (tests/test_train_rng.py's, registered here too): the same draws
+  # on mesh (2,2,2) as on one device.
+  for shape in [(1, 1, 1), (2, 2, 2)]:
+    config = config_lib.load_experiment("token_ntp:tiny")
+    config_lib.apply_overrides(config, [f"data.source={corpus}", f"train.steps={steps}", "train.log_every=1",
+        "train.eval_every=0", "train.checkpoint_every=0", "eval.max_batches=1", "sample.max_new=0",
+        "model.num_kv_heads=4", f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
+    config.objectives = [dict(name="test_random_drop", weight=1.0)]
+    workdir = tempfile.mkdtemp()
+    loop.train(config, workdir, devices=jax.devices()[:int(np.prod(shape))])
+    out["random_drop_" + "x".join(map(str, shape))] = dict(losses=losses(workdir))
 
   # A checkpoint saved on mesh (1,8,1) restores on 1 device and continues: save at steps/2 and steps, drop
   # the last one, resume on a one-device mesh.

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from lm.data import tokenizers as tokenizers_lib  # noqa: E402
 from lm.errors import ConfigError  # noqa: E402
-from lm.interop import convert  # noqa: E402
+from lm.interop import convert, workdirs  # noqa: E402
 from lm.train import run as run_lib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def imported(tmp_path_factory):
     if arch not in cache:
       base = tmp_path_factory.mktemp(arch)
       model, tok = build_hf(arch, base / "hf")
-      convert.import_hf(base / "hf", base / "run")
+      workdirs.import_hf(base / "hf", base / "run")
       cache[arch] = (model, tok, base / "hf", base / "run")
     return cache[arch]
   return get
@@ -133,7 +133,7 @@ def test_greedy_generation_and_export_round_trip(imported, arch, tmp_path):
     out = model.generate(**enc, max_new_tokens=32, do_sample=False, pad_token_id=tok.eos_token_id)
   assert ours == tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
 
-  convert.export_hf(workdir, tmp_path / "out", max_shard_bytes=20_000)  # several shards and an index
+  workdirs.export_hf(workdir, tmp_path / "out", max_shard_bytes=20_000)  # several shards and an index
   back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
   ids = np.random.default_rng(2).integers(0, len(tok), size=(2, 24))
   np.testing.assert_allclose(hf_logits(back, ids), hf_logits(model, ids), atol=1e-4, rtol=0)
@@ -150,7 +150,7 @@ def test_sharded_checkpoint_imports_as_the_unsharded_one(imported, tmp_path):
     (tmp_path / "hf" / name).write_bytes((hf_dir / name).read_bytes())
   index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
   assert len(set(index["weight_map"].values())) > 2
-  convert.import_hf(tmp_path / "hf", tmp_path / "run")
+  workdirs.import_hf(tmp_path / "hf", tmp_path / "run")
   _, a = run_lib.restore_for_inference(workdir)
   _, b = run_lib.restore_for_inference(tmp_path / "run")
   flat_a, flat_b = convert.flatten(a), convert.flatten(b)
@@ -161,9 +161,9 @@ def test_sharded_checkpoint_imports_as_the_unsharded_one(imported, tmp_path):
 
 MESH_SCRIPT = """
 import sys, numpy as np, jax, jax.numpy as jnp
-from lm.interop import convert
+from lm.interop import workdirs
 from lm.train import run as run_lib
-convert.import_hf(sys.argv[1], sys.argv[2], ["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=1"])
+workdirs.import_hf(sys.argv[1], sys.argv[2], ["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=1"])
 run, params = run_lib.restore_for_inference(sys.argv[2])
 assert dict(run.mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}, run.mesh.shape
 sharded = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(params))
@@ -233,7 +233,7 @@ def test_unsupported_options_fail_in_one_line_before_writing(imported, tmp_path,
   config.update(change)
   (bad / "config.json").write_text(json.dumps(config))
   with pytest.raises(ConfigError, match=field.replace("(", r"\(")) as e:
-    convert.import_hf(bad, tmp_path / "run")
+    workdirs.import_hf(bad, tmp_path / "run")
   assert "\n" not in str(e.value)
   assert not (tmp_path / "run").exists()
 
@@ -302,7 +302,7 @@ def test_a_tied_model_with_a_head_copy_imports_and_mismatched_weights_fail_in_on
   safetensors.write(copy, tensors)
   for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
     (copy / name).write_bytes((hf_dir / name).read_bytes())
-  convert.import_hf(copy, tmp_path / "run")
+  workdirs.import_hf(copy, tmp_path / "run")
   run, params = run_lib.restore_for_inference(tmp_path / "run")
   ids = np.random.default_rng(4).integers(0, model.config.vocab_size, size=(1, 12))
   np.testing.assert_allclose(our_logits(run, params, {"inputs": ids})[..., :model.config.vocab_size],
@@ -311,7 +311,7 @@ def test_a_tied_model_with_a_head_copy_imports_and_mismatched_weights_fail_in_on
   config["intermediate_size"] += 8
   (copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(CheckpointError, match="weights and config.json disagree") as e:
-    convert.import_hf(copy, tmp_path / "run2")
+    workdirs.import_hf(copy, tmp_path / "run2")
   assert "\n" not in str(e.value) and not (tmp_path / "run2" / "checkpoints").exists()
 
 
@@ -323,7 +323,7 @@ def test_a_model_trained_here_exports_as_llama(tmp_path):
   config_lib.apply_overrides(config, ["data.tokenizer=bpe", "data.vocab_size=300", "train.steps=2",
                                       "train.eval_every=0", "sample.max_new=0", "model.num_kv_heads=2"])
   loop.train(config, tmp_path / "run")
-  summary = convert.export_hf(tmp_path / "run", tmp_path / "hf")
+  summary = workdirs.export_hf(tmp_path / "run", tmp_path / "hf")
   assert summary["kind"] == "llama" and summary["tokenizer"]
   run, params = run_lib.restore_for_inference(tmp_path / "run")
   back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

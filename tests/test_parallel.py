@@ -64,6 +64,14 @@ def test_chunked_families_on_mesh_2x2x2_match_one_device(sharded_results, family
     assert abs(a - b) <= 1e-5 * abs(b), (got, base)
 
 
+def test_an_objective_drawing_from_the_step_key_on_mesh_2x2x2_matches_one_device(sharded_results):
+  base, got = sharded_results["random_drop_1x1x1"]["losses"], sharded_results["random_drop_2x2x2"]["losses"]
+  plain = sharded_results["1x1x1"]["losses"]
+  assert len(base) == len(got) == 10 and base[0] != plain[0]  # the draw is used
+  for a, b in zip(got, base):
+    assert abs(a - b) <= 1e-5 * abs(b), (got, base)
+
+
 def test_hierarchical_encoder_heads_must_divide_tensor():
   config = config_lib.load_experiment("byte_hat:tiny")
   config_lib.apply_overrides(config, ["model.encoder.num_heads=3", "model.encoder.d_model=48"])
@@ -90,7 +98,7 @@ def test_sharded_training_matches_one_device(sharded_results, mesh):
 
 def test_parameters_are_laid_out_by_the_rules(sharded_results):
   for mesh, result in sharded_results.items():
-    if mesh == "resumed_on_1" or mesh.startswith(("hat_", "concept_")):
+    if mesh == "resumed_on_1" or mesh.startswith(("hat_", "concept_", "random_drop_")):
       continue
     specs = result["specs"]
     # [layers, embed, mlp] -> (None, fsdp, tensor); optimizer moments follow their parameters.

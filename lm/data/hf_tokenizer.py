@@ -6,7 +6,7 @@ from etils import epath
 import numpy as np
 import tokenizers as hf
 
-from lm.data.tokenizers import _SPECIAL_ALIASES, BPETokenizer, HF_CONFIG, _first_line
+from lm.data.tokenizer_base import _SPECIAL_ALIASES, BPETokenizer, HF_CONFIG, _first_line
 from lm.errors import DataError
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
-from lm.data.tokenizers import Tokenizer, _drop_specials, _first_line, _piece_bytes
+from lm.data.tokenizer_base import Tokenizer, _drop_specials, _first_line, _piece_bytes
 from lm.errors import DataError
 
 

@@ -27,9 +27,9 @@ def add_parsers(sub) -> None:
 
 
 def run(args, overrides: list[str]) -> int:
-  from lm.interop import convert
+  from lm.interop import workdirs
   if args.command == "import":
-    summary = convert.import_hf(args.source, args.workdir, overrides)
+    summary = workdirs.import_hf(args.source, args.workdir, overrides)
     print(f"imported {summary['kind']} ({summary['params'] / 1e6:.2f}M params, vocabulary "
           f"{summary['vocab_size']} ids, {summary['model_vocab']} embedding rows) into {args.workdir} on mesh "
           f"{summary['mesh']}; `lm eval {args.workdir}`, `lm sample {args.workdir}`, or fine-tune with "
@@ -37,7 +37,7 @@ def run(args, overrides: list[str]) -> int:
     return 0
   if overrides:
     raise LMError("`lm export hf` takes no --config overrides; drop them")
-  summary = convert.export_hf(args.workdir, args.out, int(args.max_shard_gb * (1 << 30)), args.dtype)
+  summary = workdirs.export_hf(args.workdir, args.out, int(args.max_shard_gb * (1 << 30)), args.dtype)
   print(f"exported {summary['kind']} to {args.out} ({len(summary['files'])} weight file(s)"
         + ("" if summary["tokenizer"] else "; no tokenizer: only BPE and imported tokenizers have a Hugging Face form")
         + (f"; heads left out: {', '.join(summary['heads_left_out'])}" if summary["heads_left_out"] else "") + ")")

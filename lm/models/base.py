@@ -11,6 +11,10 @@ from flax import struct
 from lm.errors import ConfigError
 from lm.models.layers import TransformerConfig, mask_padded_vocab
 
+# The random streams a training step gives the model (`self.make_rng(name)` in a module; lm.train.step): dropout,
+# and noise for models whose inputs are drawn (a diffusion model's mask). A stream no module reads costs nothing.
+RNG_STREAMS = ("dropout", "noise")
+
 
 @struct.dataclass
 class ModelOutputs:

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
 
+from lm.models.base import RNG_STREAMS
 from lm.models.layers import MLP, Array, Attention, TransformerConfig, constrain, make_norm
 
 ACTIVATION_AXES = ("batch", "length", "embed")
@@ -64,7 +65,7 @@ class Transformer(nn.Module):
                            prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       unroll = True if cfg.scan_unroll >= cfg.num_layers else max(cfg.scan_unroll, 1)
-      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, **{k: True for k in RNG_STREAMS}},
                       in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers, unroll=unroll,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxTxD, _ = stack(cfg, self.causal, self.decode, name="layers")(

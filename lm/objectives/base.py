@@ -42,6 +42,8 @@ class LossContext:
   step: Array                      # optimizer step, for weight schedules
   unit_bytes: Array                # [V] bytes of text each unit stands for (eos counts one)
   reference_logits: Array | None = None  # [B, T, V] of a frozen reference model, for objectives that ask
+  rng: Array | None = None         # this step's key for objectives that draw (noise levels, masks); the same
+                                   # on resume and on any mesh (lm.train.step.step_keys); None outside training
 
 
 Loss = Callable[[ModelOutputs, Batch, LossContext], LossTerms]
@@ -122,20 +124,13 @@ def register(name: str, head: Callable[..., Head] | None = None, reference: bool
   return wrap
 
 
-def _builtins() -> None:
-  import lm.objectives.concept  # noqa: F401  (registers the built-in objectives)
-  import lm.objectives.token  # noqa: F401
-  import lm.objectives.sequence  # noqa: F401
-
-
 def registered() -> list[str]:
-  _builtins()
   return sorted(_REGISTRY)
 
 
 def get(name: str) -> Objective:
-  """The registration of `name`; a dotted name is imported from the user's module if needed."""
-  _builtins()
+  """The registration of `name`; a dotted name is imported from the user's module if needed. (The built-in
+  objectives register when the package `lm.objectives` is imported, which importing this module does first.)"""
   if name not in _REGISTRY and "." in name:
     for module in (name, name.rpartition(".")[0]):
       try:

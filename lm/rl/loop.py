@@ -24,12 +24,11 @@ import numpy as np
 from lm import objectives, parallel
 from lm.data import corpus, synthetic
 from lm.errors import ConfigError, RunFinished
-from lm.interop import convert
 from lm.objectives import sequence
 from lm.rl import rewards as rewards_lib
 from lm.rl.rollouts import Rollouts
-from lm.train import checkpoint, history, lease, loop, trackers
-from lm.train.run import build_run, check, load_reference, restore_step
+from lm.train import checkpoint, history, init_from, lease, loop, trackers
+from lm.train.run import build_run, check, init_params, load_reference, restore_step
 from lm.train.state import param_count
 
 
@@ -142,7 +141,7 @@ def _train(config, workdir, devices, dpo: bool, triples: list, eval_pairs: list,
   init = _init_run(config, workdir, devices)
   cfg = check(rl_config(config, init), devices)
   ckpts = checkpoint.Checkpoints(workdir / "rl", keep=cfg.train.keep_checkpoints, read_only=False, quarantine=True)
-  tokenizer = convert.init_tokenizer(init)
+  tokenizer = init_from.init_tokenizer(init)
   run = build_run(cfg, tokenizer, devices)
 
   def attempt(step):  # the newest step that reads and matches its checksums; damaged ones are moved aside
@@ -159,7 +158,7 @@ def _train(config, workdir, devices, dpo: bool, triples: list, eval_pairs: list,
     start, (_, state) = found
   else:
     state = run.init(cfg.train.seed)
-    state = state.replace(params=convert.init_params(run, state.params)[0])
+    state = state.replace(params=init_params(run, state.params)[0])
     start = 0
   if start >= r.steps:
     raise RunFinished(f"rl run finished at step {start} in {workdir} (rl.steps={r.steps}); raise --config.rl.steps")

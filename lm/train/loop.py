@@ -6,7 +6,6 @@ import collections
 import functools
 import json
 import os
-import pathlib
 import signal
 import sys
 import threading
@@ -20,11 +19,10 @@ from etils import epath
 from lm import families, hardware, objectives, parallel
 from lm.data import tokenizers
 from lm.errors import CheckpointError, ConfigError, RunFinished
-from lm.interop import convert
-from lm.train import checkpoint, history, lease, metrics as metrics_lib, trackers
+from lm.train import checkpoint, history, init_from, lease, metrics as metrics_lib, trackers
 from lm.train.optim import learning_rate
 from lm.train.run import (Restored, Run, backend_of, build_run, check, eval_batch_size, evaluate_parts,
-                          load_reference, make_evaluator, restore_step, train_flops_per_step)
+                          init_params, load_reference, make_evaluator, restore_step, train_flops_per_step)
 from lm.train.state import param_count
 from lm.train.step import make_train_step
 
@@ -43,7 +41,7 @@ def resume(ckpts: checkpoint.Checkpoints, config, devices=None) -> tuple[Restore
 
   def attempt(step):
     meta = ckpts.read_meta(step)
-    if convert.is_import(meta):
+    if init_from.is_import(meta):
       raise ConfigError(f"{ckpts.workdir} holds an imported model (weights only, no optimizer state); train from it "
                         f"in a new workdir: lm train EXPERIMENT --config.init_from={ckpts.workdir} --workdir NEW")
     changed = history.changes(_saved_config(meta, f"checkpoint step {step} in {ckpts.workdir}", config),
@@ -290,14 +288,14 @@ def _train(config: ml_collections.ConfigDict, workdir, devices, t0: float) -> di
   else:
     tokenizer = None
     if config.init_from:  # its tokenizer, exactly
-      tokenizer = convert.init_tokenizer(config.init_from)
+      tokenizer = init_from.init_tokenizer(config.init_from)
     else:
       tokenizers.check_spec(config.data.tokenizer)  # a resume uses its checkpoint's tokenizer, never this spec
     data = families.get(config.model.family).load_data(config, tokenizer)
     run = build_run(config, data.tokenizer, devices)
     state, start = run.init(config.train.seed), 0
     if config.init_from:
-      params, fresh = convert.init_params(run, state.params)
+      params, fresh = init_params(run, state.params)
       state = state.replace(params=params)
       if primary:
         print(f"initialised from {config.init_from}" + (f"; fresh: {', '.join(sorted({p.split('/')[0] for p in fresh}))}"

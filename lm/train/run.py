@@ -22,7 +22,7 @@ from lm.eval import bpb as bpb_lib
 from lm.families import Family
 from lm.interop import convert
 from lm.objectives.base import Requirements
-from lm.train import checkpoint, trackers
+from lm.train import checkpoint, init_from, trackers
 from lm.train.optim import make_optimizer
 from lm.train.state import TrainState, init_state
 
@@ -150,7 +150,7 @@ def check(config: ml_collections.ConfigDict, devices=None) -> ml_collections.Con
   checked by `loop.train` for a fresh start only: a resume uses its checkpoint's). `lm train` runs it
   before it reads data, compiles or writes anything. Returns the config resolved for this backend (with the
   architecture of `config.init_from`, where one is named)."""
-  config, family, mesh, needs = _resolve(convert.apply_init_from(config), devices)
+  config, family, mesh, needs = _resolve(init_from.apply_init_from(config), devices)
   model = family.build_model(config, _vocab_guess(config), needs=needs)
   batch = families.zeros(family.batch_spec(config, 1))
   jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))  # head options, layer counts, shapes
@@ -379,6 +379,32 @@ def _check_reference(needs: Requirements) -> str:
   return workdir
 
 
+def _hf_reference(directory, devices, run: Run) -> tuple[Run, Any]:
+  """A Hugging Face model as a frozen reference (`objectives.N.reference=HF_DIR`) on `run`'s mesh and batch
+  size; it must share `run`'s tokenizer."""
+  ref_tok = convert.hf_tokenizer(directory)
+  if ref_tok.files() != run.tokenizer.files():
+    raise CheckpointError(f"reference model {str(directory)!r} has another tokenizer than this run; train with "
+                          f"--config.data.tokenizer={directory} (or init_from it)")
+  config = convert.config_for(directory)
+  config.unlock()
+  config.mesh = ml_collections.ConfigDict(run.config.mesh.to_dict())
+  config.data.batch_size = run.config.data.batch_size
+  ref = build_run(config, ref_tok, devices)
+  return ref, convert.hf_params(ref, directory)[0]
+
+
+def init_params(run: Run, fresh: dict) -> tuple[dict, list[str]]:
+  """`run`'s params from `config.init_from` (a workdir's newest good checkpoint, or a Hugging Face model), with
+  what the source lacks (new heads) from `fresh`. Returns the params and the paths that stayed fresh."""
+  src = run.config.init_from
+  if convert.is_hf_dir(src):
+    return convert.hf_params(run, src, fresh)
+  restored = restore_saved(src, mesh=run.config.mesh.to_dict(), tokenizer=run.tokenizer, role="init_from run",
+                           trust_code=families.own_code(run.config))
+  return init_from.merge_params(run, restored.params, fresh)
+
+
 def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
   """The frozen reference model an objective asks for (`reference=WORKDIR`, e.g. `rho`), restored onto this
   run's mesh; it must share this run's tokenizer."""
@@ -386,8 +412,7 @@ def load_reference(run: Run, devices=None) -> tuple[Run, Any] | None:
     return None
   workdir = _check_reference(run.needs)
   if convert.is_hf_dir(workdir):
-    return convert.reference_run(workdir, devices, run.config.mesh.to_dict(), run.config.data.batch_size,
-                                 run.tokenizer)
+    return _hf_reference(workdir, devices, run)
   restored = restore_saved(workdir, devices, mesh=run.config.mesh.to_dict(), batch_size=run.config.data.batch_size,
                            tokenizer=run.tokenizer, role="reference run", trust_code=families.own_code(run.config))
   if restored is None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lm.models.base import RNG_STREAMS
 from lm.objectives.base import Loss, LossContext
 from lm.train.state import TrainState
 
@@ -34,39 +35,60 @@ def _keep_if(ok: jax.Array, new, old, backend: str):
   return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
+_KEYS_FROM = 0xFFFFFFFF  # a fold-in datum no step count reaches, so step keys never equal a later TrainState.rng
+
+
+def step_keys(rng: jax.Array, step: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+  """The random keys of one step: (model rngs by stream, the loss's key), from the state's raw key and the
+  step alone, so a resumed run draws what the uninterrupted one drew, and with threefry partitionable (jax's
+  default) a sharded run draws what one device draws."""
+  keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, step), _KEYS_FROM), len(RNG_STREAMS) + 1)
+  return dict(zip(RNG_STREAMS, keys[:-1])), keys[-1]
+
+
+def _fold(keys, i):
+  return jax.tree.map(lambda k: jax.random.fold_in(k, i), keys)
+
+
 def make_train_step(model: nn.Module, loss_fn: Loss, tx: optax.GradientTransformation,
                     lr_schedule: Callable, unit_bytes: jax.Array, grad_accum: int = 1,
                     reference_model: nn.Module | None = None, backend: str | None = None):
   """(state, batch[, reference_params]) -> (state, metrics). Metrics are sums with counts, plus loss,
   grad_norm, lr, skipped. With `reference_model`, its frozen logits reach the loss as
-  `LossContext.reference_logits`. `backend` is the platform the step compiles for (default jax's own)."""
+  `LossContext.reference_logits`. `backend` is the platform the step compiles for (default jax's own). Each
+  step's keys (`step_keys`) reach the model as `rngs` and the loss as `LossContext.rng`; microbatch i of an
+  accumulated step folds in i."""
   backend = backend or jax.default_backend()
 
-  def sums_and_grads(params, batch, step, reference_params):
+  def sums_and_grads(params, batch, step, keys, reference_params):
+    rngs, loss_key = keys
     reference_logits = None
     if reference_model is not None:
       reference_logits = jax.lax.stop_gradient(
           reference_model.apply({"params": reference_params}, batch, with_heads=False).logits)
 
     def total(p):
-      outputs = model.apply({"params": p}, batch)
-      ctx = LossContext(step=step, unit_bytes=unit_bytes, reference_logits=reference_logits)
+      outputs = model.apply({"params": p}, batch, rngs=rngs)
+      ctx = LossContext(step=step, unit_bytes=unit_bytes, reference_logits=reference_logits, rng=loss_key)
       terms = loss_fn(outputs, batch, ctx)
       return terms.total, terms
     (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
     return terms, grads
 
   def train_step(state: TrainState, batch: dict, reference_params=None):
+    keys = step_keys(state.rng, state.step)
     if grad_accum == 1:
-      terms, grads = sums_and_grads(state.params, batch, state.step, reference_params)
+      terms, grads = sums_and_grads(state.params, batch, state.step, keys, reference_params)
     else:
-      def body(carry, micro):
-        terms, grads = sums_and_grads(state.params, micro, state.step, reference_params)
+      def body(carry, xs):
+        micro, i = xs
+        terms, grads = sums_and_grads(state.params, micro, state.step, _fold(keys, i), reference_params)
         return jax.tree.map(jnp.add, carry, (terms, grads)), None
-      zero = jax.eval_shape(sums_and_grads, state.params, jax.tree.map(lambda x: x[0], _microbatches(
-          batch, grad_accum)), state.step, reference_params)
+      micros = _microbatches(batch, grad_accum)
+      zero = jax.eval_shape(sums_and_grads, state.params, jax.tree.map(lambda x: x[0], micros), state.step, keys,
+                            reference_params)
       zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
-      (terms, grads), _ = jax.lax.scan(body, zero, _microbatches(batch, grad_accum))
+      (terms, grads), _ = jax.lax.scan(body, zero, (micros, jnp.arange(grad_accum)))
     count = jnp.maximum(terms.count, 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     loss = terms.total / count
