@@ -45,7 +45,7 @@ from lm import api, families  # noqa: E402
 from lm.data import synthetic  # noqa: E402
 from lm.decoding import exact, methods, regex as regex_lib, smc, steps  # noqa: E402
 from lm.eval import probes  # noqa: E402
-from lm.models import rollout  # noqa: E402
+from lm.decoding import rollout  # noqa: E402
 from lm.train import loop  # noqa: E402
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "sequence_sampling.json"

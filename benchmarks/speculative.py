@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from lm import families  # noqa: E402
-from lm.models.decode import draft_heads, generate, speculative_greedy  # noqa: E402
+from lm.decoding.generate import generate  # noqa: E402
+from lm.families.token.speculative import draft_heads, speculative_greedy  # noqa: E402
 from lm.train import run as run_lib  # noqa: E402
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "speculative.json"

@@ -117,7 +117,9 @@ class LM:
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(methods.Options)})
     if unknown:
       raise LMError(f"unknown decoding option(s) {', '.join(unknown)}; see lm.decoding.methods.Options")
-    return self.family.decode(self.run, self.params, prompt, method, methods.Options(**options))
+    family = families.require(self.family, families.UnitDecoder, f"--method {method}", self.config)
+    return methods.decode(family.unit_decoder(self.run), self.run.model, self.params, self.run.tokenizer, prompt,
+                          method, methods.Options(**options))
 
   def speculative(self, prompt: str, max_new: int = 200) -> tuple[str, dict]:
     """Greedy self-speculative decoding with the run's own heads: (text, accepted-units stats)."""

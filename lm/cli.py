@@ -267,7 +267,8 @@ def _cmd_sentences(args, overrides: list[str], spec: str | None) -> int:
   encoder embeds, row for row, for `data.concept_embeddings`."""
   from lm import families
   config = _load_config(args, overrides, spec, command="lm sentences")
-  texts = families.get(config.model.family).sentences(config, args.split)
+  family = families.require(families.get(config.model.family), families.SentenceLister, "lm sentences", config)
+  texts = family.sentences(config, args.split)
   lines = [json.dumps(text.decode("utf-8", errors="replace")) for text in texts]
   if args.output:
     with open(args.output, "w", encoding="utf-8") as f:

@@ -227,7 +227,7 @@ def test_decode_methods_report_the_models_own_log_probs(trained):
   import jax.numpy as jnp
   import numpy as np
   import lm
-  from lm.models import rollout
+  from lm.decoding import rollout
   workdir, _ = trained
   r = lm.load(str(workdir))
   prompt = r.tokenizer.prompt_ids("The")

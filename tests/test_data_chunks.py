@@ -1,11 +1,12 @@
-"""The chunked families' data (`lm/data/chunks.py`): HAT words and sentences packed into [N, C, L] grids."""
+"""The chunked families' data (`lm/families/chunked/data.py`): HAT words and sentences packed into [N, C, L] grids."""
 
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from lm.data import chunks, segment, tokenizers
+from lm.data import segment, tokenizers
+from lm.families.chunked import data as chunks
 from lm.data.tokenizers import ByteTokenizer
 from lm.errors import DataError
 

@@ -46,6 +46,7 @@ def test_next_bytes_of_a_bpe_model_sum_to_one(bpe_model):
 def test_byte_exact_refuses_other_families():
   from lm import families
   from lm.eval import byte_exact
-  run = types.SimpleNamespace(config=families.load_config("byte_hat:tiny"))  # refused before the model is read
-  with pytest.raises(LMError, match="hierarchical model"):
+  config = families.load_config("byte_hat:tiny")
+  run = types.SimpleNamespace(config=config, family=families.get("hierarchical"))  # refused before the model is read
+  with pytest.raises(LMError, match="needs a family with UnitDecoder .*model.family='hierarchical', which has none"):
     byte_exact.byte_model(run, params=None)

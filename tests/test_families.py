@@ -65,13 +65,14 @@ def _metrics(workdir) -> list[dict]:
 
 @pytest.mark.slow
 def test_forked_family_trains_evaluates_resumes_and_samples(tmp_path, monkeypatch, first_losses):
-  """A copy of lm/families/token.py under another module name is a family of its own, with no other edit."""
-  shutil.copy(ROOT / "lm/families/token.py", tmp_path / "myfamily.py")
+  """A copy of the lm/families/token/ folder under another name, outside the package, is a family of its own,
+  with no other edit."""
+  shutil.copytree(ROOT / "lm/families/token", tmp_path / "myfamily", ignore=shutil.ignore_patterns("__pycache__"))
   monkeypatch.syspath_prepend(str(tmp_path))
   fork = families.load_config("token_ntp:tiny", FAST + ["model.family=myfamily"])
   assert families.get("myfamily") is not families.get("token")
   # The copy is the same code under another name: its first 20 losses on token_ntp:tiny are the recorded ones
-  # (bit for bit; tests/data/first_losses.json), which checks lm/families/token.py itself too.
+  # (bit for bit; tests/data/first_losses.json), which checks lm/families/token/ itself too.
   want = json.loads((ROOT / "tests/data/first_losses.json").read_text())["token_ntp:tiny"]
   got = first_losses(families.load_config("token_ntp:tiny", ["model.family=myfamily"]), 20)
   assert same_losses(got, want), (got, want)
@@ -79,7 +80,7 @@ def test_forked_family_trains_evaluates_resumes_and_samples(tmp_path, monkeypatc
   loop.train(fork, str(w))
   assert checkpoint.latest_step(w) == 6 and len([r for r in _metrics(w) if "loss" in r]) == 6
   r = lm.load(str(w))
-  assert r.config.model.family == "myfamily" and type(r.model).__module__ == "myfamily"
+  assert r.config.model.family == "myfamily" and type(r.model).__module__ == "myfamily.family"
   assert 0 < r.evaluate()["bpb"] < 8.5  # a few steps below the uniform 8 bits plus specials
   assert isinstance(r.sample("The ", max_new=8, temperature=0.0), str)
   resumed = loop.train(families.load_config("token_ntp:tiny", FAST + ["model.family=myfamily", "train.steps=8"]),

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.models.decode import generate, sample_logits
+from lm.decoding.generate import generate, sample_logits
 from lm.models.layers import TransformerConfig
-from lm.families.token import TokenLM
-from lm.models.heads import DSMTPHead, MTPHead
+from lm.families.token.family import TokenLM
+from lm.families.token.heads import DSMTPHead, MTPHead
 from lm.objectives import Head
 
 
@@ -70,7 +70,7 @@ def _mtp_decoder(n=4, seed=0, layers=2, kind="mtp"):
 
 @pytest.mark.parametrize("kind, n, seed", [("mtp", 2, 0), ("mtp", 4, 1), ("dsmtp", 1, 2)])
 def test_self_speculative_greedy_equals_plain_greedy(kind, n, seed):
-  from lm.models.decode import speculative_greedy
+  from lm.families.token.speculative import speculative_greedy
   model, params = _mtp_decoder(n, seed, kind=kind)
   # Scale the weights up so random models make confident, varied predictions (drafts sometimes agree).
   params = jax.tree.map(lambda p: p * 4.0, params)
@@ -89,7 +89,7 @@ def test_speculative_decoding_accepts_drafts_of_a_predictable_model(tmp_path, ex
   """Trained with `mtp` (or `dsmtp`) on a periodic text, the heads draft correctly: well over one unit per
   pass (at most 4 with mtp n=4, 2 with one dsmtp module)."""
   from lm import config as config_lib
-  from lm.models.decode import speculative_greedy
+  from lm.families.token.speculative import speculative_greedy
   from lm.train import loop
   for i in range(8):
     (tmp_path / f"{i}.txt").write_text(f"{i} " + "the cat sat on the mat. " * 60)

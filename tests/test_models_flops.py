@@ -11,7 +11,7 @@ import pytest
 
 from lm import config as config_lib
 from lm import families
-from lm.families.token import flops_per_unit
+from lm.families.token.family import flops_per_unit
 from lm.models import flops
 from lm.objectives.base import Requirements
 from lm.train.state import param_count

@@ -1,4 +1,4 @@
-"""Auxiliary heads (`lm/models/heads.py`): their FLOP formulas against their own parameters, and a head
+"""Auxiliary heads (`lm/families/token/heads.py`): their FLOP formulas against their own parameters, and a head
 without a formula counted from its parameters."""
 
 import flax.linen as nn
@@ -7,9 +7,9 @@ import jax.numpy as jnp
 
 from lm import config as config_lib
 from lm import families, objectives
-from lm.families.token import flops_per_unit
+from lm.families.token.family import flops_per_unit
 from lm.models.base import transformer_config
-from lm.models.heads import shift_left
+from lm.families.token.heads import shift_left
 
 
 def test_auxiliary_head_flops_count_every_head_matmul_parameter():

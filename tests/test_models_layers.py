@@ -102,7 +102,7 @@ def test_rmsnorm_matches_formula():
 
 
 def test_every_parameter_has_logical_axes():
-  from lm.families.token import TokenLM
+  from lm.families.token.family import TokenLM
   cfg = TransformerConfig(vocab_size=11, d_model=16, num_heads=4, num_kv_heads=2, d_ff=32, num_layers=2)
   ids = jnp.zeros((1, 4), jnp.int32)
   boxed = TokenLM(cfg).init(jax.random.PRNGKey(0), {"inputs": ids})["params"]

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.families.token import TokenLM
-from lm.models import rollout
-from lm.models.decode import generate
+from lm.families.token.family import TokenLM
+from lm.decoding import rollout
+from lm.decoding.generate import generate
 from lm.models.layers import TransformerConfig
 
 CFG = TransformerConfig(vocab_size=23, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64, init_std=0.3)

@@ -98,7 +98,7 @@ def test_unknown_objective_and_option_name_the_nearest():
 def test_chunked_loss_equals_direct_loss_and_gradient(tied, vocab, z_loss, smoothing):
   """The token model with `logits_chunk` (tiles of positions, lazy logits) against the same params dense:
   loss, metrics and every gradient to 1e-6 in float32, the padded vocabulary masked in both."""
-  from lm.families.token import TokenLM
+  from lm.families.token.family import TokenLM
   from lm.models.layers import TransformerConfig
   cfg = TransformerConfig(vocab_size=vocab, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, d_ff=32,
                           tie_embeddings=tied, vocab_multiple=16)
@@ -132,7 +132,7 @@ def test_chunked_loss_equals_direct_loss_and_gradient(tied, vocab, z_loss, smoot
 
 
 def test_lazy_outputs_give_the_dense_logits():
-  from lm.families.token import TokenLM, logits_chunk
+  from lm.families.token.family import TokenLM, logits_chunk
   from lm.models.layers import TransformerConfig
   cfg = TransformerConfig(vocab_size=30, d_model=8, num_layers=1, num_heads=2, num_kv_heads=2, d_ff=16,
                           vocab_multiple=16)

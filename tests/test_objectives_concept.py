@@ -1,4 +1,4 @@
-"""Concept-family objectives (`lm/objectives/concept.py`) against float64 loops, and their errors."""
+"""Concept-family objectives (`lm/families/concept/objectives.py`) against float64 loops, and their errors."""
 
 import jax
 import jax.numpy as jnp

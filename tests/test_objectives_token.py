@@ -14,7 +14,7 @@ from lm.data.tokenizers import ByteTokenizer
 from lm.errors import ConfigError
 from lm.models.base import ModelOutputs
 from lm.objectives.base import LossContext
-from lm.objectives.token import future_targets, top_targets
+from lm.families.token.objectives import future_targets, top_targets
 from lm.train import loop
 from lm.train import run as run_lib
 

@@ -16,7 +16,7 @@ from lm import config as config_lib
 from lm.data import corpus as corpus_lib, tokenizers
 from lm.errors import CheckpointError, RunFinished
 from lm.objectives.base import register
-from lm.objectives.token import ntp
+from lm.families.token.objectives import ntp
 from lm.train import checkpoint, history, loop
 from lm.train import run as run_lib
 

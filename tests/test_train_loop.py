@@ -117,7 +117,7 @@ def test_first_losses_are_those_recorded(experiment, first_losses):
   (tests/data/first_losses.json: float32 values in hex, recorded with log_every=1). Recorded before
   `lm/families/` existed, and again when issue 13 rewrote RoPE, attention and the gated MLP in equivalent
   CPU-faster forms (every loss within 1.2e-7 relative of the first record). token_ntp:tiny's are checked
-  through a verbatim copy of lm/families/token.py (tests/test_families.py)."""
+  through a verbatim copy of the lm/families/token/ folder (tests/test_families.py)."""
   want = json.loads((pathlib.Path(__file__).parent / "data/first_losses.json").read_text())[experiment]
   got = first_losses(families.load_config(experiment), 20)
   assert same_losses(got, want), (got, want)

@@ -20,7 +20,7 @@ from lm import parallel
 from lm.decoding import regex as regex_lib
 from lm.decoding import search, smc
 from lm.errors import LMError
-from lm.models import rollout
+from lm.decoding import rollout
 
 METHODS = ("beam", "diverse-beam", "power", "power-smc", "smc", "mbr")
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import parallel
-from lm.models import rollout
+from lm.decoding import rollout
 
 
 def vocab_size(model: nn.Module) -> int:

@@ -22,14 +22,14 @@ from lm import families, parallel
 from lm.decoding import bytes as bytes_lib
 from lm.decoding import methods, steps
 from lm.errors import LMError
-from lm.models import rollout
+from lm.families.base import UnitDecoder
+from lm.decoding import rollout
 
 
 def byte_model(run, params, beam: int = 0) -> bytes_lib.ByteModel:
   """The byte-level view of a token run after a document start: prefix, text and next-byte probabilities."""
-  if not families.get(run.config.model.family).unit_decoder:
-    raise LMError(f"byte-level probabilities marginalise a token model's tokenizations; {run.config.experiment!r} "
-                  f"is a {run.config.model.family} model")
+  families.require(run.family, UnitDecoder, "byte-level probabilities (they marginalise a unit decoder's "
+                   "tokenizations)", run.config)
   tok = run.tokenizer
   methods.check_byte_units(tok, "byte-level probabilities")
   fn = steps.next_log_probs_fn(run.model, params, np.array([tok.bos_id], np.int32))

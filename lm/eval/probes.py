@@ -23,7 +23,7 @@ import numpy as np
 
 from lm.data import synthetic
 from lm.errors import ConfigError, DataError
-from lm.models.decode import generate
+from lm.decoding.generate import generate
 
 LETTERS = 26  # names are random letters: the chance of guessing one
 

@@ -1,10 +1,15 @@
-"""Model families, one file each, found by module name.
+"""Model families, one folder each, found by module name.
 
-`config.model.family = "token"` is the module `lm.families.token`; any other dotted path (`mypkg.spacebyte`)
-is imported as given. A family module defines `FAMILY`, an instance of a `Family` subclass, which answers
-everything the rest of the code asks about the family: its config section and checks, its model (train and
-decode modes), its data, its batch spec, FLOPs per byte, evaluation extras and sampler. Nothing outside this
-package asks which family a run is. To fork a family, copy its file: the copy's family name is its module's.
+`config.model.family = "token"` is the package `lm.families.token`; any other name (`mypkg.spacebyte`, a module
+or a folder on sys.path) is imported as given. A family's module defines `FAMILY`, an instance of a
+`lm.families.base.Family` subclass, which answers everything the rest of the code asks about the family: its
+config section and checks, its model (train and decode modes), its data, its batch spec, FLOPs per byte,
+evaluation extras and sampler; what only some families can do (sequence-level decoding, speculative decoding,
+sentence listing) is a protocol in `base.py` that a family implements or not. Nothing outside this package asks
+which family a run is. To fork a family, copy its folder: the copy's family name is its package's.
+
+This module: lookup (`get`), the config a family extends (`base_config`, `load_config`, `apply_overrides`) and
+what a saved config may import (`check_saved_code`, `--trust-code`).
 """
 
 from __future__ import annotations
@@ -12,140 +17,17 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from typing import Any
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lm import config as config_lib
-from lm.errors import ConfigError, LMError, did_you_mean
-from lm.models import flops
-from lm.objectives.base import Requirements, masked_nll
+from lm.errors import ConfigError, did_you_mean
+from lm.families.base import (Family, SentenceLister, Speculative, UnitDecoder, no_extra_passes,  # noqa: F401
+                              require)  # re-exported: lm.families.Family, ...
+from lm.objectives import base as objectives_base
 
 BUILTIN = ("token", "hierarchical", "concept")
-
-
-class Family:
-  """What a family is asked. Subclass it in the family's module and set `FAMILY = MyFamily()`."""
-
-  # The family's own config fields, merged into the base config when a run names this family:
-  # {"model": {...}, "data": {...}}. Experiments and overrides then set them like any other field.
-  config: dict[str, dict[str, Any]] = {}
-  # Whether the model is the plain decoder Hugging Face causal LMs map onto (`lm.interop`: import, export,
-  # init_from a Hugging Face directory): embed -> decoder -> final norm -> unembed, params named as token.py's.
-  hf_decoder = False
-  # Whether the model predicts tokenizer units one at a time from a start-of-document id, so that a text's
-  # byte-level probability is the sum over its tokenizations (`lm.eval.byte_exact`, `lm.decoding.bytes`).
-  unit_decoder = False
-
-  def validate(self, config: ml_collections.ConfigDict) -> None:
-    """One-line `ConfigError`s for values of the family's fields that cannot work (no devices, no data)."""
-
-  def tensor_split_fields(self, config: ml_collections.ConfigDict) -> dict[str, int]:
-    """Extra `config` fields (dotted name -> value) that `mesh.tensor` must divide."""
-    return {}
-
-  def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, decode: bool = False,
-                  needs: Requirements = Requirements()) -> nn.Module:
-    raise NotImplementedError
-
-  def load_data(self, config: ml_collections.ConfigDict, tokenizer=None):
-    """The run's data (splits, tokenizer, train iterator, eval batches); `tokenizer` reuses a trained one."""
-    raise NotImplementedError
-
-  def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of a batch of `rows` rows: what `init` traces the model with."""
-    raise NotImplementedError
-
-  def units_per_row(self, config: ml_collections.ConfigDict) -> int:
-    """What the progress line's tokens/s counts per row (units for the token family, chunks otherwise)."""
-    return int(config.data.seq_len)
-
-  def flops_per_byte(self, config: ml_collections.ConfigDict, vocab_size: int, n_bytes: float,
-                     rows: list[dict[str, np.ndarray]], needs: Requirements) -> dict[str, float]:
-    """`flops_per_byte_train`, `flops_per_byte_inference` (and per component) of text holding `n_bytes` bytes
-    packed into `rows` (host batches), counted over every slot the compiled step computes (padding included),
-    with `flops_per_byte_data` / `flops_per_byte_inference_data` over the positions holding data
-    (`flops.per_byte_entries`); training counts the objectives' heads and extra passes."""
-    raise NotImplementedError
-
-  def eval_step(self, model: nn.Module):
-    """(params, batch) -> sums: `nll_sum` and `count` of the main next-unit head, plus any extras."""
-    def step(params, batch):
-      outputs = model.apply({"params": params}, batch, with_heads=False)
-      nll, _, count = masked_nll(outputs, batch["targets"], batch["loss_mask"])
-      return dict(nll_sum=nll, count=count)
-    return step
-
-  def eval_summary(self, sums: dict[str, float], n_bytes: int) -> dict[str, float]:  # pylint: disable=unused-argument
-    """Extra entries of the evaluation result from the extra sums of `eval_step`."""
-    return {}
-
-  def sample(self, run, params, prompt: str, *, max_new: int, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int = 0) -> str:
-    """Continue `prompt` (text) by up to `max_new` units with a trained run's params."""
-    raise NotImplementedError
-
-  def speculative(self, run, params, prompt: str, max_new: int) -> tuple[str, dict]:  # pylint: disable=unused-argument
-    raise LMError(f"{run.config.experiment!r} ({run.config.model.family} family) has no speculative decoding; "
-                  "drop --speculative")
-
-  def decode(self, run, params, prompt: str, method: str, options) -> dict:  # pylint: disable=unused-argument
-    """A sequence-level method (`lm.decoding.methods`) on `prompt`: its report."""
-    raise LMError(f"--method {method} decodes token models, and {run.config.experiment!r} is a "
-                  f"{run.config.model.family} model; sample it without --method")
-
-  def sentences(self, config: ml_collections.ConfigDict, split: str) -> list[bytes]:  # pylint: disable=unused-argument
-    raise LMError(f"{config.experiment} is a {config.model.family!r} model; `lm sentences` lists the sentences of "
-                  "a concept-family experiment")
-
-
-def no_extra_passes(config, needs: Requirements) -> None:
-  """For families without a chunk decoder to run twice: objectives asking for extra passes are an error."""
-  if needs.decoder_passes:
-    raise ConfigError(f"model.family={config.model.family!r} has no chunk decoder for the {needs.decoder_passes} "
-                      "extra decoder pass(es) the objectives ask for (concept_recon); use a concept-family experiment")
-
-
-def check_chunked(config) -> None:
-  """The encoder/decoder sizes and chunk grid of a chunked family (hierarchical, concept) are positive."""
-  sizes = {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder")
-           for k in ("d_model", "num_layers", "num_heads", "d_ff")}
-  sizes.update({f"data.{k}": config.data[k] for k in ("num_chunks", "chunk_len")})
-  if config.data.completion_after:
-    raise ConfigError(f"data.completion_after={config.data.completion_after!r} is read by the token family only; "
-                      f"set it to '' for model.family={config.model.family!r}")
-  for key, value in sizes.items():
-    if value <= 0:
-      raise ConfigError(f"config.{key}={value} must be positive")
-  if config.model.positions != "rope":
-    raise ConfigError(f"model.positions={config.model.positions!r}: chunked families place units and chunks "
-                      "with RoPE only; set model.positions=rope")
-
-
-def chunked_split_fields(config) -> dict[str, int]:
-  """A chunked family's encoder and decoder split over `mesh.tensor` by the backbone's rules."""
-  return {f"model.{part}.{k}": config.model[part][k] for part in ("encoder", "decoder") for k in ("num_heads", "d_ff")}
-
-
-def chunked_flops(config, vocab_size: int, n_bytes: float, rows, needs: Requirements, concept_dim: int = 0,
-                  with_encoder: bool = True) -> dict[str, float]:
-  """`Family.flops_per_byte` of a chunked family: executed over every slot of the rows' `[C, L]` grids (the
-  compiled step computes padding too), data-position over the units and chunks their masks hold."""
-  d = config.data
-
-  def count(n_units, n_chunks):
-    return flops.chunked_per_byte(config.model, vocab_size, d.chunk_len, d.num_chunks, n_bytes, n_units, n_chunks,
-                                  concept_dim=concept_dim, decoder_passes=1 + needs.decoder_passes,
-                                  with_encoder=with_encoder)
-
-  n_chunks = sum(float(r["chunk_mask"].sum()) for r in rows)
-  executed = count(sum(float(r["unit_mask"].size) for r in rows), sum(float(r["chunk_mask"].size) for r in rows))
-  data = count(sum(float(r["unit_mask"].sum()) for r in rows), n_chunks)
-  return dict(flops.per_byte_entries(executed, data), bytes_per_chunk=n_bytes / max(n_chunks, 1))
 
 
 def get(name: str) -> Family:
@@ -264,7 +146,6 @@ def foreign_code(saved: dict) -> list[str]:
   """What loading a saved config would import beyond lm itself: `model.family` unless built in, objective
   names unless registered, either unless this process has imported its module already (then loading runs no
   new code). Nothing is imported to find out."""
-  from lm.objectives import base as objectives_base
   family = str(saved.get("model", {}).get("family", "token"))
   names = [] if family in BUILTIN or family in sys.modules else [f"model.family={family!r}"]
   known = set(objectives_base.registered())

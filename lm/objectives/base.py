@@ -50,11 +50,24 @@ Loss = Callable[[ModelOutputs, Batch, LossContext], LossTerms]
 
 
 @dataclasses.dataclass(frozen=True)
+class TrunkOutputs:
+  """What a head may read. `unembed` maps [..., D] to float32 logits over the padded vocabulary."""
+  x_BxTxD: Array                  # trunk output before the final norm
+  h_BxTxD: Array                  # after the final norm (what the next-unit head unembeds)
+  inputs_BxT: Array
+  positions_BxT: Array
+  segment_ids_BxT: Array | None
+  embed: Callable[[Array], Array]
+  unembed: Callable[[Array], Array]
+  next_inputs_BxT: Array | None = None  # unit t+1 at each position when the caller knows it (drafting)
+
+
+@dataclasses.dataclass(frozen=True)
 class Head:
   """A head an objective trains on the token family's trunk, in its own parameter subtree `<kind>_head`.
 
   Built as `module(cfg, decode=decode, **dict(options))` (the family names it `<kind>_head`); its call takes a
-  `lm.models.heads.TrunkOutputs` and returns entries for `ModelOutputs.aux`. FLOPs per unit come from the
+  `TrunkOutputs` and returns entries for `ModelOutputs.aux`. FLOPs per unit come from the
   module's `flops_per_unit(cfg, seq_len, **options)` when it has one, else from its parameter count (2 per
   weight). `give_up_layers` takes layers from the trunk (equal-parameter variants).
   """
@@ -71,7 +84,7 @@ class Head:
     formula = getattr(self.module, "flops_per_unit", None)
     if formula is not None:
       return float(formula(cfg, seq_len, **dict(self.options)))
-    from lm.models.heads import TrunkOutputs  # default: every weight used once per unit
+    # default: every weight used once per unit
     T, D = 2, cfg.d_model
     x = jnp.zeros((1, T, D), jnp.float32)
     ids = jnp.zeros((1, T), jnp.int32)
@@ -119,18 +132,35 @@ def register(name: str, head: Callable[..., Head] | None = None, reference: bool
   would leave the model's own head, the one that samples and scores bits per byte, untrained.
   """
   def wrap(factory):
+    old = _REGISTRY.get(name)
+    if old is not None and old.factory.__module__ != factory.__module__:
+      if old.factory.__code__ == factory.__code__:
+        return factory  # an unchanged copy (a forked family folder's objectives.py): the first one stands
+      raise ConfigError(f"objective {name!r} is registered by {old.factory.__module__} and, differently, by "
+                        f"{factory.__module__}; give the one in {factory.__module__} a name of its own")
     _REGISTRY[name] = Objective(name, factory, head, reference, decoder_passes, auxiliary)
     return factory
   return wrap
 
 
+# The built-in objectives live with what they train (a family's own in its folder), and are found by module name
+# like a user's: importing these registers them.
+BUILTIN_MODULES = ("lm.families.token.objectives", "lm.families.concept.objectives", "lm.objectives.sequence")
+
+
+def _builtins() -> None:
+  for module in BUILTIN_MODULES:
+    importlib.import_module(module)
+
+
 def registered() -> list[str]:
+  _builtins()
   return sorted(_REGISTRY)
 
 
 def get(name: str) -> Objective:
-  """The registration of `name`; a dotted name is imported from the user's module if needed. (The built-in
-  objectives register when the package `lm.objectives` is imported, which importing this module does first.)"""
+  """The registration of `name`; a dotted name is imported from the user's module if needed."""
+  _builtins()
   if name not in _REGISTRY and "." in name:
     for module in (name, name.rpartition(".")[0]):
       try:

@@ -183,7 +183,7 @@ def _pg_factory(with_reference: bool):
     _choose("ratio", ratio, RATIOS)
     _choose("aggregation", aggregation, AGGREGATIONS)
     _choose("kl_estimator", kl_estimator, KL_ESTIMATORS)
-    from lm.models.rollout import processed_log_probs  # pylint: disable=import-outside-toplevel
+    from lm.decoding.rollout import processed_log_probs  # pylint: disable=import-outside-toplevel
 
     def unit_logp(logits_BxTxV, targets_BxT):
       logp_BxTxV = processed_log_probs(logits_BxTxV, temperature, top_k, top_p)

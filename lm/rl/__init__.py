@@ -1,2 +1,2 @@
 """Sequence-level post-training: reward functions (`rewards.py`); the `lm rl` loop builds on
-`lm.models.rollout` (sampling with log-probabilities) and `lm.objectives.sequence` (the policy-gradient loss)."""
+`lm.decoding.rollout` (sampling with log-probabilities) and `lm.objectives.sequence` (the policy-gradient loss)."""

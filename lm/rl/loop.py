@@ -1,7 +1,7 @@
 """`lm rl EXPERIMENT --workdir DIR`: sequence-level training with policy gradients on prompts with answers.
 
 Each step: `rl.prompts_per_step` training prompts (drawn by step from `rl.prompts`), `rl.group` samples each
-from the current policy with their log-probabilities (`lm.models.rollout.sample`), rewards (`lm.rl.rewards`),
+from the current policy with their log-probabilities (`lm.decoding.rollout.sample`), rewards (`lm.rl.rewards`),
 group advantages, then `rl.updates_per_batch` updates of the `pg` objective (`pg_kl` with a reference when
 `rl.kl_coef` > 0) through the same jitted train step, checkpoints, trackers and preemption handling as `lm
 train`. With no `rl.init_from` the experiment's own `lm train` run goes to WORKDIR/init first. Held-out pass@1

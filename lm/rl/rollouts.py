@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import parallel
-from lm.models import rollout
+from lm import families, parallel
+from lm.decoding import rollout
+from lm.families.base import UnitDecoder
 from lm.rl import rewards as rewards_lib
 
 
@@ -25,7 +26,7 @@ class Rollouts:
     self.reward_fn = rewards_lib.combine(list(zip(self.r.rewards, self.r.reward_weights)))
     self.prompt_len = max(len(self.tok.prompt_ids(p)) for p, _ in pairs)
     self.T = self.prompt_len + self.r.max_new
-    self.decoder = run.decode_model()
+    self.decoder = families.require(run.family, UnitDecoder, "lm rl (its rollouts)", run.config).unit_decoder(run)
 
   def sample(self, params, prompts: list[str], answers: list[str], group: int, seed: int):
     r, tok = self.r, self.tok

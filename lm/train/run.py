@@ -78,7 +78,8 @@ class Run:
                               top_p=top_p, seed=seed)
 
   def speculative(self, params, prompt: str, max_new: int) -> tuple[str, dict]:
-    return self.family.speculative(self, params, prompt, max_new)
+    return families.require(self.family, families.Speculative, "--speculative", self.config).speculative(
+        self, params, prompt, max_new)
 
   def flops_per_byte(self, n_bytes: float, rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
     return self.family.flops_per_byte(self.config, self.tokenizer.vocab_size, n_bytes, rows, self.needs)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lm import config as config_lib
-from lm.data import chunks, tokenizers
+from lm.data import tokenizers
+from lm.families.chunked import data as chunks
 from lm.data.tokenizers import ByteTokenizer
 from lm.errors import ConfigError, DataError
 from lm.objectives import token_nll
@@ -140,7 +141,7 @@ def test_concept_run_trains_evaluates_samples_and_resumes(tmp_path):
 def test_sentence_by_sentence_greedy_decoding_equals_full_forward_greedy():
   """Cached sentence-by-sentence greedy decoding picks, at every step, the argmax of the full forward pass over
   the sentences so far."""
-  from lm.models.decode import generate_chunks
+  from lm.families.chunked.sampler import generate_chunks
   c = config_lib.resolve_backend_defaults(small_config(), "cpu")
   tok = ByteTokenizer()
   run = run_lib.build_run(c, tok)
@@ -224,4 +225,4 @@ def test_lm_sentences_lists_the_rows_of_an_embedding_table(tmp_path, capsys):
   got = [json.loads(line) for line in out.read_text().splitlines()]
   assert got == [t.decode() for t in want] and len(got) > 0
   assert cli.main(["sentences", "byte_hat:tiny"]) == 2
-  assert "lists the sentences of a concept-family experiment" in capsys.readouterr().err
+  assert "lm sentences needs a family with SentenceLister" in capsys.readouterr().err

@@ -9,10 +9,10 @@ import numpy as np
 
 from lm import config as config_lib
 from lm.data import segment
-from lm.data.chunks import BYTE_PAD, chunk_targets, pack_chunk_eval, word_chunks
+from lm.families.chunked.data import BYTE_PAD, chunk_targets, pack_chunk_eval, word_chunks
 from lm.data.tokenizers import ByteTokenizer
 from lm.models import flops
-from lm.models.decode import generate_chunks
+from lm.families.chunked.sampler import generate_chunks
 from lm.objectives import token_nll
 from lm.train import loop
 from lm.train import run as run_lib
@@ -74,7 +74,7 @@ def test_batched_bits_per_byte_equals_decoding_one_byte_at_a_time():
   assert math.isfinite(batched / (math.log(2) * n_bytes))
 
 
-def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path):
+def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path, capsys):
   corpus = tmp_path / "corpus"  # not tmp_path itself: the runs write their checkpoints there
   corpus.mkdir()
   words = ["alpha", "beta,", "gamma.", "delta", "epsilon!", "zeta"]
@@ -89,6 +89,12 @@ def test_hierarchical_run_trains_evaluates_and_resumes(tmp_path):
   assert resumed["step"] == 10
   run, params = run_lib.restore_for_inference(tmp_path / "w")
   assert run.config.model.family == "hierarchical" and "encoder" in params and "decoder" in params
+  # What only a unit decoder or the token family's heads can do is one line naming the missing capability.
+  from lm import cli
+  for flags, capability in ((["--method", "beam"], "UnitDecoder"), (["--speculative"], "Speculative")):
+    assert cli.main(["sample", str(tmp_path / "w"), "--prompt", "alpha ", "--max-new", "4", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"needs a family with {capability}" in err and "'hierarchical'" in err, err
 
 
 def test_flops_per_byte_by_component():

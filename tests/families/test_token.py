@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lm.models.layers import TransformerConfig
-from lm.families.token import TokenLM
+from lm.families.token.family import TokenLM
 
 CFG = TransformerConfig(vocab_size=23, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64)
 

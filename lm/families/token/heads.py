@@ -11,8 +11,6 @@ token family adds to the training FLOPs.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -21,19 +19,7 @@ import jax.numpy as jnp
 from lm.models import flops
 from lm.models.layers import Array, TransformerConfig, _init, constrain, dtype_of, make_norm, mask_padded_vocab
 from lm.models.transformer import Block
-
-
-@dataclasses.dataclass(frozen=True)
-class TrunkOutputs:
-  """What a head may read. `unembed` maps [..., D] to float32 logits over the padded vocabulary."""
-  x_BxTxD: Array                  # trunk output before the final norm
-  h_BxTxD: Array                  # after the final norm (what the next-unit head unembeds)
-  inputs_BxT: Array
-  positions_BxT: Array
-  segment_ids_BxT: Array | None
-  embed: Callable[[Array], Array]
-  unembed: Callable[[Array], Array]
-  next_inputs_BxT: Array | None = None  # unit t+1 at each position when the caller knows it (drafting)
+from lm.objectives.base import TrunkOutputs  # noqa: F401  (what a head reads; re-exported)
 
 
 def shift_left(x_BxT: Array, k: int, fill=0) -> Array:

@@ -1,11 +1,13 @@
 """Token family: a decoder over units (bytes or BPE tokens), plus the heads its objectives train.
 
-Model: embed -> Transformer -> RMSNorm -> unembed (tied by default), each auxiliary head (`lm.models.heads`,
+Model: embed -> Transformer -> RMSNorm -> unembed (tied by default), each auxiliary head (`lm.families.token.heads`,
 or any `lm.objectives.Head` a user objective registers) in its own parameter subtree `<kind>_head`.
 Batch: `inputs, targets, segment_ids, positions, loss_mask` [B, T] (`lm.data.pipeline.TokenData`).
-Sampling: one jitted KV-cache loop (`lm.models.decode.generate`); greedy self-speculation with the heads.
+Sampling: one jitted KV-cache loop (`lm.decoding.generate`); greedy self-speculation with the heads
+(`speculative.py`). A `UnitDecoder` (lm.families.base): sequence-level decoding and RL rollouts work on it.
+Its own objectives (`objectives.py`: ntp, mtp, top, ...) and heads (`heads.py`) live beside it.
 
-To fork: copy this file to `mypkg/myfamily.py` and train with `--config.model.family=mypkg.myfamily`.
+To fork: copy this folder to `mypkg/myfamily/` and train with `--config.model.family=mypkg.myfamily`.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import jax.numpy as jnp
 from lm import parallel
 from lm.data.pipeline import TokenData
 from lm.errors import ConfigError, LMError
-from lm.families import Family, no_extra_passes
-from lm.models import decode, flops
+from lm.decoding import generate
+from lm.families.base import Family, no_extra_passes
+from lm.models import flops
 from lm.models.base import ModelOutputs, transformer_config
-from lm.models.heads import TrunkOutputs
 from lm.models.layers import (Array, Embedding, TransformerConfig, Unembed, constrain, make_norm,
                               mask_padded_vocab)
 from lm.models.transformer import Transformer
-from lm.objectives.base import Head, Requirements
+from lm.objectives.base import Head, Requirements, TrunkOutputs
+
+from . import objectives  # noqa: F401  (registers this family's objectives; a forked folder's too)
+from . import speculative as speculative_lib
 
 
 def trunk_layers(cfg: TransformerConfig, heads: tuple[Head, ...]) -> int:
@@ -98,7 +103,7 @@ class TokenLM(nn.Module):
   def init_cache(self, batch_size: int, length: int, with_heads: bool = False):
     """Zeroed KV caches for `batch_size` rows of up to `length` units (and the heads' blocks if asked)."""
     ids = jnp.zeros((batch_size, length), jnp.int32)
-    return decode.zero_cache(lambda: self.init(jax.random.PRNGKey(0), {"inputs": ids}, with_heads=with_heads))
+    return generate.zero_cache(lambda: self.init(jax.random.PRNGKey(0), {"inputs": ids}, with_heads=with_heads))
 
 
 def flops_per_unit(model_cfg, vocab_size: int, seq_len: int, heads: tuple[Head, ...] = ()) -> dict[str, float]:
@@ -128,7 +133,6 @@ def logits_chunk(setting: int, padded_vocab: int, seq_len: int) -> int:
 
 class TokenFamily(Family):
   hf_decoder = True
-  unit_decoder = True
 
   def build_model(self, config, vocab_size: int, decode: bool = False,
                   needs: Requirements = Requirements()) -> TokenLM:
@@ -165,28 +169,28 @@ class TokenFamily(Family):
              top_p: float = 1.0, seed: int = 0) -> str:
     tok = run.tokenizer
     ids = tok.prompt_ids(prompt)
-    out, lengths = decode.generate(run.decode_model(), params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed),
+    out, lengths = generate.generate(run.decode_model(), params, jnp.asarray(ids)[None], jax.random.PRNGKey(seed),
                                    max_new=max_new, eos_id=tok.eos_id, temperature=float(temperature),
                                    top_k=int(top_k), top_p=float(top_p))
     out, lengths = parallel.to_host(out), parallel.to_host(lengths)
     out = out[0][: int(lengths[0])]
     return tok.decode(out[out != tok.eos_id])
 
-  def decode(self, run, params, prompt: str, method: str, options) -> dict:
-    from lm.decoding import methods  # pylint: disable=import-outside-toplevel
-    return methods.decode(run.decode_model(), run.model, params, run.tokenizer, prompt, method, options)
+  def unit_decoder(self, run) -> nn.Module:
+    """`lm.families.base.UnitDecoder`: the decode-mode model, one unit at a time from its KV cache."""
+    return run.decode_model()
 
   def speculative(self, run, params, prompt: str, max_new: int) -> tuple[str, dict]:
     """Greedy decoding drafted by the run's `mtp` heads (or first `dsmtp` module); stats of accepted units."""
     tok = run.tokenizer
     model = run.decode_model()
-    if decode.draft_heads(model) < 1:
+    if speculative_lib.draft_heads(model) < 1:
       raise LMError(f"--speculative drafts with the run's `mtp` heads or `dsmtp` modules, and "
                     f"{run.config.experiment!r} was trained without them; train with one (e.g. token_mtp) or drop "
                     "--speculative")
     ids = tok.prompt_ids(prompt)
-    out, lengths, passes = decode.speculative_greedy(model, params, jnp.asarray(ids)[None], max_new=max_new,
-                                                     eos_id=tok.eos_id)
+    out, lengths, passes = speculative_lib.speculative_greedy(model, params, jnp.asarray(ids)[None], max_new=max_new,
+                                                           eos_id=tok.eos_id)
     out, lengths, passes = parallel.to_host(out), parallel.to_host(lengths), parallel.to_host(passes)
     out = out[0][: int(lengths[0])]
     n, passes = int(lengths[0]), int(passes)

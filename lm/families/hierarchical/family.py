@@ -6,7 +6,7 @@ the backbone's output for word c (which has seen words < c), emits the bytes of 
 end-of-word event, or an end-of-document event after a document's last word. A document's first word is
 predicted from a learned start vector.
 
-Batch (`lm.data.chunks.ChunkData`): `units [B, C, L]` (bytes, pad 256), `unit_mask [B, C, L]`, `chunk_mask`,
+Batch (`lm.families.chunked.data.ChunkData`): `units [B, C, L]` (bytes, pad 256), `unit_mask [B, C, L]`, `chunk_mask`,
 `segment_ids`, `positions` `[B, C]`, and the decoder's `targets`, `loss_mask` `[B, C, L + 1]`. Logits are
 `[B, C, L + 1, V]` over bytes, pad, bos, end-of-document (the byte tokenizer's eos) and end-of-word (one more
 id), so the `ntp` objective scores them unchanged. Sampling goes word by word with KV caches.
@@ -18,10 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.data.chunks import BYTE_PAD, ChunkData, word_chunks
+from lm.families.chunked.data import BYTE_PAD, ChunkData, word_chunks
 from lm.errors import ConfigError
-from lm.families import Family, check_chunked, chunked_flops, chunked_split_fields, no_extra_passes
-from lm.models import chunked, decode
+from lm.families.base import Family, no_extra_passes
+from lm.families.chunked import model as chunked
+from lm.families.chunked import sampler
+from lm.families.chunked.family import check_chunked, chunked_flops, chunked_split_fields
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of, make_norm
 from lm.models.transformer import Transformer
@@ -134,7 +136,7 @@ class HierarchicalFamily(Family):
     d, tok, model = run.config.data, run.tokenizer, run.decode_model()
     text = prompt.encode("utf-8")
     chunks = [ids.tolist() for _, ids in word_chunks(text, d.chunk_len)] if text else []
-    out = decode.generate_chunks(
+    out = sampler.generate_chunks(
         model, params, chunks, max_new=max_new, chunk_len=d.chunk_len,
         max_chunks=max(d.num_chunks, len(text) + max_new + 2), rng=jax.random.PRNGKey(seed), eod_id=tok.eos_id,
         end_id=tok.vocab_size, pad_id=BYTE_PAD, stop_ids=range(256, model.decoder_cfg.padded_vocab),

@@ -1,4 +1,4 @@
-"""Concept-family objectives (`lm/families/concept.py`), composable like every other:
+"""Concept-family objectives (`family.py` beside this file), composable like every other:
 
 - `concept_decode`: decoder NLL of each sentence given the *predicted* concept; the language-model loss, and
   what bits per byte measures.

@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 
 from lm.errors import ConfigError
-from lm.models import heads
 from lm.models.base import ModelOutputs
-from lm.models.heads import shift_left
 from lm.objectives.base import (Batch, Head, LossContext, LossTerms, at_least, masked_nll, next_unit_nll, register,
                                 token_nll)
+
+from . import heads
+from .heads import shift_left
 
 
 @register("ntp")

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.models.decode import zero_cache
+from lm.decoding.generate import zero_cache
 from lm.models.layers import (Array, Embedding, TransformerConfig, _init, dtype_of, make_norm,
                               mask_padded_vocab)
 from lm.models.transformer import Transformer
@@ -114,7 +114,7 @@ def init_caches(module: nn.Module, batch_size: int, max_chunks: int, chunk_len: 
 
 
 def batch_spec(rows: int, num_chunks: int, chunk_len: int, concept_dim: int = 0) -> dict:
-  """Shapes of a chunked batch (`lm.data.chunks`): unit grids [B, C, L], chunk arrays [B, C], decoder
+  """Shapes of a chunked batch (`lm.families.chunked.data`): unit grids [B, C, L], chunk arrays [B, C], decoder
   targets [B, C, L + 1], and precomputed `concepts` [B, C, K] when `concept_dim` is given."""
   C, L = num_chunks, chunk_len
   grid, chunks, targets = ((rows, C, L), (rows, C), (rows, C, L + 1))

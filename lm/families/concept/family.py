@@ -12,7 +12,7 @@ autoencoder (`concept_recon`, or the `oracle` method in evaluation).
 With precomputed concepts (`data.concept_embeddings`; batch `concepts` [B, C, K] from an external sentence
 encoder, LCM's frozen SONAR space) no encoder is built: the backbone reads and predicts those vectors.
 
-Batch as the byte-hierarchical family's (`lm.data.chunks.ConceptData`), sentences in units of any tokenizer.
+Batch as the byte-hierarchical family's (`lm.families.chunked.data.ConceptData`), sentences in units of any tokenizer.
 Outputs: `logits` [B, C, L + 1, V] given the predicted concept; aux `concept_pred`, `concept_target` [B, C, K]
 and, with the `recon` pass, `recon_logits`.
 """
@@ -25,15 +25,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.data.chunks import ConceptData, sentence_chunks
+from lm.families.chunked.data import ConceptData, sentence_chunks
 from lm.errors import ConfigError
-from lm.families import Family, check_chunked, chunked_flops, chunked_split_fields
-from lm.models import chunked, decode
+from lm.families.base import Family
+from lm.families.chunked import model as chunked
+from lm.families.chunked import sampler
+from lm.families.chunked.family import check_chunked, chunked_flops, chunked_split_fields
 from lm.models.base import ModelOutputs, transformer_config
 from lm.models.layers import Array, TransformerConfig, constrain, dtype_of, make_norm
 from lm.models.transformer import Transformer
 from lm.objectives.base import Requirements, masked_nll, token_nll
-from lm.objectives.concept import contrastive_scores
+
+from .objectives import contrastive_scores
 
 
 def unit_sphere(x: Array, eps: float = 1e-6) -> Array:
@@ -214,7 +217,7 @@ class ConceptFamily(Family):
     """Sentence by sentence; on precomputed concepts the predicted concept is fed back (there is no encoder)."""
     d, tok = run.config.data, run.tokenizer
     chunks = [ids.tolist() for _, ids in sentence_chunks(prompt.encode("utf-8"), d.chunk_len, tok)]
-    out = decode.generate_chunks(
+    out = sampler.generate_chunks(
         run.decode_model(), params, chunks, max_new=max_new, chunk_len=d.chunk_len,
         max_chunks=max(d.num_chunks, len(chunks) + max_new + 2), rng=jax.random.PRNGKey(seed), eod_id=tok.eos_id,
         end_id=tok.vocab_size, pad_id=tok.pad_id, stop_ids=(tok.pad_id, tok.bos_id),
