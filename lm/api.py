@@ -14,7 +14,6 @@ The command line (`lm eval`, `lm sample`, ...) is a thin layer over these.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import ml_collections
@@ -24,7 +23,7 @@ import jax
 from lm import families
 from lm.data import corpus, noise as noise_lib
 from lm.data.tokenizers import ByteTokenizer
-from lm.errors import CheckpointError, LMError
+from lm.errors import CheckpointError
 from lm.train import run as run_lib
 
 
@@ -110,16 +109,14 @@ class LM:
 
   def decode(self, prompt: str, method: str, **options) -> dict:
     """A sequence-level method on `prompt`: beam, diverse-beam, power (MH), power-smc, smc (with regex=...),
-    mbr; options as `lm.decoding.methods.Options` (beams, groups, diversity, length_penalty, alpha, particles,
-    ess, ramp, blocks, mh_steps, regex, samples, utility, temperature, seed, max_new). Returns {outputs: [{text,
+    mbr, or a registered one (`lm.decoding.methods.register`; a dotted name is imported); options are the
+    method's own (`lm.decoding.methods.get(method).options`) and max_new, seed. Returns {outputs: [{text,
     units, log_p, ...}], chosen, stats}; `outputs[chosen]["text"]` is the continuation."""
     from lm.decoding import methods  # pylint: disable=import-outside-toplevel
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(methods.Options)})
-    if unknown:
-      raise LMError(f"unknown decoding option(s) {', '.join(unknown)}; see lm.decoding.methods.Options")
+    methods.resolve(method, options)  # unknown method or options: one line, before anything runs
     family = families.require(self.family, families.UnitDecoder, f"--method {method}", self.config)
     return methods.decode(family.unit_decoder(self.run), self.run.model, self.params, self.run.tokenizer, prompt,
-                          method, methods.Options(**options))
+                          method, options)
 
   def speculative(self, prompt: str, max_new: int = 200) -> tuple[str, dict]:
     """Greedy self-speculative decoding with the run's own heads: (text, accepted-units stats)."""

@@ -8,9 +8,8 @@
   lm compile EXPERIMENT[:ARG] --topology v5p:4x4x2 [--config.a.b=VALUE ...] [--json FILE] [--no-flops]
   lm eval DIR [--split val|test] [--data SOURCE] [--noise KIND:RATE] [--byte-exact [--segments N] [--beam K]]
   lm sample DIR --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--speculative]
-            [--method beam|diverse-beam|power|power-smc|smc|mbr] [--beams N] [--groups G] [--diversity S]
-            [--length-penalty P] [--alpha A] [--particles N] [--ess F] [--ramp R] [--blocks B] [--mh-steps M]
-            [--regex PATTERN] [--samples N] [--utility exact|chrf]
+            [--method beam|diverse-beam|power|power-smc|smc|mbr|pkg.module [its flags: --beams N, --alpha A,
+            --particles N, --regex PATTERN, --samples N, --utility exact|chrf, ...]]
   lm probe star|induction DIR [--n N] [--seed S]
   lm compare DIR... [-o report.png] [--json FILE] [--flops executed|data]
   lm rl EXPERIMENT[:ARG] --workdir DIR [--config.a.b=VALUE ...]
@@ -27,7 +26,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -213,7 +211,7 @@ def _cmd_compare(args) -> int:
   return 0
 
 
-def _cmd_sample(args) -> int:
+def _cmd_sample(args, extra: list[str]) -> int:
   import lm
   if args.speculative and (args.top_k or args.top_p < 1.0 or args.temperature):
     raise LMError("--speculative decodes greedily; drop --temperature, --top-k and --top-p")
@@ -224,7 +222,7 @@ def _cmd_sample(args) -> int:
   except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
     raise LMError("--prompt is not valid UTF-8; pass the prompt as UTF-8 text") from None
   if args.method:
-    return _sample_method(args)
+    return _sample_method(args, extra)
   r = lm.load(args.workdir)
   if args.speculative:
     text, stats = r.speculative(args.prompt, args.max_new)
@@ -237,20 +235,18 @@ def _cmd_sample(args) -> int:
   return 0
 
 
-def _sample_method(args) -> int:
-  """`lm sample --method NAME`: the chosen continuation after the prompt, then one line per output and the
-  method's cost."""
+def _sample_method(args, extra: list[str]) -> int:
+  """`lm sample --method NAME [its flags]`: the chosen continuation after the prompt, then one line per output
+  and the method's cost. The method's flags come from its registration (`lm.decoding.methods`)."""
   import lm
   from lm.decoding import methods
   if args.speculative or args.top_k or args.top_p < 1.0:
     raise LMError("--method decodes with the model's own distribution; drop --speculative, --top-k and --top-p")
-  options = methods.Options(
-      max_new=args.max_new, beams=args.beams, groups=args.groups, diversity=args.diversity,
-      length_penalty=args.length_penalty, alpha=args.alpha, particles=args.particles, ess=args.ess, ramp=args.ramp,
-      blocks=args.blocks, mh_steps=args.mh_steps, regex=args.regex, samples=args.samples, utility=args.utility,
-      temperature=args.temperature, seed=args.seed)
-  methods.check(args.method, options)  # before the checkpoint loads
-  report = lm.load(args.workdir).decode(args.prompt, args.method, **dataclasses.asdict(options))
+  options = dict(methods.parse_flags(args.method, extra), max_new=args.max_new, seed=args.seed)
+  if args.temperature is not None:
+    options["temperature"] = args.temperature  # sample's own flag; a method that reads it (mbr) takes it
+  methods.resolve(args.method, options)  # before the checkpoint loads
+  report = lm.load(args.workdir).decode(args.prompt, args.method, **options)
   outputs = report["outputs"]
   print(args.prompt + outputs[report["chosen"]]["text"])
   for i, out in enumerate(outputs):
@@ -385,21 +381,9 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--speculative", action="store_true",
                  help="greedy, drafting with the run's own mtp heads (or dsmtp modules) and verifying with its "
                  "next-unit head")
-  s.add_argument("--method", help="a sequence-level method (token models): beam, diverse-beam, power (MH), "
-                 "power-smc, smc (with --regex), mbr")
-  s.add_argument("--beams", type=int, help="beam, diverse-beam: beams in all (default 4)")
-  s.add_argument("--groups", type=int, help="diverse-beam: groups of beams (default 2)")
-  s.add_argument("--diversity", type=float, help="diverse-beam: Hamming diversity strength (default 0.5)")
-  s.add_argument("--length-penalty", type=float, help="beam, diverse-beam: rank by log p / length^P (default 1)")
-  s.add_argument("--alpha", type=float, help="power, power-smc, smc: target p(x)^alpha (default 4; smc: 1)")
-  s.add_argument("--particles", type=int, help="power-smc, smc: particles, as batch rows (default 16)")
-  s.add_argument("--ess", type=float, help="power-smc, smc: resample when the ESS falls below this fraction (default 0.5)")
-  s.add_argument("--ramp", type=int, help="power-smc, smc: raise alpha from 1 over the first R units (default 0: at once)")
-  s.add_argument("--blocks", type=int, help="power: blocks the continuation grows in (default 4)")
-  s.add_argument("--mh-steps", type=int, help="power: MH moves after each block (default 10)")
-  s.add_argument("--regex", help="smc: the continuation matches this in full (re.fullmatch, ASCII classes)")
-  s.add_argument("--samples", type=int, help="mbr: samples (default 16), drawn at --temperature (default 1)")
-  s.add_argument("--utility", help="mbr: exact (default), chrf or pkg.module:function(hypothesis, reference)")
+  s.add_argument("--method", help="a sequence-level method (a unit-decoder family, e.g. token): beam, diverse-beam, "
+                 "power (MH), power-smc, smc, mbr, or a dotted module path that registers one; each method's own "
+                 "flags follow it (e.g. --beams 4, --regex PATTERN; lm.decoding.methods)")
   pr = sub.add_parser("probe", help="accuracy of a trained run on held-out synthetic tasks (star, induction)")
   pr.add_argument("name", help="star or induction (lm/eval/probes.py)")
   pr.add_argument("workdir")
@@ -448,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides, spec = _split_overrides(argv)
     p = parser()
-    args = p.parse_args(rest)
+    args, extra = p.parse_known_args(rest)
+    if extra and not (args.command == "sample" and args.method):
+      p.parse_args(rest)  # argparse's own error for flags no command reads
     if args.command is None:  # bare `lm`: what there is to do
       p.print_help()
       return 0
@@ -485,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
       return _cmd_compare(args)
     if args.command == "sentences":
       return _cmd_sentences(args, overrides, spec)
-    return _cmd_sample(args)
+    return _cmd_sample(args, extra)
   except LMError as e:
     logged = log and os.path.exists(log) and os.path.getsize(log) and "(details: " not in str(e)
     print(f"error: {e}" + (f" (library messages: {log})" if logged else ""), file=sys.stderr)

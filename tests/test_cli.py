@@ -248,6 +248,43 @@ def test_decode_methods_report_the_models_own_log_probs(trained):
     r.decode("The", "beam", beam=3)
 
 
+USER_METHOD = """
+import jax.numpy as jnp
+
+from lm.decoding import methods, rollout
+
+
+@methods.register("mymethods.longest", options=[methods.Option("tries", int, 3, "samples to draw")],
+                  check=lambda o: None if o.tries >= 1 else methods._at_least(o, 1, "tries"))
+def longest(ctx, o):
+  ids, logp, n = rollout.sample(ctx.model, ctx.params, ctx.ids, ctx.lengths, ctx.rng, max_new=o.max_new,
+                                temperature=1.0, stop_ids=jnp.array([ctx.tokenizer.eos_id]), group=o.tries)
+  texts = ctx.texts(ids, n)
+  chosen = max(range(len(texts)), key=lambda i: len(texts[i][1]))
+  return dict(outputs=[dict(text=t, units=u, log_p=float(lp)) for (t, u), lp in zip(texts, logp.sum(1))],
+              chosen=chosen, stats=dict(forward_passes=o.max_new, rows=o.tries))
+"""
+
+
+def test_a_user_decoding_method_from_its_own_module(trained, capsys, tmp_path, monkeypatch):
+  """A method registered by a module outside lm: its flags on the command line, its options in lm.load."""
+  import lm
+  (tmp_path / "mymethods.py").write_text(USER_METHOD)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  workdir = str(trained[0])
+  assert cli.main(["sample", workdir, "--prompt", "The", "--max-new", "5", "--method", "mymethods.longest",
+                   "--tries", "2"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith("The") and len(out) == 4 and out[-1].startswith("mymethods.longest: forward_passes 5")
+  report = lm.load(workdir).decode("The", "mymethods.longest", tries=3, max_new=4)
+  assert report["method"] == "mymethods.longest" and len(report["outputs"]) == 3
+  assert max(len(o["units"]) for o in report["outputs"]) == len(report["outputs"][report["chosen"]]["units"])
+  assert "--beams does not apply to --method mymethods.longest (it reads --tries)" in _error(
+      capsys, "sample", workdir, "--method", "mymethods.longest", "--beams", "2")
+  assert "--tries must be at least 1" in _error(capsys, "sample", workdir, "--method", "mymethods.longest",
+                                                "--tries", "0")
+
+
 def test_sample_method_bad_input_is_one_line(trained, capsys):
   workdir = str(trained[0])
   assert "needs --regex" in _error(capsys, "sample", workdir, "--method", "smc")
