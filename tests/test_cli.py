@@ -285,6 +285,37 @@ def test_a_user_decoding_method_from_its_own_module(trained, capsys, tmp_path, m
                                                 "--tries", "0")
 
 
+USER_FORMAT = """
+from lm.data import sources
+
+
+@sources.register_format("myformat.lines")
+def lines(part):
+  with open(part.split(":", 1)[1], "rb") as f:
+    yield from (line.strip() for line in f if line.strip())
+"""
+
+
+def test_a_user_data_format_from_its_own_module(tmp_path, monkeypatch, capsys):
+  """`data.source=myformat.lines:PATH` imports the user's module, which registers the format: it trains and
+  evaluates; a process that has not imported that module refuses the saved run without --trust-code."""
+  import lm
+  (tmp_path / "myformat.py").write_text(USER_FORMAT)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  words = "river stone light quiet seven paper north glass among under".split()
+  (tmp_path / "lines.txt").write_text("\n".join(" ".join(words[(i + k) % 10] for k in range(12)) for i in range(300)))
+  w = str(tmp_path / "w")
+  assert cli.main(["train", "token_ntp:tiny", "--workdir", w, f"--config.data.source=myformat.lines:{tmp_path}/lines.txt",
+                   *SHORT]) == 0
+  assert "bpb: " in capsys.readouterr().out
+  assert 0 < lm.load(w).evaluate()["bpb"] < 9
+  proc = subprocess.run([sys.executable, "-c", f"import lm; lm.load({w!r})"], capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(tmp_path)), timeout=300)
+  assert proc.returncode != 0 and "data.source='myformat.lines'" in proc.stderr and "--trust-code" in proc.stderr
+  assert "no format 'nopkg.nothing'" in _error(capsys, "train", "token_ntp:tiny", "--workdir", str(tmp_path / "x"),
+                                               "--config.data.source=nopkg.nothing:a")
+
+
 def test_sample_method_bad_input_is_one_line(trained, capsys):
   workdir = str(trained[0])
   assert "needs --regex" in _error(capsys, "sample", workdir, "--method", "smc")

@@ -35,6 +35,18 @@ def test_combined_rewards_are_weighted_sums_with_each_part(tmp_path, monkeypatch
   sys.modules.pop("my_rewards", None)
 
 
+def test_a_registered_reward_is_found_by_its_dotted_name(tmp_path, monkeypatch):
+  (tmp_path / "myrewards.py").write_text("from lm.rl import rewards\n\n"
+                                         "@rewards.register('myrewards.brief')\n"
+                                         "def brief(prompts, completions, **_):\n"
+                                         "  return [float(len(c) <= 2) for c in completions]\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert rewards.get("myrewards.brief")(PROMPTS, COMPLETIONS, **COLUMNS) == [1, 0, 1, 0]
+  with pytest.raises(ConfigError, match="must take"):
+    rewards.register("myrewards.bad")(lambda x: x)
+  sys.modules.pop("myrewards", None)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("exact", "unknown reward 'exact'"), ("regex:(", "not a regular expression"),
     ("overlong:x", "overlong:CACHE"), ("nosuch.module:fn", "cannot import fn from nosuch.module")])

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from lm.data import sources, synthetic
+from lm.data import sources
 from lm.errors import DataError, plural
 
 BUILTIN_SOURCES = ("python-prose", "python-code")
@@ -150,8 +150,6 @@ def _parts(source: str) -> list[str]:
 def _part_documents(part: str):
   if part in BUILTIN_SOURCES:
     return iter(stdlib_documents(part))
-  if part.startswith("synthetic:"):
-    return iter(synthetic.documents(part))
   return sources.part_documents(part)
 
 
@@ -171,9 +169,10 @@ document; jsonl, parquet, compressed and single split files count none. Missing 
 same one-line error as loading them would."""
   n_bytes = n_docs = n_files = 0
   for part in _parts(source):
-    if part in BUILTIN_SOURCES or part.startswith("synthetic:"):
+    size = None if part in BUILTIN_SOURCES else sources.part_size(part)
+    if size is None:
       return None
-    b, d, f = sources.part_size(part)
+    b, d, f = size
     n_bytes, n_docs, n_files = n_bytes + b, n_docs + d, n_files + f
   return n_bytes, n_docs, n_files
 

@@ -45,7 +45,7 @@ _TASK_BYTES = 4 << 20
 
 def is_prepared(path: str) -> bool:
   """Whether `path` is a directory with a prepared corpus's manifest (local or gs://)."""
-  if path.startswith(("jsonl:", "parquet:", "synthetic:")) or path in corpus.BUILTIN_SOURCES:
+  if path in corpus.BUILTIN_SOURCES or sources.format_of(path) is not None:
     return False
   try:
     return (epath.Path(path) / MANIFEST).exists()
@@ -73,7 +73,8 @@ def fingerprint(source: str) -> str:
   the Python that builds them."""
   entries = []
   for part in [p.strip() for p in source.split(",") if p.strip()]:
-    if part in corpus.BUILTIN_SOURCES or part.startswith("synthetic:"):
+    fmt = None if part in corpus.BUILTIN_SOURCES else sources.format_of(part)
+    if part in corpus.BUILTIN_SOURCES or (fmt is not None and fmt.fingerprint is None):
       entries.append([part, sys.version])
     else:
       entries.append([part, sources.fingerprint_entries(part)])

@@ -7,25 +7,32 @@
                        `text` column. Binary and other compressed files are refused by name.
   jsonl:PATH:FIELD     one document per JSON line (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`), from FIELD
   parquet:PATH:COLUMN  one document per row of a Parquet column (pyarrow)
+  NAME:...             any registered format (`register_format`): `synthetic:` (lm/data/synthetic.py) is one, and
+                       a user's is found by dotted module path (`data.source=mypkg.myformat:ARGS` imports
+                       `mypkg.myformat`, or `mypkg`, which registers `mypkg.myformat`)
 
 Nothing here holds more than one file (or one Parquet row group) at a time.
 """
 
+import dataclasses
 import glob
 import gzip
+import importlib
 import io
 import json
 import os
 import re
+import sys
 import zlib
+from typing import Callable, Iterator
 
 from etils import epath
 
 from lm.errors import DataError, type_name
 from lm.paths import inside
 
-SOURCE_HELP = ("pass a file, directory, glob, 'jsonl:PATH:FIELD', 'parquet:PATH:COLUMN', 'python-prose' or "
-               "'python-code'")
+SOURCE_HELP = ("pass a file, directory, glob, 'jsonl:PATH:FIELD', 'parquet:PATH:COLUMN', 'synthetic:NAME', "
+               "'python-prose', 'python-code' or a registered format 'mypkg.myformat:ARGS'")
 PIECE_BYTES = 64 * 1024
 _READ = 1 << 20
 # Leading bytes of formats that are not text: (offset, magic, what it is, what to do).
@@ -68,6 +75,75 @@ _MAGIC = (
 # (UTF-8, Latin-1, cp1251, Shift-JIS, ...) has almost none; random bytes have 11%, UTF-16 and numbers far more.
 _SNIFF_MIN = 512
 _CONTROL = bytes(c for c in range(32) if c not in b"\t\n\r\f\v\b\x1b") + b"\x7f"  # NUL included
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Formats: `NAME:ARGS` parts of a data.source, registered like objectives.
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  """A source format: `documents(part)` streams the documents of a part `NAME:ARGS`; `size(part)` gives
+  (bytes, documents, files) without reading them, or None when only building them tells; `fingerprint(part)`
+  is what identifies the content cheaply (default: the part itself and this Python, as for generated data);
+  `per_record`: documents are records, not files (for messages about splits)."""
+  name: str
+  documents: Callable[[str], Iterator[bytes]]
+  size: Callable[[str], tuple[int, int, int] | None] | None = None
+  fingerprint: Callable[[str], list] | None = None
+  per_record: bool = True
+
+
+_FORMATS: dict[str, Format] = {}
+_BUILTIN_FORMAT_MODULES = ("lm.data.synthetic",)  # register on import, like any user's format module
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def register_format(name: str, size=None, fingerprint=None, per_record: bool = True):
+  """Register `documents(part) -> iterator of bytes` as the format of data.source parts `NAME:ARGS`."""
+  def wrap(documents):
+    _FORMATS[name] = Format(name, documents, size, fingerprint, per_record)
+    return documents
+  return wrap
+
+
+def format_of(part: str) -> Format | None:
+  """The registered format of a source part, importing a dotted name's module; None for a path."""
+  for module in _BUILTIN_FORMAT_MODULES:
+    importlib.import_module(module)
+  name, sep, _ = part.partition(":")
+  if not sep or is_remote(part):
+    return None
+  if name not in _FORMATS and _DOTTED.match(name):
+    for module in (name, name.rpartition(".")[0]):
+      try:
+        importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+          raise DataError(f"data.source {part!r}: format module {module!r} imports {e.name!r}, which is not "
+                          "installed; install it") from None
+      if name in _FORMATS:
+        break
+    else:
+      raise DataError(f"data.source {part!r}: no format {name!r} (no module registers it with "
+                      "lm.data.sources.register_format); check the name or put its module on sys.path")
+  return _FORMATS.get(name)
+
+
+def foreign_formats(source: str) -> list[str]:
+  """The dotted format names of `source`'s parts that reading it would import (registered by no module imported
+  yet): what a saved config may not name without --trust-code. Nothing is imported to find out."""
+  out = []
+  for part in str(source).split(","):
+    name, sep, _ = part.strip().partition(":")
+    if sep and _DOTTED.match(name) and name not in _FORMATS and not is_remote(part.strip()) and \
+        name not in sys.modules and name.rpartition(".")[0] not in sys.modules:
+      out.append(name)
+  return out
+
+
+def formats() -> list[str]:
+  format_of("")
+  return sorted(_FORMATS)
 
 
 def is_remote(path: str) -> bool:
@@ -266,7 +342,7 @@ def _text_documents(files: list[str], source: str, split_single: bool):
 
 def describe_split(source: str) -> str:
   """How `source`'s files became documents, for messages about its splits."""
-  if any(p.strip().startswith(("jsonl:", "parquet:")) for p in source.split(",")):
+  if any((f := format_of(p.strip())) is not None and f.per_record for p in source.split(",") if p.strip()):
     return "one document per record"
   return "a single file is split at blank lines (or into ~64 KiB pieces without them), other files are one document each"
 
@@ -383,26 +459,36 @@ def _check_not_half_prepared(pattern: str, source: str) -> None:
 
 def part_documents(part: str):
   """The documents of one comma-free source part that is not built in (a generator; nothing is kept)."""
+  fmt = format_of(part)
+  if fmt is not None:
+    return fmt.documents(part)
   _check_not_half_prepared(os.path.expanduser(part), part)
-  if part.startswith("jsonl:"):
-    return _jsonl_documents(part)
-  if part.startswith("parquet:"):
-    return _parquet_documents(part)
   pattern = part if is_remote(part) else os.path.expanduser(part)
   files = resolve_paths(part, part)
   single = len(files) == 1 and not _has_magic(pattern) and not _call_store(_epath(pattern).is_dir, part)
   return _text_documents(files, part, split_single=single)
 
 
-def part_size(part: str) -> tuple[int, int, int]:
+def part_size(part: str) -> tuple[int, int, int] | None:
   """(bytes on disk, documents known from the file count, files) of one part; compressed, jsonl, parquet and
-  single split files count no documents (their records are only known by reading them)."""
-  pattern = part
-  for prefix in ("jsonl:", "parquet:"):
-    if part.startswith(prefix):
-      pattern = part[len(prefix):].rpartition(":")[0]
-      if not pattern:
-        raise DataError(f"data.source {part!r}: expected '{prefix}PATH:FIELD', e.g. '{prefix}data/*:text'")
+  single split files count no documents (their records are only known by reading them). None where only
+  building the documents tells (a format without `size`: synthetic data)."""
+  fmt = format_of(part)
+  if fmt is not None:
+    return fmt.size(part) if fmt.size is not None else None
+  return _paths_size(part, part)
+
+
+def _record_pattern(part: str) -> str:
+  """PATH of 'FORMAT:PATH:FIELD' (jsonl, parquet)."""
+  prefix, _, rest = part.partition(":")
+  pattern = rest.rpartition(":")[0]
+  if not pattern:
+    raise DataError(f"data.source {part!r}: expected '{prefix}:PATH:FIELD', e.g. '{prefix}:data/*:text'")
+  return pattern
+
+
+def _paths_size(pattern: str, part: str) -> tuple[int, int, int]:
   files = resolve_paths(pattern, part)
   n_bytes = 0
   for f in files:
@@ -411,17 +497,22 @@ def part_size(part: str) -> tuple[int, int, int]:
       n_bytes += sum(q.stat().length for q in p.rglob("*") if q.is_file())
     else:
       n_bytes += _call_store(lambda p=p: p.stat().length, f) if is_remote(f) else os.path.getsize(f)
-  counted = not part.startswith(("jsonl:", "parquet:")) and len(files) > 1
+  counted = pattern == part and len(files) > 1
   n_docs = sum(not f.lower().endswith((".gz", ".zst")) for f in files) if counted else 0
   return n_bytes, n_docs, len(files)
 
 
 def fingerprint_entries(part: str) -> list:
-  """What identifies a part's content cheaply: (path, size, mtime) of each file it reads."""
-  pattern = part
-  for prefix in ("jsonl:", "parquet:"):
-    if part.startswith(prefix):
-      pattern = part[len(prefix):].rpartition(":")[0]
+  """What identifies a part's content cheaply: (path, size, mtime) of each file it reads; a format's own
+  fingerprint, or for a format without one the part itself (generated data: `prepared.fingerprint` adds the
+  Python version)."""
+  fmt = format_of(part)
+  if fmt is not None:
+    return fmt.fingerprint(part) if fmt.fingerprint is not None else [part]
+  return _files_fingerprint(part, part)
+
+
+def _files_fingerprint(pattern: str, part: str) -> list:
   out = []
   for f in resolve_paths(pattern, part):
     p = _epath(f)
@@ -430,3 +521,9 @@ def fingerprint_entries(part: str) -> list:
       st = q.stat()
       out.append([str(q), int(st.length), int(st.mtime)])
   return out
+
+
+register_format("jsonl", size=lambda part: _paths_size(_record_pattern(part), part),
+                fingerprint=lambda part: _files_fingerprint(_record_pattern(part), part))(_jsonl_documents)
+register_format("parquet", size=lambda part: _paths_size(_record_pattern(part), part),
+                fingerprint=lambda part: _files_fingerprint(_record_pattern(part), part))(_parquet_documents)

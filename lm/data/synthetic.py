@@ -40,6 +40,7 @@ import re
 import string
 from typing import Callable
 
+from lm.data.sources import register_format
 from lm.errors import DataError
 
 PREFIX = "synthetic:"
@@ -382,6 +383,7 @@ def parse_source(spec: str) -> tuple[str, dict[str, int | str]]:
   return name, options
 
 
+@register_format("synthetic")
 def documents(spec: str) -> list[bytes]:
   """The documents of one synthetic source."""
   name, options = parse_source(spec)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lm import config as config_lib
+from lm.data import sources
 from lm.errors import ConfigError, did_you_mean
 from lm.families.base import (Family, SentenceLister, Speculative, UnitDecoder, no_extra_passes,  # noqa: F401
                               require)  # re-exported: lm.families.Family, ...
@@ -139,7 +140,8 @@ def trust_code(on: bool = True) -> None:
 
 def own_code(config) -> set[str]:
   """The modules a config the user wrote (an experiment, command-line overrides) names: trusted as theirs."""
-  return {config.model.family, *(o["name"] for o in config.objectives)}
+  formats = {part.strip().partition(":")[0] for part in str(config.data.source).split(",") if ":" in part}
+  return {config.model.family, *(o["name"] for o in config.objectives), *formats}
 
 
 def foreign_code(saved: dict) -> list[str]:
@@ -149,6 +151,8 @@ def foreign_code(saved: dict) -> list[str]:
   family = str(saved.get("model", {}).get("family", "token"))
   names = [] if family in BUILTIN or family in sys.modules else [f"model.family={family!r}"]
   known = set(objectives_base.registered())
+  data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+  names += [f"data.source={name!r}" for name in sources.foreign_formats(data.get("source", ""))]
   for i, o in enumerate(saved.get("objectives") or []):
     name = str(o.get("name", "")) if isinstance(o, dict) else str(o)
     if name not in known and name.rpartition(".")[0] not in sys.modules:

@@ -9,6 +9,7 @@ hit the length limit before a stop unit), `lengths` (completion units) and `max_
   overlong:CACHE    DAPO's soft overlong penalty (Yu et al. 2025, eq. 13): 0 up to max_new - CACHE units, then
                     falling linearly to -1 at max_new, -1 past it
   pkg.module:fn     any function with the signature above
+  mypkg.name        a reward a user's module registers (`@register("mypkg.name")`), found by its dotted name
 `combine([(spec, weight), ...])` sums several, weighted, and reports each one's values too.
 """
 
@@ -71,6 +72,18 @@ def overlong_reward(cache: int) -> Reward:
 
 
 BUILTIN = {"exact_answer": exact_answer, "numeric_answer": numeric_answer, "format": format_reward}
+_REGISTRY: dict[str, Reward] = dict(BUILTIN)
+
+
+def register(name: str):
+  """Register a reward function `(prompts, completions, **columns) -> list[float]` under `name`; a dotted
+  name (`mypkg.myreward`) is found by importing its module (or the module's parent) when a config names it."""
+  def wrap(fn):
+    if not _accepts(fn):
+      raise ConfigError(f"reward {name!r}: {fn.__name__} must take (prompts, completions, **columns)")
+    _REGISTRY[name] = fn
+    return fn
+  return wrap
 COLUMNS = ("answer", "truncated", "lengths", "max_new")  # what the sampler passes (lm/rl/rollouts.py)
 
 
@@ -88,9 +101,18 @@ def _accepts(fn) -> bool:
 
 
 def get(spec: str) -> Reward:
-  """The reward function a spec names (built-in, `regex:PATTERN`, `overlong:CACHE` or `pkg.module:fn`)."""
-  if spec in BUILTIN:
-    return BUILTIN[spec]
+  """The reward function a spec names (registered, `regex:PATTERN`, `overlong:CACHE` or `pkg.module:fn`)."""
+  if spec not in _REGISTRY and ":" not in spec and "." in spec:
+    for module in (spec, spec.rpartition(".")[0]):
+      try:
+        importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+          raise
+      if spec in _REGISTRY:
+        break
+  if spec in _REGISTRY:
+    return _REGISTRY[spec]
   kind, _, arg = spec.partition(":")
   if kind == "regex" and arg:
     return regex_reward(arg)
@@ -107,8 +129,8 @@ def get(spec: str) -> Reward:
       raise ConfigError(f"reward {spec!r}: {kind}.{arg} must be a function of (prompts, completions, **columns) "
                         f"returning a list of floats; columns given: {', '.join(COLUMNS)}")
     return fn
-  raise ConfigError(f"unknown reward {spec!r}; use {', '.join(BUILTIN)}, regex:PATTERN, overlong:CACHE or "
-                    "pkg.module:function")
+  raise ConfigError(f"unknown reward {spec!r}; use {', '.join(_REGISTRY)}, regex:PATTERN, overlong:CACHE, "
+                    "pkg.module:function or a name a module registers (lm.rl.rewards.register)")
 
 
 def combine(specs: Sequence[tuple[str, float]]) -> Callable[..., tuple[np.ndarray, dict[str, np.ndarray]]]:
