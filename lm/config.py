@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ""  # filled in by `load_experiment`: NAME[:ARG]
   # A workdir or a local Hugging Face model directory to start from: its architecture, tokenizer and weights
-  # (heads it lacks start fresh); README: Hugging Face models.
+  # (heads it lacks start fresh); docs/interop.md.
   c.init_from = ""
 
   c.model = dict(
@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.data = dict(
       # python-prose | python-code | file/dir/glob | jsonl:PATH:FIELD | parquet:PATH:COLUMN | a directory from
-      # `lm prepare`; comma-joined to concatenate, '0.7*A,0.3*B' to mix (README: Data)
+      # `lm prepare`; comma-joined to concatenate, '0.7*A,0.3*B' to mix (docs/data.md)
       source="python-prose",
       tokenizer="bytes",        # bytes | bpe | path to tokenizer.json | path to SentencePiece .model
       vocab_size=4096,          # BPE vocabulary to train; loaded tokenizers and bytes bring their own

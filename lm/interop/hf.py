@@ -22,7 +22,7 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
 
 
 def _unsupported(field: str, value, what: str) -> ConfigError:
-  return ConfigError(f"config.json: {field}={value!r} is not supported ({what}); README: Hugging Face models "
+  return ConfigError(f"config.json: {field}={value!r} is not supported ({what}); docs/interop.md "
                      "lists what is")
 
 
@@ -114,7 +114,7 @@ def export_kind(m) -> str:
   def need(field, value, kind):
     if m[field] != value:
       raise ConfigError(f"model.{field}={m[field]!r} has no {kind} equivalent (it needs {value!r}); only the "
-                        "architectures in README: Hugging Face models export")
+                        "architectures in docs/interop.md")
   from lm import families  # pylint: disable=import-outside-toplevel
   if not families.get(m.family).hf_decoder:
     raise ConfigError(f"model.family={m.family!r} has no Hugging Face form; only the token family exports")

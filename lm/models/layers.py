@@ -179,7 +179,7 @@ class TransformerConfig:
   positions: str = "rope"      # rope | learned (GPT-2's absolute table, max_positions rows)
   norm: str = "rms"            # rms | layer (LayerNorm)
   max_positions: int = 0       # rows of the learned table (the family sets it from data.seq_len)
-  # Options real checkpoints need (README: Hugging Face models); all off by default.
+  # Options real checkpoints need (docs/interop.md); all off by default.
   norm_bias: bool = False      # LayerNorm with a bias (GPT-2)
   qkv_bias: bool = False       # biases on the query/key/value projections (Qwen2, GPT-2)
   out_bias: bool = False       # bias on the attention output projection (GPT-2)
