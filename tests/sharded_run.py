@@ -18,6 +18,9 @@ import test_train_rng  # noqa: F401  (registers test_random_drop, an objective t
 # Pure data parallelism (8, 1, 1) is left out for time: (2, 2, 2) splits the batch too, and
 # tests/test_launch.py trains data-parallel across two processes.
 MESHES = [(1, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
+# The token runs train an objective that draws from the step's key (tests/test_train_rng.py's: next-unit loss on
+# a random half of the positions), so every mesh, and the resume onto one device, must draw what one device drew.
+OBJECTIVES = [dict(name="test_random_drop", weight=1.0)]
 
 
 def losses(workdir):
@@ -46,6 +49,7 @@ def main(steps: int):
         f"train.steps={steps}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
         "eval.max_batches=1", "sample.max_new=0", "model.num_kv_heads=4",
         f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
+    config.objectives = OBJECTIVES
     n = int(np.prod(shape))
     workdir = tempfile.mkdtemp()
     summary = loop.train(config, workdir, devices=jax.devices()[:n])
@@ -78,18 +82,6 @@ def main(steps: int):
       loop.train(config, workdir, devices=jax.devices()[:int(np.prod(shape))])
       out[name + "_" + "x".join(map(str, shape))] = dict(losses=losses(workdir))
 
-  # An objective drawing from the step's key (tests/test_train_rng.py's, registered here too): the same draws
-  # on mesh (2,2,2) as on one device.
-  for shape in [(1, 1, 1), (2, 2, 2)]:
-    config = config_lib.load_experiment("token_ntp:tiny")
-    config_lib.apply_overrides(config, [f"data.source={corpus}", f"train.steps={steps}", "train.log_every=1",
-        "train.eval_every=0", "train.checkpoint_every=0", "eval.max_batches=1", "sample.max_new=0",
-        "model.num_kv_heads=4", f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
-    config.objectives = [dict(name="test_random_drop", weight=1.0)]
-    workdir = tempfile.mkdtemp()
-    loop.train(config, workdir, devices=jax.devices()[:int(np.prod(shape))])
-    out["random_drop_" + "x".join(map(str, shape))] = dict(losses=losses(workdir))
-
   # A checkpoint saved on mesh (1,8,1) restores on 1 device and continues: save at steps/2 and steps, drop
   # the last one, resume on a one-device mesh.
   half = steps // 2
@@ -99,6 +91,7 @@ def main(steps: int):
       f"train.checkpoint_every={half}",
       "eval.max_batches=1", "sample.max_new=0", "model.num_kv_heads=4", "mesh.data=1", "mesh.fsdp=8",
       "mesh.tensor=1"])
+  config.objectives = OBJECTIVES
   workdir = tempfile.mkdtemp()
   loop.train(config, workdir, devices=jax.devices())
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(steps)))
@@ -108,6 +101,7 @@ def main(steps: int):
     by_step = {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
   out["resumed_on_1"] = dict(losses=[by_step[s] for s in range(half + 1, steps + 1)],
                              devices=len(summary["state"].params["embed"]["embedding"].sharding.device_set))
+  out["objectives"] = OBJECTIVES
   print("RESULT " + json.dumps(out))
 
 
