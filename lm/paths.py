@@ -1,5 +1,7 @@
-"""Paths read from files (an index, a manifest) stay inside the directory that holds the file."""
+"""Paths read from files (an index, a manifest) stay inside the directory that holds the file; registrations named
+by a dotted module path are imported from it (`import_registering`)."""
 
+import importlib
 import os
 import posixpath
 
@@ -20,3 +22,18 @@ def inside(root, name, what: str, fix: str, error: type = DataError) -> str:
   if escapes:
     raise error(f"{what} names {name!r}, which leads outside {root}; {fix}")
   return joined
+
+
+def import_registering(name: str, registry) -> None:
+  """Import the module a dotted registration `name` lives in (the module `name` itself, else its parent) until
+  `registry` holds it. A module that is missing is skipped; one that exists but imports something missing
+  raises, so the user sees that. Used by every registry found by module name (objectives, decoding methods,
+  data formats, rewards)."""
+  for module in (name, name.rpartition(".")[0]):
+    if name in registry or not module:
+      return
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name is None or not module.startswith(e.name):
+        raise

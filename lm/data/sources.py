@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 from etils import epath
 
 from lm.errors import DataError, type_name
-from lm.paths import inside
+from lm.paths import import_registering, inside
 
 SOURCE_HELP = ("pass a file, directory, glob, 'jsonl:PATH:FIELD', 'parquet:PATH:COLUMN', 'synthetic:NAME', "
                "'python-prose', 'python-code' or a registered format 'mypkg.myformat:ARGS'")
@@ -114,16 +114,12 @@ def format_of(part: str) -> Format | None:
   if not sep or is_remote(part):
     return None
   if name not in _FORMATS and _DOTTED.match(name):
-    for module in (name, name.rpartition(".")[0]):
-      try:
-        importlib.import_module(module)
-      except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name):
-          raise DataError(f"data.source {part!r}: format module {module!r} imports {e.name!r}, which is not "
-                          "installed; install it") from None
-      if name in _FORMATS:
-        break
-    else:
+    try:
+      import_registering(name, _FORMATS)
+    except ModuleNotFoundError as e:
+      raise DataError(f"data.source {part!r}: format module {name!r} imports {e.name!r}, which is not installed; "
+                      "install it") from None
+    if name not in _FORMATS:
       raise DataError(f"data.source {part!r}: no format {name!r} (no module registers it with "
                       "lm.data.sources.register_format); check the name or put its module on sys.path")
   return _FORMATS.get(name)

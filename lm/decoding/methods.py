@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import re
 import types
 from typing import Any, Callable
@@ -28,6 +27,7 @@ import numpy as np
 from lm import parallel
 from lm.decoding import regex as regex_lib
 from lm.decoding import rollout, search, smc
+from lm.paths import import_registering
 from lm.errors import LMError, did_you_mean
 
 
@@ -89,14 +89,7 @@ def registered() -> list[str]:
 def get(name: str) -> Method:
   """The method `name`: built in, or a dotted name whose module (or its parent) registers it when imported."""
   if name not in _REGISTRY and "." in name:
-    for module in (name, name.rpartition(".")[0]):
-      try:
-        importlib.import_module(module)
-      except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name):
-          raise  # the module exists but imports something missing: show that
-      if name in _REGISTRY:
-        break
+    import_registering(name, _REGISTRY)
   if name not in _REGISTRY:
     raise LMError(f"--method {name!r} is not one of {', '.join(registered())}; {did_you_mean(name, registered())}"
                   "or a dotted module path whose module calls lm.decoding.methods.register")

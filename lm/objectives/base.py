@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from lm.paths import import_registering
 from lm.errors import ConfigError, did_you_mean, type_name
 from lm.models.base import ModelOutputs
 from lm.models.layers import mask_padded_vocab
@@ -162,14 +163,7 @@ def get(name: str) -> Objective:
   """The registration of `name`; a dotted name is imported from the user's module if needed."""
   _builtins()
   if name not in _REGISTRY and "." in name:
-    for module in (name, name.rpartition(".")[0]):
-      try:
-        importlib.import_module(module)
-      except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name):
-          raise  # the module exists but imports something missing: show that
-      if name in _REGISTRY:
-        break
+    import_registering(name, _REGISTRY)
   if name not in _REGISTRY:
     names = sorted(_REGISTRY)
     hint = did_you_mean(name, names)

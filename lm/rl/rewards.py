@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lm.errors import ConfigError
+from lm.paths import import_registering
 
 Reward = Callable[..., list]
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -103,14 +104,7 @@ def _accepts(fn) -> bool:
 def get(spec: str) -> Reward:
   """The reward function a spec names (registered, `regex:PATTERN`, `overlong:CACHE` or `pkg.module:fn`)."""
   if spec not in _REGISTRY and ":" not in spec and "." in spec:
-    for module in (spec, spec.rpartition(".")[0]):
-      try:
-        importlib.import_module(module)
-      except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name):
-          raise
-      if spec in _REGISTRY:
-        break
+    import_registering(spec, _REGISTRY)
   if spec in _REGISTRY:
     return _REGISTRY[spec]
   kind, _, arg = spec.partition(":")
